@@ -1,0 +1,277 @@
+"""The edge: parses commands, calls the engine, turns errors into messages and exit codes.
+
+Command output (tables, --json, --csv) goes to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from syncd import config as configuration
+from syncd import engine, lock, logs
+from syncd.store import Store
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
+STATUS_EXIT = {engine.COMPLETED: EXIT_OK, engine.WITH_ERRORS: EXIT_ERRORS, engine.FAILED: EXIT_ERRORS,
+               engine.HELD: EXIT_HELD}
+ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "stage", "http_status", "message", "attempts",
+                 "first_seen", "last_seen", "course_id", "user_id")
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except configuration.ConfigError as exc:
+        print(f"syncd: invalid configuration ({configuration.config_path(args.config)}):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("syncd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncd", description="Roster sync for SmarterProctoring.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $SYNCD_CONFIG, else /etc/syncd/syncd.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sync = commands.add_parser("sync", help="run one sync now, in this process")
+    sync.add_argument("tenants", nargs="*", metavar="TENANT")
+    sync.add_argument("--all", action="store_true", help="every enabled tenant")
+    sync.add_argument("--dry-run", action="store_true", help="extract and diff, print the plan, change nothing")
+    sync.add_argument("--full", action="store_true", help="ignore any delta cursor (extracts are always full)")
+    sync.add_argument("--force", action="store_true",
+                      help="push every current record again, without ids.sid (repairs a target)")
+    sync.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    sync.add_argument("--no-wait", action="store_true", help="exit 4 instead of waiting for a busy tenant")
+    sync.set_defaults(handler=cmd_sync)
+
+    status = commands.add_parser("status", help="last runs and next scheduled run per tenant")
+    status.add_argument("tenant", nargs="?")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    errors = commands.add_parser("errors", help="the sync errors of the last run (or --run ID)")
+    errors.add_argument("tenant", nargs="?")
+    errors.add_argument("--run", metavar="ID")
+    output = errors.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    errors.set_defaults(handler=cmd_errors)
+
+    cfg = commands.add_parser("config", help="check a config file or print an annotated example")
+    cfg_commands = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cfg_commands.add_parser("validate", help="check the config file").set_defaults(handler=cmd_config_validate)
+    cfg_commands.add_parser("example", help="print an annotated example").set_defaults(handler=cmd_config_example)
+
+    demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
+    demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
+    demo.add_argument("--source", choices=("oneroster",), default="oneroster")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> configuration.Config:
+    config = configuration.load(configuration.config_path(args.config))
+    logs.configure(config.daemon.log_level, config.daemon.log_format)
+    logs.register_secrets(config.secrets)
+    return config
+
+
+# --- sync ----------------------------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.all and args.tenants:
+        raise UsageError("give tenant names or --all, not both")
+    if args.all:
+        names = [n for n, t in config.tenants.items() if t.enabled]
+    elif args.tenants:
+        unknown = [n for n in args.tenants if n not in config.tenants]
+        if unknown:
+            raise UsageError(f"unknown tenant(s): {', '.join(unknown)} (configured: {', '.join(config.tenants)})")
+        names = list(dict.fromkeys(args.tenants))
+    else:
+        raise UsageError("name the tenant(s) to sync, or --all")
+    options = engine.Options(dry_run=args.dry_run, force=args.force, full=args.full)
+    store = Store.open(config.daemon.state_dir)
+    worst = EXIT_OK
+    try:
+        for name in names:
+            code = _sync_one(config, store, name, options, args)
+            worst = max(worst, code)  # busy 4 > held 3 > errors 1 > ok 0
+    finally:
+        store.close()
+    return worst
+
+
+def _sync_one(config: configuration.Config, store: Store, name: str, options: engine.Options,
+              args: argparse.Namespace) -> int:
+    def waiting(message: str) -> None:
+        print(f"syncd: {message}", file=sys.stderr, flush=True)
+
+    show = None if args.json else (lambda line: print(line, flush=True))
+    try:
+        with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
+            summary = engine.run(config.tenants[name], store, options, show=show)
+    except lock.Busy as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except NotImplementedError as exc:
+        print(f"syncd: {name}: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(render_summary(summary), flush=True)
+    return STATUS_EXIT.get(summary["status"], EXIT_ERRORS)
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    planned = f", {summary['planned_calls']} planned" if summary["dry_run"] else ""
+    head = (f"{summary['tenant']}: {summary['status']}{' (dry run)' if summary['dry_run'] else ''} · "
+            f"run {summary['run_id']} · {summary['calls']} call(s) sent{planned} · "
+            f"{summary['duration_s']:.2f}s")
+    columns = ("created", "updated", "unchanged", "removed", "failed")
+    lines = [head, f"  {'':<12}" + "".join(f"{c:>11}" for c in columns)]
+    for entity, counts in summary["counts"].items():
+        lines.append(f"  {entity:<12}" + "".join(f"{counts.get(c, 0):>11}" for c in columns))
+    return "\n".join(lines)
+
+
+# --- status and errors ---------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    names = [args.tenant] if args.tenant else list(config.tenants)
+    if args.tenant and args.tenant not in config.tenants:
+        raise UsageError(f"unknown tenant: {args.tenant}")
+    store = Store.open(config.daemon.state_dir)
+    try:
+        report = [_tenant_status(config, store, name) for name in names]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report if not args.tenant else report[0]))
+        return EXIT_OK
+    for entry in report:
+        print(f"{entry['tenant']}: {'enabled' if entry['enabled'] else 'disabled'} · schedule "
+              f"{entry['schedule']} · {'RUNNING now' if entry['running'] else 'idle'}")
+        if not entry["runs"]:
+            print("  no runs yet")
+        for run in entry["runs"]:
+            counts = run["counts"] or {}
+            changed = ", ".join(_count_line(e, c) for e, c in counts.items())
+            print(f"  {run['started_at']}  {run['status']:<22} {run['run_id']}  calls {run['calls'] or 0:<6} "
+                  f"{(run['duration_s'] or 0):7.2f}s  errors {run['errors']:<4} {changed}"
+                  f"{' (dry run)' if run['dry_run'] else ''}")
+            if run.get("message"):
+                print(f"      {run['message']}")
+    return EXIT_OK
+
+
+def _count_line(entity: str, counts: dict[str, int]) -> str:
+    failed = f" !{counts['failed']}" if counts.get("failed") else ""
+    return f"{entity} +{counts.get('created', 0)} ~{counts.get('updated', 0)} -{counts.get('removed', 0)}{failed}"
+
+
+def _tenant_status(config: configuration.Config, store: Store, name: str) -> dict[str, Any]:
+    tenant = config.tenants[name]
+    runs = []
+    for run in store.runs(name, limit=5):
+        summary = json.loads(run["summary"]) if run["summary"] else {}
+        runs.append({"run_id": run["run_id"], "status": run["status"], "started_at": run["started_at"],
+                     "finished_at": run["finished_at"], "dry_run": bool(run["dry_run"]),
+                     "calls": run["calls"], "duration_s": run["duration_s"],
+                     "errors": store.error_count(run["run_id"]), "counts": summary.get("counts"),
+                     "message": run["message"]})
+    return {"tenant": name, "enabled": tenant.enabled, "schedule": tenant.schedule,
+            "running": _is_running(config, name), "runs": runs}
+
+
+def _is_running(config: configuration.Config, name: str) -> bool:
+    try:
+        with lock.tenant_lock(config.daemon.state_dir, name, wait=False):
+            return False
+    except lock.Busy:
+        return True
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.tenant and args.tenant not in config.tenants:
+        raise UsageError(f"unknown tenant: {args.tenant}")
+    store = Store.open(config.daemon.state_dir)
+    try:
+        if args.run:
+            run_ids = [args.run]
+        else:
+            names = [args.tenant] if args.tenant else list(config.tenants)
+            run_ids = [r for r in (store.last_run_id(n) for n in names) if r]
+        rows = [r for r in store.errors(run_ids) if not args.tenant or r["tenant"] == args.tenant]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows))
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=ERROR_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    elif not rows:
+        print("no sync errors" + (f" in run {args.run}" if args.run else " in the last run"))
+    else:
+        print(f"{'entity':<11} {'source id':<24} {'stage':<8} {'http':<5} {'tries':<5} message")
+        for row in rows:
+            print(f"{row['entity']:<11} {row['source_id'][:24]:<24} {row['stage']:<8} "
+                  f"{row['http_status'] or '-'!s:<5} {row['attempts']:<5} {row['message']}")
+        print(f"{len(rows)} error(s) · run {', '.join(sorted({r['run_id'] for r in rows}))}")
+    return EXIT_OK
+
+
+# --- config and demo -----------------------------------------------------------------------
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    path = configuration.config_path(args.config)
+    config = configuration.load(path)
+    names = ", ".join(config.tenants)
+    print(f"{path}: valid · {len(config.tenants)} tenant(s): {names} · state in {config.daemon.state_dir}")
+    return EXIT_OK
+
+
+def cmd_config_example(_args: argparse.Namespace) -> int:
+    print(example_config(), end="")
+    return EXIT_OK
+
+
+def example_config() -> str:
+    return resources.files("syncd").joinpath("example.toml").read_text(encoding="utf-8")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from syncd import demo
+
+    return demo.main(args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""TOML -> typed, validated configuration.
+
+Every problem is collected with its key path (``tenants.lincoln.source.base_url: ...``) and
+reported at once; nothing here touches the state directory, so a bad config changes nothing.
+Secret references (``env:``, ``file:``, ``credential:``) are resolved here, and every resolved
+secret is remembered so that logs can redact it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+import urllib.parse
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+EVERY = re.compile(r"^every\s+(\d+)\s*([smhd])$")
+CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
+INSTALL_SID = re.compile(r"^[A-Za-z0-9_-]+$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+ONEROSTER_VERSIONS = ("1.1", "1.2")
+DEFAULT_SCOPE = {
+    "1.1": "https://purl.imsglobal.org/spec/or/v1p1/scope/roster-core.readonly",
+    "1.2": "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",
+}
+SECRET_KEYS = ("client_secret", "token", "refresh_token", "access_token")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` holds one ``key.path: message`` per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path
+    log_level: str = "info"
+    log_format: str = "auto"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    type: str
+    base_url: str
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    version: str = "1.1"
+    token_url: str = ""
+    scope: str = ""
+    page_size: int = 1000
+    timeout_s: float = 60.0
+    # Canvas only (issue 3); accepted here so that a Canvas config validates as SPEC §2 says.
+    account_id: str = ""
+    refresh_token: str = field(default="", repr=False)
+    access_token: str = field(default="", repr=False)
+    redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    base_url: str
+    install_sid: str
+    token: str = field(repr=False)
+    concurrency: int = 4
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    name: str
+    source: SourceConfig
+    target: TargetConfig
+    schedule: str = "every 1h"
+    time_zone: str | None = None
+    roles: dict[str, str] = field(default_factory=lambda: {"student": "learner"})
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    tenants: dict[str, TenantConfig]
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def config_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    checker = _Checker()
+    _unknown(checker, raw, "", {"daemon", "tenants"})
+    daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
+    tenants_raw = _table(checker, raw, "tenants")
+    if not tenants_raw and "tenants" not in checker.bad_tables:
+        checker.error("tenants", "at least one tenant is required ([tenants.NAME])")
+    tenants = {}
+    for name, body in tenants_raw.items():
+        key = f"tenants.{name}"
+        if not TENANT_NAME.match(name):
+            checker.error(key, "tenant name must match [a-z0-9][a-z0-9_-]{0,62}")
+        if not isinstance(body, dict):
+            checker.error(key, "must be a table")
+            continue
+        tenant = _tenant(checker, name, body)
+        if tenant is not None:
+            tenants[name] = tenant
+    if checker.errors:
+        raise ConfigError(checker.errors)
+    return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets))
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
+    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format"})
+    state = checker.get(body, "daemon.state_dir", str, None)
+    if state:
+        # A relative state_dir is taken from the config file's folder, so that the same file
+        # means the same state whatever directory a command is started from.
+        state_dir = (path.parent / Path(state).expanduser()).resolve()
+    else:
+        state_dir = Path(os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "state").resolve()
+    return DaemonConfig(
+        state_dir=state_dir,
+        log_level=checker.choice(body, "daemon.log_level", LOG_LEVELS, "info"),
+        log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
+    )
+
+
+def _tenant(checker: _Checker, name: str, body: dict[str, Any]) -> TenantConfig | None:
+    key = f"tenants.{name}"
+    _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target"})
+    schedule = checker.get(body, f"{key}.schedule", str, "every 1h")
+    if schedule is not None:
+        problem = schedule_problem(schedule)
+        if problem:
+            checker.error(f"{key}.schedule", problem)
+    time_zone = checker.get(body, f"{key}.time_zone", str, None)
+    if time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            checker.error(f"{key}.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    roles = _roles(checker, body.get("roles", {"student": "learner"}), f"{key}.roles")
+    enabled = checker.get(body, f"{key}.enabled", bool, True)
+    source = _source(checker, _table(checker, body, "source", key, required=True), f"{key}.source")
+    target = _target(checker, _table(checker, body, "target", key, required=True), f"{key}.target")
+    if source is None or target is None:
+        return None
+    return TenantConfig(
+        name=name,
+        source=source,
+        target=target,
+        schedule=schedule or "every 1h",
+        time_zone=time_zone,
+        roles=roles,
+        enabled=bool(enabled),
+    )
+
+
+def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        checker.error(key, "must be a table of source role = provision role")
+        return {}
+    roles = {}
+    for source_role, target_role in value.items():
+        if not isinstance(target_role, str) or not target_role:
+            checker.error(f"{key}.{source_role}", "must be a non-empty string")
+        else:
+            roles[source_role] = target_role
+    if not roles and isinstance(value, dict) and value == {}:
+        checker.error(key, "maps no role: nothing would be provisioned")
+    return roles
+
+
+ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
+                  "page_size", "timeout_s"}
+CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
+               "access_token", "redirect_uri", "page_size", "timeout_s"}
+
+
+def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig | None:
+    if not body:
+        return None
+    kind = checker.choice(body, f"{key}.type", ("oneroster", "canvas"), None, required=True)
+    if kind is None:
+        return None
+    _unknown(checker, body, key, ONEROSTER_KEYS if kind == "oneroster" else CANVAS_KEYS)
+    common = {
+        "base_url": checker.url(body, f"{key}.base_url", required=True),
+        "page_size": checker.number(body, f"{key}.page_size", int, 1000, 1, 100_000),
+        "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
+    }
+    if kind == "oneroster":
+        version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")
+        token_url = checker.url(body, f"{key}.token_url", required=version == "1.2")
+        if version == "1.1" and "token_url" in body:
+            checker.error(f"{key}.token_url", "only used with version = \"1.2\" (OAuth 2)")
+        return SourceConfig(
+            type=kind,
+            version=version or "1.1",
+            client_id=checker.get(body, f"{key}.client_id", str, None, required=True) or "",
+            client_secret=checker.secret(body, f"{key}.client_secret", required=True),
+            token_url=token_url,
+            scope=checker.get(body, f"{key}.scope", str, None) or DEFAULT_SCOPE.get(version or "1.1", ""),
+            **common,
+        )
+    refresh = checker.secret(body, f"{key}.refresh_token")
+    access = checker.secret(body, f"{key}.access_token")
+    client_id = checker.get(body, f"{key}.client_id", str, None) or ""
+    client_secret = checker.secret(body, f"{key}.client_secret")
+    if not access and not (client_id and client_secret) and not checker.secret_failed(key):
+        checker.error(key, "needs client_id and client_secret (developer key) or access_token")
+    return SourceConfig(
+        type=kind,
+        account_id=str(checker.get(body, f"{key}.account_id", (str, int), "1")),
+        client_id=client_id,
+        client_secret=client_secret,
+        refresh_token=refresh,
+        access_token=access,
+        redirect_uri=checker.url(body, f"{key}.redirect_uri") or "http://127.0.0.1:8765/oauth/callback",
+        **common,
+    )
+
+
+def _target(checker: _Checker, body: dict[str, Any], key: str) -> TargetConfig | None:
+    if not body:
+        return None
+    _unknown(checker, body, key, {"base_url", "install_sid", "token", "concurrency", "timeout_s"})
+    install_sid = checker.get(body, f"{key}.install_sid", str, None, required=True) or ""
+    if install_sid and not INSTALL_SID.match(install_sid):
+        checker.error(f"{key}.install_sid", "must be letters, digits, '_' or '-' (e.g. AI0123…)")
+    return TargetConfig(
+        base_url=checker.url(body, f"{key}.base_url", required=True),
+        install_sid=install_sid,
+        token=checker.secret(body, f"{key}.token", required=True),
+        concurrency=checker.number(body, f"{key}.concurrency", int, 4, 1, 64),
+        timeout_s=checker.number(body, f"{key}.timeout_s", float, 30.0, 1, 600),
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def schedule_problem(schedule: str) -> str | None:
+    """None when ``schedule`` is a 5-field cron or ``every N{s,m,h,d}``, else why not."""
+    match = EVERY.match(schedule.strip())
+    if match:
+        return None if int(match.group(1)) > 0 else "interval must be positive"
+    if len(schedule.split()) != 5:
+        return f"{schedule!r} is neither a 5-field cron expression nor 'every 15m' / 'every 2h'"
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(schedule)
+    except ValueError as exc:
+        return f"invalid cron expression {schedule!r}: {exc}"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _table(checker: _Checker, body: dict[str, Any], name: str, parent: str = "",
+           required: bool = False) -> dict[str, Any]:
+    key = f"{parent}.{name}" if parent else name
+    value = body.get(name)
+    if value is None:
+        if required:
+            checker.error(key, "required table is missing")
+        return {}
+    if not isinstance(value, dict):
+        checker.error(key, "must be a table")
+        checker.bad_tables.add(key)
+        return {}
+    return value
+
+
+def _unknown(checker: _Checker, body: dict[str, Any], key: str, allowed: set[str]) -> None:
+    for name in body:
+        if name not in allowed:
+            where = f"{key}.{name}" if key else name
+            checker.error(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+class _Checker:
+    """Collects errors instead of raising, so that every problem is reported at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.secrets: set[str] = set()
+        self.bad_tables: set[str] = set()
+        self._failed_secrets: set[str] = set()
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{key}: {message}")
+
+    def get(self, body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any,
+            required: bool = False) -> Any:
+        name = key.rsplit(".", 1)[-1]
+        if name not in body:
+            if required:
+                self.error(key, "required key is missing")
+            return default
+        value = body[name]
+        # bool is an int in Python; a number key must not accept true/false.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            self.error(key, f"must be {_kind_name(kind)}, not {_kind_name(type(value))}")
+            return default
+        if isinstance(value, str) and required and not value.strip():
+            self.error(key, "must not be empty")
+            return default
+        return value
+
+    def choice(self, body: dict[str, Any], key: str, options: tuple[str, ...], default: Any,
+               required: bool = False) -> Any:
+        value = self.get(body, key, str, default, required=required)
+        if value is not None and value not in options:
+            self.error(key, f"must be one of {', '.join(repr(o) for o in options)}, not {value!r}")
+            return default
+        return value
+
+    def number(self, body: dict[str, Any], key: str, kind: type, default: Any, low: float,
+               high: float) -> Any:
+        value = self.get(body, key, (int, float) if kind is float else int, default)
+        if not low <= value <= high:
+            self.error(key, f"must be between {low:g} and {high:g}, not {value}")
+            return default
+        return kind(value)
+
+    def url(self, body: dict[str, Any], key: str, required: bool = False) -> str:
+        value = self.get(body, key, str, None, required=required)
+        if not value:
+            return ""
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname:
+            self.error(key, f"must be an https:// URL, not {value!r}")
+            return ""
+        if parsed.scheme == "http" and not is_loopback(parsed.hostname):
+            self.error(key, "http:// is only allowed for loopback hosts (the sandbox); use https://")
+            return ""
+        if parsed.query or parsed.fragment:
+            self.error(key, "must not carry a query string or fragment")
+            return ""
+        return value.rstrip("/")
+
+    def secret(self, body: dict[str, Any], key: str, required: bool = False) -> str:
+        reference = self.get(body, key, str, None, required=required)
+        if not reference:
+            return ""
+        try:
+            value = resolve_secret(reference)
+        except ValueError as exc:
+            self.error(key, str(exc))
+            self._failed_secrets.add(key.rsplit(".", 1)[0])
+            return ""
+        if not value:
+            self.error(key, "resolves to an empty value")
+            return ""
+        self.secrets.add(value)
+        return value
+
+    def secret_failed(self, parent: str) -> bool:
+        return parent in self._failed_secrets
+
+
+def resolve_secret(reference: str) -> str:
+    """The value behind ``env:NAME``, ``file:/path`` or ``credential:NAME``; a plain string as is.
+
+    Error messages name the reference, never the value.
+    """
+    kind, _, name = reference.partition(":")
+    resolvers: dict[str, Callable[[str], str]] = {
+        "env": _from_env,
+        "file": _from_file,
+        "credential": _from_credential,
+    }
+    if kind in resolvers and name:
+        return resolvers[kind](name)
+    return reference
+
+
+def _from_env(name: str) -> str:
+    if name not in os.environ:
+        raise ValueError(f"environment variable {name} is not set")
+    return os.environ[name]
+
+
+def _from_file(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {name}: {exc.strerror}") from None
+
+
+def _from_credential(name: str) -> str:
+    if not CREDENTIAL_NAME.match(name):
+        raise ValueError(f"invalid credential name {name!r}")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(f"credential {name}: $CREDENTIALS_DIRECTORY is not set "
+                         "(use LoadCredential= in the systemd unit)")
+    try:
+        return (Path(directory) / name).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read credential {name}: {exc.strerror}") from None
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a table", list: "an array"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)

@@ -1,0 +1,88 @@
+"""Change set -> the fewest provision calls (SPEC §4).
+
+A call carries one course and at most one user with one enrollment. So:
+
+1. every new or changed enrollment needs a call of its own, which also covers its user and course;
+2. every changed user still uncovered rides on a call for one of its in-scope enrollments; where
+   that enrollment's course is itself changed and uncovered, the call covers both. Choosing which
+   user covers which course is a maximum bipartite matching (users x courses): a greedy choice
+   can leave a course that another assignment would have covered;
+3. every changed course still uncovered is sent alone.
+
+The minimum is ``|E| + |U'| + |C'| - matching(U', C')``, and that is what this plans. Only
+the uncovered changed users and courses (and their enrollment edges) are held in memory.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from syncd.store import Store
+
+
+def build(store: Store, tenant: str) -> int:
+    """Write the plan for ``tenant`` into the store; return the number of calls."""
+    store.plan_enrollment_calls(tenant)
+    match = max_matching(store.uncovered_edges(tenant))
+    rides: list[tuple[str, str | None]] = []
+    for user, fallback_course in store.uncovered_users(tenant):
+        rides.append((match.get(user, fallback_course), user))
+    store.add_calls(tenant, sorted(rides))
+    store.plan_course_calls(tenant)
+    return store.call_count(tenant)
+
+
+def max_matching(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A maximum matching of users to distinct courses (augmenting paths, iterative).
+
+    Returns user -> course for every matched user.
+    """
+    adjacency: dict[str, list[str]] = defaultdict(list)
+    for user, course in edges:
+        adjacency[user].append(course)
+    owner: dict[str, str] = {}  # course -> user
+    matched: dict[str, str] = {}  # user -> course
+    # Fewest options first: the greedy pass then leaves less for the augmenting search.
+    for user in sorted(adjacency, key=lambda u: (len(adjacency[u]), u)):
+        for course in adjacency[user]:
+            if course not in owner:
+                owner[course], matched[user] = user, course
+                break
+    for user in sorted(adjacency):
+        if user not in matched:
+            _augment(user, adjacency, owner, matched)
+    return matched
+
+
+def _augment(start: str, adjacency: dict[str, list[str]], owner: dict[str, str],
+             matched: dict[str, str]) -> bool:
+    """Find an alternating path from an unmatched user to a free course and flip it (BFS)."""
+    came_from: dict[str, tuple[str, str | None]] = {}  # course -> (user who reached it, that user's course)
+    frontier = [start]
+    visited_users = {start}
+    while frontier:
+        next_frontier = []
+        for user in frontier:
+            for course in adjacency[user]:
+                if course in came_from:
+                    continue
+                came_from[course] = (user, matched.get(user))
+                holder = owner.get(course)
+                if holder is None:
+                    _flip(course, came_from, owner, matched)
+                    return True
+                if holder not in visited_users:
+                    visited_users.add(holder)
+                    next_frontier.append(holder)
+        frontier = next_frontier
+    return False
+
+
+def _flip(course: str, came_from: dict[str, tuple[str, str | None]], owner: dict[str, str],
+          matched: dict[str, str]) -> None:
+    current: str | None = course
+    while current is not None:
+        user, previous = came_from[current]
+        owner[current], matched[user] = user, current
+        current = previous

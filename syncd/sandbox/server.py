@@ -1,0 +1,106 @@
+"""A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DROP = object()  # a handler result: close the connection without answering (a lost response)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    url: str
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+
+
+App = Callable[[Request], Response | object]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without this, Nagle's algorithm and the
+        # client's delayed ACK stall every keep-alive response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr noise
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urllib.parse.urlsplit(self.path)
+        host = self.headers.get("Host", f"127.0.0.1:{self.server.server_port}")
+        request = Request(self.command, parts.path, urllib.parse.parse_qs(parts.query, keep_blank_values=True),
+                          {k.lower(): v for k, v in self.headers.items()}, body,
+                          f"http://{host}{self.path}")
+        result = self.server.app(request)
+        if result is DROP:
+            self.close_connection = True
+            return
+        assert isinstance(result, Response)
+        payload = result.raw if result.raw is not None else json.dumps(result.body).encode()
+        self.send_response(result.status)
+        headers = {"Content-Type": "application/json", **result.headers}
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, app: App):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.app = app
+
+
+class Serving:
+    """An app served on 127.0.0.1 on a free port, in a background thread."""
+
+    def __init__(self, app: App):
+        self._server = _Server(app)
+        self.port = self._server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True, name=f"sandbox-{self.port}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

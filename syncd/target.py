@@ -1,0 +1,113 @@
+"""SmarterProctoring provision client: payloads from planned calls, results parsed.
+
+``POST {base_url}/v2/installs/{installSid}/provision`` with the API key in the ``token`` header
+(not a Bearer token). The call is an upsert keyed by the ids we send, so an at-least-once retry
+never makes a duplicate.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import structlog
+
+from syncd import http
+from syncd.config import TargetConfig
+from syncd.model import Entity
+from syncd.store import Call
+
+log = structlog.get_logger("syncd.target")
+
+# Only "Created" is documented; these others are accepted as acknowledgements when a sid comes
+# back. Anything else is not trusted: the object stays pending and the answer is reported.
+KNOWN_RESULTS = {"created", "updated", "unchanged", "existing", "exists", "enrolled", "ok", "success"}
+
+
+@dataclass
+class Outcome:
+    """What the target acknowledged for one call (entity -> sid) and what it did not."""
+
+    sids: dict[Entity, str] = field(default_factory=dict)
+    problems: dict[Entity, str] = field(default_factory=dict)
+
+
+class InvalidResponse(http.HttpError):
+    """A 2xx answer that acknowledges nothing we can trust (not JSON, no object)."""
+
+
+class ProvisionClient:
+    def __init__(self, config: TargetConfig, session: requests.Session | None = None):
+        self.config = config
+        self.session = session or http.new_session(pool_size=config.concurrency)
+        install = urllib.parse.quote(config.install_sid, safe="")
+        self.url = f"{config.base_url}/v2/installs/{install}/provision"
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def _count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def provision(self, call: Call) -> Outcome:
+        response = http.send(
+            self.session, "POST", self.url, timeout=self.config.timeout_s, json=payload(call),
+            headers={"token": self.config.token, "Accept": "application/json"},
+            on_attempt=self._count,
+        )
+        return parse(response, call)
+
+
+def payload(call: Call) -> dict[str, Any]:
+    """The request body: mapped fields, plus ``ids.sid`` where the target gave us one."""
+    body: dict[str, Any] = {"course": _with_sid(call.course_body, call.course_sid)}
+    if call.user_id and call.user_body is not None:
+        body["user"] = _with_sid(call.user_body, call.user_sid)
+        if call.enrollment_body is not None:
+            body["enrollment"] = _with_sid(call.enrollment_body, call.enrollment_sid)
+    return body
+
+
+def _with_sid(body: dict[str, Any], sid: str | None) -> dict[str, Any]:
+    if not sid:
+        return body
+    return {**body, "ids": {**body.get("ids", {}), "sid": sid}}
+
+
+def parse(response: requests.Response, call: Call) -> Outcome:
+    try:
+        data = response.json()
+    except ValueError:
+        raise InvalidResponse(f"provision answered HTTP {response.status_code} with a body that is not JSON",
+                              response.status_code) from None
+    if not isinstance(data, dict):
+        raise InvalidResponse("provision answered with JSON that is not an object", response.status_code)
+    outcome = Outcome()
+    sent: list[Entity] = ["course"]
+    if "user" in payload_keys(call):
+        sent.append("user")
+    if "enrollment" in payload_keys(call):
+        sent.append("enrollment")
+    for entity in sent:
+        part = data.get(entity)
+        sid = part.get("sid") if isinstance(part, dict) else None
+        result = part.get("result") if isinstance(part, dict) else None
+        if not isinstance(sid, str) or not sid:
+            outcome.problems[entity] = f"the response carries no {entity} sid"
+        elif result is not None and (not isinstance(result, str) or result.lower() not in KNOWN_RESULTS):
+            outcome.problems[entity] = f"the response carries an unknown {entity} result {result!r}"
+        else:
+            outcome.sids[entity] = sid
+    return outcome
+
+
+def payload_keys(call: Call) -> set[str]:
+    keys = {"course"}
+    if call.user_id and call.user_body is not None:
+        keys.add("user")
+        if call.enrollment_body is not None:
+            keys.add("enrollment")
+    return keys
