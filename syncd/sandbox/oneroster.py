@@ -17,7 +17,6 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +55,7 @@ class OneRosterApp:
     link: bool = True
     token_ttl: float = 3600.0
     ignore_offset: bool = False
+    expire_tokens_at_request: int | None = None  # revoke every token when this request arrives
     faults: list[Fault] = field(default_factory=list)
     requests: int = 0
     token_requests: int = 0
@@ -82,6 +82,8 @@ class OneRosterApp:
             return _error(404, "unknownobject", f"unknown collection {collection}")
         with self._lock:
             self.requests += 1
+            if self.requests == self.expire_tokens_at_request:
+                self._tokens.clear()
         denied = self._authorize(request)
         if denied:
             with self._lock:
@@ -236,5 +238,3 @@ def _imsx(major: str, minor: str, description: str) -> dict[str, Any]:
 def _error(status: int, minor: str, description: str) -> Response:
     return Response(status, _imsx("failure", minor, description))
 
-
-Hook = Callable[[Request], Response | None]

@@ -1,0 +1,50 @@
+"""Shared fixtures: the sandbox servers on 127.0.0.1 and the real `syncd` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncd.sandbox import Roster, Sandbox
+
+SYNCD = str(Path(sys.executable).with_name("syncd"))
+
+
+@pytest.fixture
+def roster() -> Roster:
+    return Roster.generate(seed=11, users=150, classes=15, enrollments=600)
+
+
+@pytest.fixture
+def sandbox(roster: Roster):
+    with Sandbox(roster) as box:
+        yield box
+
+
+@pytest.fixture
+def config(sandbox: Sandbox, tmp_path: Path) -> Path:
+    return sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+
+
+def syncd(config: Path | None, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+          check_json: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed `syncd` command, as an admin or systemd would."""
+    argv = [SYNCD, *(["--config", str(config)] if config else []), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    return result
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, f"expected one JSON summary, got stdout={result.stdout!r} stderr={result.stderr[-2000:]}"
+    return json.loads(lines[0])
+
+
+def log_events(result: subprocess.CompletedProcess[str]) -> list[dict]:
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
