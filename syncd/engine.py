@@ -259,7 +259,7 @@ def _zero() -> dict[str, int]:
     return {"created": 0, "updated": 0, "unchanged": 0, "removed": 0, "failed": 0}
 
 
-def _today(tenant: TenantConfig):  # noqa: ANN202 - a date
+def _today(tenant: TenantConfig):
     zone = ZoneInfo(tenant.time_zone) if tenant.time_zone else None
     return datetime.now(zone).astimezone(zone).date()
 

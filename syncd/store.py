@@ -233,7 +233,7 @@ class Store:
         with self.db.atomic():
             for table in ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
                           "desired_courses", "desired_users", "desired_enrollments", "plan_calls"):
-                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))  # noqa: S608
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
 
     def stage(self, tenant: str, records: list[Record]) -> list[RecordError]:
         """Stage one page in one transaction. Returns the records that could not be staged:
@@ -253,7 +253,7 @@ class Store:
         table, entity = STAGE_TABLES[kind]
         ids = [row[1] for row in batch]
         already = {r[0] for r in self.conn.execute(
-            f"SELECT source_id FROM {table} WHERE tenant = ? "  # noqa: S608
+            f"SELECT source_id FROM {table} WHERE tenant = ? "
             "AND source_id IN (SELECT value FROM json_each(?))", (tenant, json.dumps(ids)))}
         duplicates: list[RecordError] = []
         fresh: list[tuple[Any, ...]] = []
@@ -265,7 +265,7 @@ class Store:
                 already.add(row[1])
                 fresh.append(row)
         marks = ",".join("?" * len(batch[0]))
-        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)  # noqa: S608
+        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
         return duplicates
 
     # --- desired state and the diff ------------------------------------------------------
@@ -298,7 +298,7 @@ class Store:
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 self.conn.execute(
-                    f"UPDATE desired_{plural} AS d SET change = coalesce((SELECT CASE "  # noqa: S608
+                    f"UPDATE desired_{plural} AS d SET change = coalesce((SELECT CASE "
                     f"WHEN a.hash = d.hash THEN {same} ELSE 'update' END FROM acked_{plural} a "
                     f"WHERE {_join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
                     (tenant,),
@@ -308,7 +308,7 @@ class Store:
         counts: dict[Entity, dict[str, int]] = {}
         for entity in ENTITIES:
             rows = self.conn.execute(
-                f"SELECT change, count(*) FROM desired_{PLURAL[entity]} WHERE tenant = ? "  # noqa: S608
+                f"SELECT change, count(*) FROM desired_{PLURAL[entity]} WHERE tenant = ? "
                 "GROUP BY change", (tenant,))
             counts[entity] = dict(rows.fetchall())
         return counts
@@ -320,7 +320,7 @@ class Store:
         for entity in ENTITIES:
             plural = PLURAL[entity]
             rows = self.conn.execute(
-                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "  # noqa: S608
+                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM desired_{plural} d LEFT JOIN acked_{plural} a ON {_join('d', 'a', entity)} "
                 "WHERE d.tenant = ? GROUP BY 1, 2", (since, tenant))
             result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
@@ -343,13 +343,13 @@ class Store:
         with self.db.atomic():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
-                gone = (f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL "  # noqa: S608
+                gone = (f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL "
                         f"AND NOT EXISTS (SELECT 1 FROM desired_{plural} d WHERE {_join('d', 'a', entity)})")
                 counts[entity] = self.conn.execute(f"SELECT count(*) {gone}", (tenant,)).fetchone()[0]
                 if apply and counts[entity]:
                     keys = ", ".join(f"a.{k}" for k in KEYS[entity])
                     self.conn.execute(
-                        f"UPDATE acked_{plural} SET removed_at = ? WHERE tenant = ? AND "  # noqa: S608
+                        f"UPDATE acked_{plural} SET removed_at = ? WHERE tenant = ? AND "
                         f"({', '.join(KEYS[entity])}) IN (SELECT {keys} {gone})",
                         (now, tenant, tenant),
                     )
@@ -362,7 +362,7 @@ class Store:
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 self.conn.execute(
-                    f"UPDATE acked_{plural} AS a SET removed_at = NULL WHERE a.tenant = ? "  # noqa: S608
+                    f"UPDATE acked_{plural} AS a SET removed_at = NULL WHERE a.tenant = ? "
                     f"AND a.removed_at IS NOT NULL AND EXISTS (SELECT 1 FROM desired_{plural} d "
                     f"WHERE {_join('d', 'a', entity)})", (tenant,))
 
@@ -428,7 +428,7 @@ class Store:
 
     def acked_body(self, entity: Entity, tenant: str, key: tuple[str, ...]) -> dict[str, Any] | None:
         plural, where = PLURAL[entity], " AND ".join(f"{k} = ?" for k in KEYS[entity])
-        row = self.conn.execute(f"SELECT body FROM acked_{plural} WHERE tenant = ? AND {where}",  # noqa: S608
+        row = self.conn.execute(f"SELECT body FROM acked_{plural} WHERE tenant = ? AND {where}",
                                 (tenant, *key)).fetchone()
         return json.loads(row[0]) if row else None
 
@@ -454,7 +454,7 @@ class Store:
         if isinstance(stored.get("ids"), dict):
             stored["ids"] = {k: v for k, v in stored["ids"].items() if k != "sid"}
         self.conn.execute(
-            f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "  # noqa: S608
+            f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "
             f"VALUES ({','.join('?' * len(columns))}, ?, ?, ?, ?, NULL) "
             f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET sid = excluded.sid, hash = excluded.hash, "
             "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL",
@@ -462,7 +462,7 @@ class Store:
 
     def acked_counts(self, tenant: str) -> dict[Entity, int]:
         return {e: self.conn.execute(
-            f"SELECT count(*) FROM acked_{PLURAL[e]} WHERE tenant = ? AND removed_at IS NULL",  # noqa: S608
+            f"SELECT count(*) FROM acked_{PLURAL[e]} WHERE tenant = ? AND removed_at IS NULL",
             (tenant,)).fetchone()[0] for e in ENTITIES}
 
     def integrity_ok(self) -> bool:

@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         # client's delayed ACK stall every keep-alive response by ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr noise
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _serve(self) -> None:

@@ -1,0 +1,121 @@
+"""Diff and plan on a real SQLite store: the fewest calls, then nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_sync_end_to_end import minimal_calls
+
+from syncd import plan
+from syncd.model import Course, Enrollment, User
+from syncd.store import Store
+
+ROLES = {"student": "learner", "teacher": "instructor"}
+COURSES = [f"c{i}" for i in range(5)]
+USERS = [f"u{i}" for i in range(6)]
+
+rosters = st.fixed_dictionaries({
+    "courses": st.dictionaries(st.sampled_from(COURSES), st.sampled_from(["Art", "Bio", "Chem"]), min_size=1),
+    "users": st.dictionaries(st.sampled_from(USERS), st.sampled_from(["Ann", "Bo", "Cy"]), min_size=1),
+    "enrollments": st.dictionaries(st.tuples(st.sampled_from(COURSES), st.sampled_from(USERS)),
+                                   st.sampled_from(["student", "teacher", "observer"])),
+})
+
+
+def records(roster: dict) -> list:
+    out: list = [Course(c, title, True, external_id=c) for c, title in roster["courses"].items()]
+    out += [User(u, name, "Smith", True, external_id=u) for u, name in roster["users"].items()]
+    out += [Enrollment(f"{c}-{u}", c, u, role, True) for (c, u), role in roster["enrollments"].items()]
+    return out
+
+
+def mapping(roster: dict) -> dict:
+    """What SPEC §4 puts in scope, for the independent minimum."""
+    enrollments = {(c, u): {"role": ROLES[r]} for (c, u), r in roster["enrollments"].items()
+                   if r in ROLES and c in roster["courses"] and u in roster["users"]}
+    users = {u: roster["users"][u] for _, u in enrollments}
+    return {"courses": dict(roster["courses"]), "users": users, "enrollments": enrollments}
+
+
+def plan_for(store: Store, roster: dict, pages: int = 1) -> int:
+    store.reset_stage("t")
+    batch = records(roster)
+    for i in range(pages):  # staged in several pages, in another order
+        store.stage("t", batch[i::pages][::-1])
+    store.build_desired("t", ROLES, None)
+    store.classify("t", force=False)
+    return plan.build(store, "t")
+
+
+def acknowledge_everything(store: Store) -> None:
+    for call in store.calls("t"):
+        sids = {"course": "CU" + call.course_id}
+        if call.user_id:
+            sids |= {"user": "US" + call.user_id, "enrollment": f"EN{call.course_id}{call.user_id}"}
+        store.acknowledge("t", call, sids)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=rosters, after=rosters, pages=st.integers(1, 3))
+def test_the_plan_uses_the_minimum_number_of_calls_and_then_none(tmp_path_factory, before, after, pages):
+    store = Store.open(Path(tmp_path_factory.mktemp("state")))
+    try:
+        plan_for(store, before)
+        acknowledge_everything(store)
+        calls = plan_for(store, after, pages)
+        assert calls == minimal_calls(mapping(before), mapping(after))
+        covered = {"courses": set(), "users": set(), "enrollments": set()}
+        for call in store.calls("t"):
+            covered["courses"].add(call.course_id)
+            if call.user_id:
+                assert call.enrollment_body is not None, "a user always travels with an enrollment"
+                covered["users"].add(call.user_id)
+                covered["enrollments"].add((call.course_id, call.user_id))
+        new, old = mapping(after), mapping(before)
+        for kind in covered:
+            changed = {k for k, v in new[kind].items() if old[kind].get(k) != v}
+            assert changed <= covered[kind]
+        acknowledge_everything(store)
+        assert plan_for(store, after) == 0
+    finally:
+        store.close()
+
+
+def test_matching_covers_courses_a_greedy_choice_would_miss():
+    # u1 can ride with c1 or c2, u2 only with c1: only u1->c2, u2->c1 covers both courses.
+    assert plan.max_matching([("u1", "c1"), ("u1", "c2"), ("u2", "c1")]) == {"u1": "c2", "u2": "c1"}
+
+
+def test_duplicate_ids_are_record_errors_and_the_first_one_wins(tmp_path):
+    store = Store.open(tmp_path)
+    try:
+        first = User("u1", "First", "Read", True)
+        errors = store.stage("t", [first, User("u1", "Second", "Read", True)])
+        errors += store.stage("t", [User("u1", "Third", "Read", True)])
+        assert [(e.entity, e.source_id) for e in errors] == [("user", "u1"), ("user", "u1")]
+        name = store.conn.execute("SELECT first_name FROM stage_users WHERE source_id = 'u1'").fetchone()[0]
+        assert name == "First"
+    finally:
+        store.close()
+
+
+def test_the_role_listed_first_wins_when_a_user_has_two_in_one_course(tmp_path):
+    store = Store.open(tmp_path)
+    try:
+        plan_for(store, {"courses": {"c1": "Art"}, "users": {"u1": "Ann"}, "enrollments": {}})
+        store.reset_stage("t")
+        store.stage("t", [Course("c1", "Art", True), User("u1", "Ann", "Smith", True),
+                          Enrollment("e1", "c1", "u1", "teacher", True), Enrollment("e2", "c1", "u1", "student", True)])
+        store.build_desired("t", ROLES, None)
+        rows = store.conn.execute("SELECT body, source_id FROM desired_enrollments").fetchall()
+        assert rows == [('{"role":"learner"}', "e2")]
+    finally:
+        store.close()
+
+
+def test_the_state_file_is_owner_only(tmp_path):
+    Store.open(tmp_path / "state").close()
+    assert (tmp_path / "state" / "syncd.db").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "state").stat().st_mode & 0o077 == 0
