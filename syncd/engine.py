@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +27,7 @@ from syncd.target import InvalidResponse, Outcome, ProvisionClient
 log = structlog.get_logger("syncd.engine")
 
 COMPLETED, WITH_ERRORS, HELD, FAILED = "completed", "completed_with_errors", "held", "failed"
+COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Run:
             "run_id": self.run_id,
             "status": self.status,
             "dry_run": self.options.dry_run,
-            "counts": {PLURAL[e]: self.counts.get(e, _zero()) for e in ENTITIES},
+            "counts": {PLURAL[e]: {k: self.counts.get(e, {}).get(k, 0) for k in COUNT_KEYS} for e in ENTITIES},
             "calls": self.calls,
             "planned_calls": self.planned_calls,
             "duration_s": round(time.monotonic() - self.started, 3),
@@ -255,13 +256,11 @@ def _planned_counts(store: Store, tenant: str) -> dict[Entity, dict[str, int]]:
                 "unchanged": changes[e].get("none", 0), "failed": 0} for e in ENTITIES}
 
 
-def _zero() -> dict[str, int]:
-    return {"created": 0, "updated": 0, "unchanged": 0, "removed": 0, "failed": 0}
-
-
-def _today(tenant: TenantConfig):
-    zone = ZoneInfo(tenant.time_zone) if tenant.time_zone else None
-    return datetime.now(zone).astimezone(zone).date()
+def _today(tenant: TenantConfig) -> date:
+    """The day on which enrollment endDates are judged: the tenant's, else this machine's."""
+    if tenant.time_zone:
+        return datetime.now(ZoneInfo(tenant.time_zone)).date()
+    return datetime.now().astimezone().date()
 
 
 def _describe(exc: BaseException) -> str:

@@ -69,8 +69,35 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
 
 
+class _Session(requests.Session):
+    """A Session that reads its environment (proxies, CA bundle) once per host, not per request.
+
+    requests re-reads proxy variables and probes the CA bundle path with os.path calls on every
+    request; at hundreds of calls a second that is a tenth of the push's CPU.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Never pick up ~/.netrc credentials: they must not reach a source or the target.
+        self.auth = _no_auth
+        self._environment: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if proxies or stream is not None or verify is not None or cert is not None:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = tuple(urllib.parse.urlsplit(url)[:2])
+        if key not in self._environment:
+            self._environment[key] = super().merge_environment_settings(url, {}, None, None, None)
+        settings = self._environment[key]
+        return {**settings, "proxies": dict(settings["proxies"])}
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
 def new_session(pool_size: int = 10) -> requests.Session:
-    session = requests.Session()
+    session = _Session()
     session.headers["User-Agent"] = USER_AGENT
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)

@@ -15,6 +15,7 @@ Tables per entity (``courses``, ``users``, ``enrollments``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -161,10 +162,23 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction. IMMEDIATE takes the write lock up front, so that two processes
+        (two tenants, or the daemon and the CLI) wait on each other instead of failing with
+        SQLITE_BUSY when a read inside the transaction turns into a write."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     # --- runs ----------------------------------------------------------------------------
 
     def start_run(self, run_id: str, tenant: str, *, dry_run: bool, force: bool) -> None:
-        with self.db.atomic():
+        with self._write():
             self.conn.execute(
                 "INSERT INTO runs (run_id, tenant, started_at, status, dry_run, force, pid) "
                 "VALUES (?, ?, ?, 'running', ?, ?, ?)",
@@ -173,7 +187,7 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any], message: str | None,
                    complete: bool) -> None:
-        with self.db.atomic():
+        with self._write():
             self.conn.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, calls = ?, duration_s = ?, summary = ?, "
                 "message = ?, extract_complete = ? WHERE run_id = ?",
@@ -204,7 +218,7 @@ class Store:
                      user_id: str | None = None) -> int:
         """Store one failed record; ``attempts`` counts consecutive runs in which it failed."""
         now = utcnow()
-        with self.db.atomic():
+        with self._write():
             previous = self.conn.execute(
                 "SELECT e.attempts, e.first_seen FROM errors e WHERE e.tenant = ? AND e.entity = ? "
                 "AND e.source_id = ? AND e.stage = ? AND e.run_id = (SELECT run_id FROM runs "
@@ -230,7 +244,7 @@ class Store:
     # --- staging -------------------------------------------------------------------------
 
     def reset_stage(self, tenant: str) -> None:
-        with self.db.atomic():
+        with self._write():
             for table in ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
                           "desired_courses", "desired_users", "desired_enrollments", "plan_calls"):
                 self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))
@@ -243,7 +257,7 @@ class Store:
         for record in records:
             if not isinstance(record, RecordError):
                 rows[type(record)].append(_stage_row(tenant, record))
-        with self.db.atomic():
+        with self._write():
             for kind, batch in rows.items():
                 if batch:
                     failed += self._insert_stage(tenant, kind, batch)
@@ -273,7 +287,7 @@ class Store:
     def build_desired(self, tenant: str, roles: dict[str, str], time_zone: str | None) -> None:
         """Map staged rows to provision bodies in scope (SPEC §4), all in SQL."""
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
-        with self.db.atomic():
+        with self._write():
             self.conn.execute(DESIRED_COURSES, (tenant,))
             self.conn.execute(DESIRED_ENROLLMENTS, (role_rows, tenant))
             self.conn.execute(DESIRED_USERS, (time_zone, tenant))
@@ -294,7 +308,7 @@ class Store:
         """Mark each desired row create / update / none against the acknowledged state.
         With ``force`` every acknowledged row is an update: the whole roster is pushed again."""
         same = "'update'" if force else "'none'"
-        with self.db.atomic():
+        with self._write():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 self.conn.execute(
@@ -340,7 +354,7 @@ class Store:
         """Acknowledged objects that left scope. With ``apply``, tombstone them (one transaction)."""
         counts: dict[Entity, int] = {}
         now = utcnow()
-        with self.db.atomic():
+        with self._write():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 gone = (f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL "
@@ -358,7 +372,7 @@ class Store:
     def restore_returning(self, tenant: str) -> None:
         """Clear tombstones of objects that are back in scope (same source id: restore, never
         duplicate). Their sid is kept, so the next push updates the same target object."""
-        with self.db.atomic():
+        with self._write():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 self.conn.execute(
@@ -370,7 +384,7 @@ class Store:
 
     def plan_enrollment_calls(self, tenant: str) -> None:
         """Every new or changed enrollment needs a call of its own (which covers its user and course)."""
-        with self.db.atomic():
+        with self._write():
             self.conn.execute(
                 "INSERT INTO plan_calls (tenant, seq, course_id, user_id) "
                 "SELECT tenant, row_number() OVER (ORDER BY course_id, user_id), course_id, user_id "
@@ -393,7 +407,7 @@ class Store:
             (tenant, tenant, tenant, tenant, tenant))
 
     def add_calls(self, tenant: str, calls: Iterable[tuple[str, str | None]]) -> None:
-        with self.db.atomic():
+        with self._write():
             start = self.conn.execute("SELECT coalesce(max(seq), 0) FROM plan_calls WHERE tenant = ?",
                                       (tenant,)).fetchone()[0]
             self.conn.executemany(
@@ -402,7 +416,7 @@ class Store:
 
     def plan_course_calls(self, tenant: str) -> None:
         """A changed course that no call covers yet is sent alone."""
-        with self.db.atomic():
+        with self._write():
             start = self.conn.execute("SELECT coalesce(max(seq), 0) FROM plan_calls WHERE tenant = ?",
                                       (tenant,)).fetchone()[0]
             self.conn.execute(
@@ -437,7 +451,7 @@ class Store:
     def acknowledge(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
         """Record what the target acknowledged for one call, in one transaction."""
         now = utcnow()
-        with self.db.atomic():
+        with self._write():
             if "course" in sids:
                 self._ack("course", (tenant, call.course_id), sids["course"], call.course_hash,
                           call.course_body, now)

@@ -1,0 +1,147 @@
+"""Benchmark: the real `syncd` command against the sandbox servers on loopback.
+
+    .venv/bin/python bench/run.py            # full run (~5 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a small smoke version
+
+Reports, for a roster of 20k users / 2k classes / 100k enrollments: initial sync, no-change and
+1 %-change resync wall time, provision calls against the SPEC §4 minimum, source requests and
+peak RSS of the syncd process; a naive baseline that pushes every record every run (`--force`);
+peak RSS as the roster grows; and push throughput with 20 ms of latency per provision call.
+Results are printed as Markdown and written to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from test_sync_end_to_end import initial_calls, minimal_calls
+
+from syncd.sandbox import Roster, Sandbox, expected_mapping
+
+SYNCD = str(Path(sys.executable).with_name("syncd"))
+ROLES = {"student": "learner", "teacher": "instructor"}
+
+
+def run_syncd(config: Path, *args: str) -> dict:
+    """Run `syncd sync` and return its summary, wall time, peak RSS and phase times."""
+    started = time.perf_counter()
+    process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", "--json", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate()
+    # wait4 is not available after communicate(); getrusage of children is cumulative max.
+    wall = time.perf_counter() - started
+    if process.returncode not in (0,):
+        raise SystemExit(f"syncd failed ({process.returncode}): {stderr[-2000:]}")
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    stamps = {e["event"]: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in events}
+    push_s = (stamps["sync.finished"] - stamps["sync.extracted"]).total_seconds()
+    extracted = next(e for e in events if e["event"] == "sync.extracted")
+    return {"summary": json.loads(stdout), "wall_s": wall, "push_s": push_s,
+            "source_requests": extracted["source_requests"]}
+
+
+def peak_rss_mb(config: Path, *args: str) -> tuple[dict, float]:
+    """One run in a child whose own peak RSS we read with wait4."""
+    started = time.perf_counter()
+    process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", "--json", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"syncd failed ({process.returncode})")
+    return {"summary": json.loads(stdout), "wall_s": time.perf_counter() - started}, usage.ru_maxrss / 1024
+
+
+def scale(users: int, classes: int, enrollments: int, workdir: Path, **target: str) -> tuple[Roster, Sandbox, Path]:
+    roster = Roster.generate(seed=42, users=users, classes=classes, enrollments=enrollments)
+    box = Sandbox(roster)
+    extra = "\n".join(f"{k} = {v}" for k, v in target.items())
+    config = box.write_config(workdir / "syncd.toml", workdir / "state", log_level="info",
+                              source_extra="page_size = 1000", target_extra=extra)
+    return roster, box, config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    factor = 10 if args.quick else 1
+    users, classes, enrollments = 20_000 // factor, 2_000 // factor, 100_000 // factor
+    lines = [f"# syncd benchmark ({datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} cores, "
+             f"Python {sys.version.split()[0]})", ""]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        roster, box, config = scale(users, classes, enrollments, Path(tmp), concurrency="8")
+        with box:
+            mapping = expected_mapping(roster, ROLES)
+            first, rss_first = peak_rss_mb(config)
+            nochange, rss_nochange = peak_rss_mb(config)
+            nochange_detail = run_syncd(config)
+            before = expected_mapping(roster, ROLES)
+            roster.mutate(seed=1, fraction=0.01)
+            after = expected_mapping(roster, ROLES)
+            change = run_syncd(config)
+            naive = run_syncd(config, "--force")
+            target = box.provision.snapshot()
+            # The target keeps what was removed (the API has no delete): compare what is in scope.
+            target_ok = all(target[k].get(key) == v for k in after for key, v in after[k].items())
+        lines += [
+            f"## {users:,} users / {classes:,} classes / {enrollments:,} enrollments, no latency, concurrency 8",
+            "",
+            "| run | wall time | provision calls | minimum | source requests | peak RSS |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| initial sync | {first['wall_s']:.1f} s | {first['summary']['calls']:,} | "
+            f"{initial_calls(mapping):,} | - | {rss_first:.0f} MB |",
+            f"| no-change resync | {nochange['wall_s']:.2f} s | {nochange['summary']['calls']} | 0 | "
+            f"{nochange_detail['source_requests']} | {rss_nochange:.0f} MB |",
+            f"| 1 % change resync | {change['wall_s']:.2f} s | {change['summary']['calls']:,} | "
+            f"{minimal_calls(before, after):,} | {change['source_requests']} | - |",
+            f"| naive baseline (every record, every run) | {naive['wall_s']:.1f} s | "
+            f"{naive['summary']['calls']:,} | - | {naive['source_requests']} | - |",
+            "",
+            f"Target equal to the expected mapping after the runs: {target_ok}.",
+            "",
+        ]
+
+    lines += ["## Peak RSS as the roster grows (initial sync)", "", "| enrollments | users | peak RSS |",
+              "| ---: | ---: | ---: |"]
+    for size in ((10_000, 2_000, 200), (50_000, 10_000, 1_000), (100_000, 20_000, 2_000)):
+        n_enrollments, n_users, n_classes = (s // factor for s in size)
+        with tempfile.TemporaryDirectory() as tmp:
+            _, box, config = scale(n_users, n_classes, n_enrollments, Path(tmp), concurrency="8")
+            with box:
+                _, rss = peak_rss_mb(config)
+        lines.append(f"| {n_enrollments:,} | {n_users:,} | {rss:.0f} MB |")
+    lines.append("")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, box, config = scale(2_000 // factor, 200 // factor, 10_000 // factor, Path(tmp), concurrency="8")
+        box.provision.latency_s = 0.020
+        with box:
+            latency = run_syncd(config)
+        calls = latency["summary"]["calls"]
+        rate = calls / latency["push_s"]
+        lines += ["## Push throughput, 20 ms latency per provision call, concurrency 8", "",
+                  f"{calls:,} calls pushed in {latency['push_s']:.1f} s: **{rate:.0f} calls/s**, "
+                  f"{rate / 400:.0%} of the 400 calls/s that 8 x 20 ms allows.", ""]
+
+    report = "\n".join(lines)
+    print(report)
+    if not args.quick:
+        (Path(__file__).parent / "results.md").write_text(report + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
