@@ -187,19 +187,20 @@ def _push(state: Run, store: Store, client: ProvisionClient) -> None:
 
 
 def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], how: str) -> None:
+    """Collect the calls that returned and acknowledge them together (one transaction)."""
     done, _ = wait(list(in_flight), return_when=how)
+    acks: list[tuple[Call, Outcome]] = []
     for future in done:
         call = in_flight.pop(future)
         try:
-            outcome = future.result()
+            acks.append((call, future.result()))
         except http.AuthError as exc:
             state.failure = f"the target refused the token: {exc}"
             log.error("sync.target_auth_failed", error=str(exc))
-            continue
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
-            continue
-        store.acknowledge(tenant_name(state), call, outcome.sids)
+    store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks))
+    for call, outcome in acks:
         for entity, problem in outcome.problems.items():
             _record_failed(state, store, entity, _source_id(call, entity), "push",
                            f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id)
@@ -219,10 +220,6 @@ def _source_id(call: Call, entity: Entity) -> str:
     if entity == "user":
         return call.user_id or ""
     return call.enrollment_source_id or f"{call.course_id}/{call.user_id}"
-
-
-def tenant_name(state: Run) -> str:
-    return state.tenant.name
 
 
 def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, stage: str, message: str,

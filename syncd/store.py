@@ -448,18 +448,20 @@ class Store:
 
     # --- acknowledgement -----------------------------------------------------------------
 
-    def acknowledge(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
-        """Record what the target acknowledged for one call, in one transaction."""
+    def acknowledge(self, tenant: str, acks: Iterable[tuple[Call, dict[Entity, str]]]) -> None:
+        """Record what the target acknowledged for the calls that just returned, in one
+        transaction, before any further call is sent on their behalf."""
         now = utcnow()
         with self._write():
-            if "course" in sids:
-                self._ack("course", (tenant, call.course_id), sids["course"], call.course_hash,
-                          call.course_body, now)
-            if "user" in sids and call.user_id and call.user_body is not None:
-                self._ack("user", (tenant, call.user_id), sids["user"], call.user_hash, call.user_body, now)
-            if "enrollment" in sids and call.user_id and call.enrollment_body is not None:
-                self._ack("enrollment", (tenant, call.course_id, call.user_id), sids["enrollment"],
-                          call.enrollment_hash, call.enrollment_body, now)
+            for call, sids in acks:
+                if "course" in sids:
+                    self._ack("course", (tenant, call.course_id), sids["course"], call.course_hash,
+                              call.course_body, now)
+                if "user" in sids and call.user_id and call.user_body is not None:
+                    self._ack("user", (tenant, call.user_id), sids["user"], call.user_hash, call.user_body, now)
+                if "enrollment" in sids and call.user_id and call.enrollment_body is not None:
+                    self._ack("enrollment", (tenant, call.course_id, call.user_id), sids["enrollment"],
+                              call.enrollment_hash, call.enrollment_body, now)
 
     def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
              body: dict[str, Any], now: str) -> None:

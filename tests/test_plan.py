@@ -54,7 +54,7 @@ def acknowledge_everything(store: Store) -> None:
         sids = {"course": "CU" + call.course_id}
         if call.user_id:
             sids |= {"user": "US" + call.user_id, "enrollment": f"EN{call.course_id}{call.user_id}"}
-        store.acknowledge("t", call, sids)
+        store.acknowledge("t", [(call, sids)])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
