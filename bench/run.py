@@ -1,6 +1,6 @@
 """Benchmark: the real `syncd` command against the sandbox servers on loopback.
 
-    .venv/bin/python bench/run.py            # full run (~5 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # full run (~10 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # a small smoke version
 
 Reports, for a roster of 20k users / 2k classes / 100k enrollments: initial sync, no-change and
