@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true")
     errors.set_defaults(handler=cmd_errors)
 
+    auth = commands.add_parser("auth", help="authorize a tenant's Canvas developer key (stores a refresh token)")
+    auth.add_argument("tenant", metavar="TENANT")
+    auth.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                      help="how long to wait for the authorization (default 600)")
+    auth.set_defaults(handler=cmd_auth)
+
     cfg = commands.add_parser("config", help="check a config file or print an annotated example")
     cfg_commands = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     cfg_commands.add_parser("validate", help="check the config file").set_defaults(handler=cmd_config_validate)
@@ -83,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
-    demo.add_argument("--source", choices=("oneroster",), default="oneroster")
+    demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -270,7 +276,53 @@ def example_config() -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from syncd import demo
 
-    return demo.main(args.dir)
+    return demo.main(args.dir, args.source)
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    from syncd.sources import SourceError, canvas_auth
+
+    config = _load(args)
+    tenant = config.tenants.get(args.tenant)
+    if tenant is None:
+        raise UsageError(f"unknown tenant: {args.tenant}")
+    if tenant.source.type != "canvas" or not (tenant.source.client_id and tenant.source.client_secret):
+        raise UsageError(f"{args.tenant}: `syncd auth` is for Canvas sources with a developer key "
+                         "(source.client_id and source.client_secret)")
+    stdin = _StdinLines()
+    try:
+        canvas_auth.authorize(args.tenant, tenant.source, config.daemon.state_dir,
+                              lambda line: print(line, flush=True), stdin.line, args.timeout)
+    except SourceError as exc:
+        print(f"syncd: {args.tenant}: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    return EXIT_OK
+
+
+class _StdinLines:
+    """Lines pasted on stdin, read without blocking the wait for the loopback redirect."""
+
+    def __init__(self) -> None:
+        self.closed = sys.stdin is None or sys.stdin.closed
+
+    def line(self, wait: float) -> str | None:
+        import select
+        import time
+
+        if self.closed:
+            time.sleep(wait)
+            return None
+        ready, _, _ = select.select([sys.stdin], [], [], wait)
+        if not ready:
+            return None
+        text = sys.stdin.readline()
+        if not text:
+            self.closed = True  # end of input: keep waiting for the listener only
+            return None
+        return text.strip() or None
 
 
 if __name__ == "__main__":

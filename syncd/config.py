@@ -60,11 +60,17 @@ class SourceConfig:
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
-    # Canvas only (issue 3); accepted here so that a Canvas config validates as SPEC §2 says.
+    # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
     access_token: str = field(default="", repr=False)
     redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
+    mode: str = "auto"  # auto | api | report
+    term_id: str = ""
+    sub_accounts: tuple[str, ...] = ()
+    concurrency: int = 8
+    report_min_courses: int = 0  # 0: the measured default (syncd.sources.canvas.REPORT_MIN_COURSES)
+    report_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,10 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
 ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
                   "page_size", "timeout_s"}
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
-               "access_token", "redirect_uri", "page_size", "timeout_s"}
+               "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
+               "concurrency", "report_min_courses", "report_timeout_s"}
+CANVAS_MODES = ("auto", "api", "report")
+CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
 
 
 def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig | None:
@@ -219,7 +228,9 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
     _unknown(checker, body, key, ONEROSTER_KEYS if kind == "oneroster" else CANVAS_KEYS)
     common = {
         "base_url": checker.url(body, f"{key}.base_url", required=True),
-        "page_size": checker.number(body, f"{key}.page_size", int, 1000, 1, 100_000),
+        # Canvas caps per_page silently (100 hosted); asking for more only hides the cap.
+        "page_size": checker.number(body, f"{key}.page_size", int, 1000 if kind == "oneroster" else 100,
+                                    1, 100_000),
         "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
     }
     if kind == "oneroster":
@@ -244,14 +255,42 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         checker.error(key, "needs client_id and client_secret (developer key) or access_token")
     return SourceConfig(
         type=kind,
-        account_id=str(checker.get(body, f"{key}.account_id", (str, int), "1")),
+        account_id=_canvas_id(checker, body, f"{key}.account_id", "1"),
         client_id=client_id,
         client_secret=client_secret,
         refresh_token=refresh,
         access_token=access,
         redirect_uri=checker.url(body, f"{key}.redirect_uri") or "http://127.0.0.1:8765/oauth/callback",
+        mode=checker.choice(body, f"{key}.mode", CANVAS_MODES, "auto"),
+        term_id=_canvas_id(checker, body, f"{key}.term_id", ""),
+        sub_accounts=_canvas_ids(checker, body, f"{key}.sub_accounts"),
+        concurrency=checker.number(body, f"{key}.concurrency", int, 8, 1, 32),
+        report_min_courses=checker.number(body, f"{key}.report_min_courses", int, 0, 0, 10_000_000),
+        report_timeout_s=checker.number(body, f"{key}.report_timeout_s", float, 1800.0, 10, 86_400),
         **common,
     )
+
+
+def _canvas_id(checker: _Checker, body: dict[str, Any], key: str, default: str) -> str:
+    """A Canvas id: digits, or an SIS reference such as ``sis_term_id:2026FA``."""
+    return _canvas_id_value(checker, checker.get(body, key, (str, int), default), key, default)
+
+
+def _canvas_id_value(checker: _Checker, value: Any, key: str, default: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        checker.error(key, f"must be a string or an integer, not {_kind_name(type(value))}")
+        return default
+    text = str(value).strip()
+    if text and not CANVAS_ID.match(text):
+        checker.error(key, f"must be a Canvas id (digits) or an SIS reference like sis_account_id:X, not {value!r}")
+        return default
+    return text
+
+
+def _canvas_ids(checker: _Checker, body: dict[str, Any], key: str) -> tuple[str, ...]:
+    values = checker.get(body, key, list, [])
+    ids = (_canvas_id_value(checker, value, f"{key}[{i}]", "") for i, value in enumerate(values))
+    return tuple(i for i in ids if i)
 
 
 def _target(checker: _Checker, body: dict[str, Any], key: str) -> TargetConfig | None:

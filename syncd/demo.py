@@ -3,42 +3,66 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from syncd import cli, engine, logs
 from syncd import config as configuration
-from syncd.sandbox import Roster, Sandbox, expected_mapping
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, canvas_roster, expected_mapping
 from syncd.store import Store
 
 
-def main(directory: str) -> int:
+def _sandbox(source: str) -> tuple[Any, Any, Callable[..., dict[str, Any]], str]:
+    """The sandbox, its roster, the independent expected mapping, and how to describe them."""
+    if source == "canvas":
+        roster = CanvasRoster.generate(seed=7, users=120, courses=12, enrollments=500)
+        box: Any = CanvasSandbox(roster)
+        about = (f"sandbox: Canvas at {box.source_url} (developer key authorized, throttling on)\n"
+                 f"roster:  {len(roster.courses)} courses, {len(roster.users)} users, {len(roster.enrollments)} "
+                 "enrollments (with Test Students, observers, invitees, concluded and deleted records)")
+        return box, roster, canvas_roster.expected_mapping, about
+    roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
+    box = Sandbox(roster)
+    about = (f"sandbox: OneRoster 1.1 at {box.source_url}\n"
+             f"roster:  {len(roster.classes)} classes, {len(roster.users)} users, "
+             f"{len(roster.enrollments)} enrollments (with inactive, ended and unmapped records)")
+    return box, roster, expected_mapping, about
+
+
+def _student_to_refuse(mapping: dict[str, Any]) -> str:
+    """A user with an e-mail and a single enrollment: the demo's target refuses them."""
+    enrolled: dict[str, int] = {}
+    for _, user in mapping["enrollments"]:
+        enrolled[user] = enrolled.get(user, 0) + 1
+    return min(u for u, body in mapping["users"].items() if body.get("email") and enrolled.get(u) == 1)
+
+
+def main(directory: str, source: str = "oneroster") -> int:
     base = Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     logs.configure("error", "console")
-    roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
-    with Sandbox(roster) as sandbox:
-        # One student whose e-mail the target refuses, so that `syncd errors` has something to show.
-        blocked = next(u for u in roster.users.values() if u["role"] == "student" and u["email"])
-        sandbox.provision.reject = lambda body: (
-            (422, "user.email is already used by another account")
-            if body.get("user", {}).get("ids", {}).get("external") == blocked["sourcedId"] else None)
+    sandbox, roster, expect, about = _sandbox(source)
+    with sandbox:
         path = sandbox.write_config(base / "syncd.toml", base / "state")
         config = configuration.load(path)
-        tenant = config.tenants["lincoln"]
+        tenant = config.tenants[sandbox.default_tenant]
+        # One student whose e-mail the target refuses, so that `syncd errors` has something to show.
+        refused = _student_to_refuse(expect(roster, tenant.roles))
+        sandbox.provision.reject = lambda body: (
+            (422, "user.email is already used by another account")
+            if refused in (body.get("user", {}).get("ids", {}).get(k) for k in ("external", "lms")) else None)
         store = Store.open(config.daemon.state_dir)
         try:
-            print(f"sandbox: OneRoster 1.1 at {sandbox.source_url}\n"
-                  f"         provision API at {sandbox.target_url}\n"
-                  f"roster:  {len(roster.classes)} classes, {len(roster.users)} users, "
-                  f"{len(roster.enrollments)} enrollments (with inactive, ended and unmapped records)\n")
+            print(f"{about}\n         provision API at {sandbox.target_url}\n")
             print("1. first sync: everything in scope is created")
             first = engine.run(tenant, store)
             print(cli.render_summary(first), "\n")
             made = roster.mutate(seed=8, fraction=0.02)
             roster.touch_unmapped(seed=9)
-            print(f"2. the SIS changes: {made['renamed']} users renamed, {made['new_enrollments']} new and "
-                  f"{made['dropped']} dropped enrollments, {made['retitled']} classes retitled, and 10 users "
-                  "changed only in fields syncd does not map")
+            print(f"2. the {'LMS' if source == 'canvas' else 'SIS'} changes: {made['renamed']} users renamed, "
+                  f"{made['new_enrollments']} new and {made['dropped']} dropped enrollments, {made['retitled']} "
+                  "courses retitled, and 10 users changed only in fields syncd does not map")
             calls_before = sandbox.provision.calls
             second = engine.run(tenant, store)
             print(cli.render_summary(second))
@@ -46,8 +70,7 @@ def main(directory: str) -> int:
             print("3. nothing changes: a resync sends nothing but the retry of the refused record")
             third = engine.run(tenant, store)
             print(cli.render_summary(third), "\n")
-            expected = expected_mapping(roster, tenant.roles)
-            refused = blocked["sourcedId"]
+            expected = expect(roster, tenant.roles)
             expected["users"].pop(refused, None)
             expected["enrollments"] = {k: v for k, v in expected["enrollments"].items() if k[1] != refused}
             target = sandbox.provision.snapshot()

@@ -19,8 +19,7 @@ import structlog
 from syncd import http, plan
 from syncd.config import TenantConfig
 from syncd.model import ENTITIES, PLURAL, Entity, RecordError
-from syncd.sources import Source, open_source
-from syncd.sources.oneroster import SourceError
+from syncd.sources import Source, SourceError, open_source
 from syncd.store import Call, Store, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
@@ -88,7 +87,7 @@ def run(tenant: TenantConfig, store: Store, options: Options = Options(),
         store.start_run(state.run_id, tenant.name, dry_run=options.dry_run, force=options.force)
         log.info("sync.started", dry_run=options.dry_run, force=options.force)
         try:
-            _sync(state, store, source or open_source(tenant.source, _today(tenant)),
+            _sync(state, store, source or open_source(tenant, store.path.parent, _today(tenant)),
                   client or ProvisionClient(tenant.target), show)
         except BaseException as exc:
             state.failure = _describe(exc)

@@ -115,12 +115,14 @@ def send(
     reauthorize: Callable[[], None] | None = None,
     on_attempt: Callable[[], None] | None = None,
     transient_status: Callable[[requests.Response], bool] | None = None,
+    throttle_policy: RetryPolicy | None = None,
     **kwargs: Any,
 ) -> requests.Response:
     """Send one request under the policy and return the 2xx response, or raise a typed error.
 
     ``reauthorize`` is called once on a 401 (refresh a token) before the request is tried again.
-    ``transient_status`` lets a client classify vendor-specific throttling (Canvas 403) as retryable.
+    ``transient_status`` lets a client classify vendor-specific throttling (Canvas 403) as retryable;
+    such answers are retried under ``throttle_policy`` (longer: a throttle drains slowly) if given.
     """
     reauthorized = False
     attempt = 0
@@ -146,14 +148,17 @@ def send(
             reauthorize()
             attempt -= 1  # the refresh is "once", not one of the transient retries
             continue
-        retryable = status == 429 or status >= 500 or bool(transient_status and transient_status(response))
+        # The vendor's classifier sees every failure, so that it can also react to a plain 429.
+        vendor_transient = bool(transient_status and transient_status(response))
+        retryable = vendor_transient or status == 429 or status >= 500
         detail = error_message(response)
         message = f"{method} {shown}: HTTP {status}: {detail}"
         if retryable:
-            if attempt >= policy.attempts or stopping.is_set():
+            rules = throttle_policy if vendor_transient and throttle_policy else policy
+            if attempt >= rules.attempts or stopping.is_set():
                 raise TransientError(message, status, shown, attempt, f"HTTP {status} after {attempt} "
                                      f"attempt(s): {detail}")
-            _pause(policy.delay(attempt, retry_after(response)))
+            _pause(rules.delay(attempt, retry_after(response)))
             continue
         if status in (401, 403):
             raise AuthError(message, status, shown, attempt, detail)

@@ -140,10 +140,13 @@ def test_unknown_tenant_is_a_usage_error(good, tmp_path):
 def test_the_annotated_example_is_valid_once_its_secrets_exist(tmp_path, monkeypatch):
     (tmp_path / "creds").mkdir()
     (tmp_path / "creds" / "sp-token").write_text("t")
+    (tmp_path / "creds" / "sp-token-stateu").write_text("u")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
     monkeypatch.setenv("LINCOLN_SECRET", "s")
+    monkeypatch.setenv("CANVAS_KEY_SECRET", "k")
     config = configuration.parse(__import__("tomllib").loads(example_config()), tmp_path / "x.toml")
-    assert list(config.tenants) == ["lincoln"]
+    assert list(config.tenants) == ["lincoln", "stateu"]
+    assert config.tenants["stateu"].source.mode == "auto"
     repo_copy = Path(__file__).parent.parent / "config" / "syncd.example.toml"
     assert repo_copy.read_text() == example_config()
     assert syncd(None, "config", "example").stdout == example_config()
@@ -153,3 +156,26 @@ def test_config_validate_names_the_tenants(good):
     result = syncd(good, "config", "validate")
     assert result.returncode == 0 and "1 tenant(s): lincoln" in result.stdout
     assert "source-secret-value" not in result.stdout + result.stderr
+
+
+def test_canvas_keys_are_checked_with_their_key_paths(tmp_path):
+    path = tmp_path / "syncd.toml"
+    path.write_text("""
+[tenants.stateu.source]
+type = "canvas"
+base_url = "https://canvas.example.edu"
+access_token = "a-token"
+mode = "bulk"
+term_id = "fall"
+sub_accounts = ["12", true]
+concurrency = 0
+[tenants.stateu.target]
+base_url = "https://api.smarterproctoring.com"
+install_sid = "AI1"
+token = "t"
+""")
+    result = syncd(path, "config", "validate")
+    assert result.returncode == 2
+    for key in ("source.mode", "source.term_id", "source.sub_accounts[1]", "source.concurrency"):
+        assert f"tenants.stateu.{key}:" in result.stderr
+    assert "a-token" not in result.stderr

@@ -1,4 +1,4 @@
-"""The sandbox: fake OneRoster and provision servers on loopback, and a seeded roster.
+"""The sandbox: fake OneRoster, Canvas and provision servers on loopback, and seeded rosters.
 
 Used by ``syncd demo``, by the tests and by the benchmarks. Everything listens on 127.0.0.1
 only and stops with :meth:`Sandbox.stop`.
@@ -9,28 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from syncd.sandbox import canvas_roster
+from syncd.sandbox.canvas import CanvasApp, CanvasFault
+from syncd.sandbox.canvas_roster import CanvasRoster
 from syncd.sandbox.oneroster import Fault, OneRosterApp
 from syncd.sandbox.provision import ProvisionApp, Scripted
 from syncd.sandbox.roster import Roster, expected_mapping
-from syncd.sandbox.server import Serving
+from syncd.sandbox.server import App, Serving
 
-__all__ = ["Fault", "OneRosterApp", "ProvisionApp", "Roster", "Sandbox", "Scripted", "expected_mapping"]
+__all__ = ["CanvasApp", "CanvasFault", "CanvasRoster", "CanvasSandbox", "Fault", "OneRosterApp", "ProvisionApp",
+           "Roster", "Sandbox", "Scripted", "canvas_roster", "expected_mapping"]
+
+DEFAULT_ROLES = '{ student = "learner", teacher = "instructor" }'
 
 
-class Sandbox:
-    def __init__(self, roster: Roster | None = None, *, version: str = "1.1", vendor_prefix: str = "/district",
-                 **oneroster: Any):
-        self.roster = roster or Roster.generate()
-        self.oneroster = OneRosterApp(self.roster, version=version, **oneroster)
-        # A vendor prefix before /ims/...: the base URL must be taken as given, not built.
-        self.oneroster.prefix = vendor_prefix + self.oneroster.prefix
+class _Sandbox:
+    """A source app and the provision app, each on its own loopback port."""
+
+    default_tenant = "lincoln"
+
+    def __init__(self, source_app: App):
         self.provision = ProvisionApp()
-        self._servers = [Serving(self.oneroster), Serving(self.provision)]
-        self.source_url = self._servers[0].url + self.oneroster.prefix
-        self.token_url = self._servers[0].url + "/oauth/token"
+        self._servers = [Serving(source_app), Serving(self.provision)]
+        self.source_root = self._servers[0].url
         self.target_url = self._servers[1].url
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> _Sandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -40,16 +44,16 @@ class Sandbox:
         for server in self._servers:
             server.stop()
 
-    def tenant_toml(self, name: str = "lincoln", *, roles: str = '{ student = "learner", teacher = "instructor" }',
-                    extra: str = "", source_extra: str = "", target_extra: str = "") -> str:
+    def source_toml(self, source_extra: str, **options: Any) -> str:
+        raise NotImplementedError
+
+    def tenant_toml(self, name: str | None = None, *, roles: str = DEFAULT_ROLES, extra: str = "",
+                    source_extra: str = "", target_extra: str = "", **options: Any) -> str:
         """A tenant's config tables pointing at this sandbox (secrets as plain strings)."""
-        app = self.oneroster
-        token_url = f'token_url = "{self.token_url}"\n' if app.version == "1.2" else ""
+        name = name or self.default_tenant
         return (
             f'[tenants.{name}]\nschedule = "every 15m"\nroles = {roles}\n{extra}\n'
-            f'[tenants.{name}.source]\ntype = "oneroster"\nbase_url = "{self.source_url}"\n'
-            f'version = "{app.version}"\nclient_id = "{app.client_id}"\nclient_secret = "{app.client_secret}"\n'
-            f"{token_url}{source_extra}\n"
+            f"[tenants.{name}.source]\n{self.source_toml(source_extra, **options)}\n"
             f'[tenants.{name}.target]\nbase_url = "{self.target_url}"\n'
             f'install_sid = "{self.provision.install_sid}"\ntoken = "{self.provision.token}"\n{target_extra}\n'
         )
@@ -60,3 +64,46 @@ class Sandbox:
             + self.tenant_toml(**tenant), encoding="utf-8")
         path.chmod(0o600)
         return path
+
+
+class Sandbox(_Sandbox):
+    """OneRoster 1.1 or 1.2 behind a vendor prefix, and the provision API."""
+
+    def __init__(self, roster: Roster | None = None, *, version: str = "1.1", vendor_prefix: str = "/district",
+                 **oneroster: Any):
+        self.roster = roster or Roster.generate()
+        self.oneroster = OneRosterApp(self.roster, version=version, **oneroster)
+        # A vendor prefix before /ims/...: the base URL must be taken as given, not built.
+        self.oneroster.prefix = vendor_prefix + self.oneroster.prefix
+        super().__init__(self.oneroster)
+        self.source_url = self.source_root + self.oneroster.prefix
+        self.token_url = self.source_root + "/oauth/token"
+
+    def source_toml(self, source_extra: str, **options: Any) -> str:
+        app = self.oneroster
+        token_url = f'token_url = "{self.token_url}"\n' if app.version == "1.2" else ""
+        return (f'type = "oneroster"\nbase_url = "{self.source_url}"\nversion = "{app.version}"\n'
+                f'client_id = "{app.client_id}"\nclient_secret = "{app.client_secret}"\n{token_url}{source_extra}')
+
+
+class CanvasSandbox(_Sandbox):
+    """A Canvas instance whose developer key is already authorized, and the provision API."""
+
+    default_tenant = "stateu"
+
+    def __init__(self, roster: CanvasRoster | None = None, **canvas: Any):
+        self.roster = roster or CanvasRoster.generate()
+        self.canvas = CanvasApp(self.roster, **canvas)
+        super().__init__(self.canvas)
+        self.source_url = self.source_root
+        self.refresh_token = self.canvas.issue_refresh_token()
+
+    def source_toml(self, source_extra: str, auth: str = "refresh_token", **_: Any) -> str:
+        """``auth``: "refresh_token" (in the config), "access_token", or "none" (from `syncd auth`)."""
+        app = self.canvas
+        credentials = f'client_id = "{app.client_id}"\nclient_secret = "{app.client_secret}"\n'
+        if auth == "refresh_token":
+            credentials += f'refresh_token = "{self.refresh_token}"\n'
+        elif auth == "access_token":
+            credentials = f'access_token = "{app.issue_access_token()}"\n'
+        return f'type = "canvas"\nbase_url = "{self.source_url}"\naccount_id = "1"\n{credentials}{source_extra}'

@@ -89,6 +89,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.app = app
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a killed sync, a timeout) is part of the game, not an error.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class Serving:
     """An app served on 127.0.0.1 on a free port, in a background thread."""

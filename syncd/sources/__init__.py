@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from syncd.config import SourceConfig
 from syncd.model import Record
+
+if TYPE_CHECKING:
+    from syncd.config import TenantConfig
+
+
+class SourceError(Exception):
+    """The extract cannot go on (bad page, pagination loop, dead credentials); safe to log."""
 
 
 class Source(Protocol):
@@ -15,17 +23,17 @@ class Source(Protocol):
 
     def check(self) -> None: ...
 
-    def extract(self): ...  # Iterator[list[Record]]
+    def extract(self) -> Iterator[list[Record]]: ...
 
 
-def open_source(config: SourceConfig, today: date) -> Source:
-    if config.type == "oneroster":
-        from syncd.sources.oneroster import OneRosterSource
+def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
+    if tenant.source.type == "canvas":
+        from syncd.sources.canvas import CanvasSource
 
-        return OneRosterSource(config, today)
-    raise NotImplementedError(
-        f"source type {config.type!r} is not available in this version of syncd (OneRoster only)"
-    )
+        return CanvasSource(tenant, state_dir)
+    from syncd.sources.oneroster import OneRosterSource
+
+    return OneRosterSource(tenant.source, today)
 
 
-__all__ = ["Record", "Source", "open_source"]
+__all__ = ["Record", "Source", "SourceError", "open_source"]

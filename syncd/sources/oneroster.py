@@ -24,6 +24,7 @@ from requests_oauthlib import OAuth1
 from syncd import http
 from syncd.config import SourceConfig
 from syncd.model import Course, CourseCode, Enrollment, Entity, Record, RecordError, User
+from syncd.sources import SourceError
 
 log = structlog.get_logger("syncd.oneroster")
 
@@ -32,10 +33,6 @@ STATUSES = {"active": ACTIVE, "tobedeleted": GONE, "inactive": GONE, "": ACTIVE}
 DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ].*)?$")
 # (path, envelope key, entity reported on record errors, mapper)
 COLLECTIONS = ("courses", "classes", "users", "enrollments")
-
-
-class SourceError(Exception):
-    """The extract cannot go on (bad page, pagination loop); the message is safe to log."""
 
 
 class OneRosterSource:

@@ -1,0 +1,299 @@
+"""Canvas developer-key OAuth 2: access tokens from a refresh token, and the authorization flow.
+
+Tokens that syncd obtains itself live only in owner-only files under ``state_dir/credentials/``
+(SPEC §2): ``TENANT.refresh_token`` (from ``syncd auth``) and ``TENANT.access.json`` (the
+current access token and when it expires, so that a run every few minutes does not pay Canvas's
++200 throttle cost of a token request each time). Never in SQLite, never in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import structlog
+
+from syncd import http
+from syncd.config import SourceConfig
+from syncd.sources import SourceError
+
+log = structlog.get_logger("syncd.canvas")
+
+# The endpoints the crawl and the report path call: what the admin enables on the developer key.
+SCOPES = (
+    "url:GET|/api/v1/accounts/:account_id/courses",
+    "url:GET|/api/v1/accounts/:account_id/users",
+    "url:GET|/api/v1/courses/:course_id/enrollments",
+    "url:POST|/api/v1/accounts/:account_id/reports/:report",
+    "url:GET|/api/v1/accounts/:account_id/reports/:report/:id",
+)
+# Refresh this long before Canvas says the token dies, so no request leaves with a dying token.
+EARLY_S = 120.0
+
+
+def credentials_dir(state_dir: Path) -> Path:
+    path = state_dir / "credentials"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that only the owner can read, atomically (never a half-written token)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class ReauthorizeNeeded(SourceError):
+    """The refresh token is dead: only the admin, with ``syncd auth TENANT``, can fix it."""
+
+
+class CanvasToken(requests.auth.AuthBase):
+    """The bearer token of one tenant: static, or refreshed before expiry and once on a 401."""
+
+    def __init__(self, tenant: str, config: SourceConfig, state_dir: Path, session: requests.Session,
+                 on_attempt: Callable[[], None]):
+        self.tenant = tenant
+        self.config = config
+        self.session = session
+        self.on_attempt = on_attempt
+        self._dir = state_dir / "credentials"
+        self._token: str | None = config.access_token or None
+        self._expires_at = float("inf") if config.access_token else 0.0
+        self._used = threading.local()  # the token this thread's last request carried
+        self._lock = threading.Lock()
+        if not config.access_token:
+            self._load_cached()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = self.token()
+        self._used.token = token
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None or time.time() >= self._expires_at:
+                self._refresh()
+            assert self._token is not None
+            return self._token
+
+    def refresh(self) -> None:
+        """Called on a 401 (once per request, by http.send)."""
+        with self._lock:
+            if self.config.access_token:
+                raise http.AuthError("Canvas refused the configured access_token (expired or revoked): "
+                                     "replace it, or use a developer key with `syncd auth "
+                                     f"{self.tenant}`", 401)
+            # Several workers may get a 401 for the same dead token: the first refreshes it,
+            # the others retry with the new one (each token request costs 200 throttle units).
+            if getattr(self._used, "token", None) == self._token:
+                self._refresh()
+
+    # --- the refresh_token grant -------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        refresh_token = self.config.refresh_token or self._stored_refresh_token()
+        if not refresh_token:
+            raise ReauthorizeNeeded(f"no Canvas refresh token for tenant {self.tenant}: run `syncd auth "
+                                    f"{self.tenant}` (or set source.refresh_token / source.access_token)")
+        try:
+            payload = exchange(self.config, self.session, self.on_attempt, grant_type="refresh_token",
+                               refresh_token=refresh_token)
+        except http.HttpError as exc:
+            if exc.status in (400, 401):
+                # invalid_grant "refresh_token not found": the integration was removed, the key
+                # deleted or its scopes changed. Match on the status, never on the message text.
+                raise ReauthorizeNeeded(
+                    f"Canvas refused the refresh token ({exc.detail}): an admin must authorize the "
+                    f"developer key again with `syncd auth {self.tenant}`") from None
+            raise
+        self._token = str(payload["access_token"])
+        lifetime = _lifetime(payload)
+        self._expires_at = time.time() + max(5.0, lifetime - min(EARLY_S, lifetime / 10))
+        self._save_cached()
+        log.info("canvas.token_refreshed", expires_in=lifetime)
+
+    def _stored_refresh_token(self) -> str:
+        try:
+            return (self._dir / f"{self.tenant}.refresh_token").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    def _load_cached(self) -> None:
+        try:
+            cached = json.loads((self._dir / f"{self.tenant}.access.json").read_text(encoding="utf-8"))
+            token, expires_at = str(cached["access_token"]), float(cached["expires_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if time.time() < expires_at:
+            self._token, self._expires_at = token, expires_at
+
+    def _save_cached(self) -> None:
+        try:
+            credentials_dir(self._dir.parent)
+            write_private(self._dir / f"{self.tenant}.access.json",
+                          json.dumps({"access_token": self._token, "expires_at": self._expires_at}))
+        except OSError as exc:
+            log.warning("canvas.token_cache_unwritable", error=exc.strerror)
+
+
+def exchange(config: SourceConfig, session: requests.Session, on_attempt: Callable[[], None] | None = None,
+             **form: str) -> dict[str, Any]:
+    """POST /login/oauth2/token; returns the JSON answer or raises http.HttpError."""
+    body = {"client_id": config.client_id, "client_secret": config.client_secret,
+            "redirect_uri": config.redirect_uri, **form}
+    response = http.send(session, "POST", f"{config.base_url}/login/oauth2/token", timeout=config.timeout_s,
+                         data=body, headers={"Accept": "application/json"}, on_attempt=on_attempt)
+    try:
+        payload = response.json()
+        if not isinstance(payload, dict) or not payload.get("access_token"):
+            raise ValueError
+    except ValueError:
+        raise SourceError("the Canvas token endpoint answered without an access_token") from None
+    return payload
+
+
+def _lifetime(payload: dict[str, Any]) -> float:
+    try:
+        return float(payload.get("expires_in") or 3600)
+    except (TypeError, ValueError):
+        return 3600.0
+
+
+# --- the authorization-code flow (`syncd auth TENANT`) --------------------------------------
+
+
+def authorize_url(config: SourceConfig, state: str) -> str:
+    query = urllib.parse.urlencode({
+        "client_id": config.client_id, "response_type": "code", "redirect_uri": config.redirect_uri,
+        "state": state, "scope": " ".join(SCOPES),  # one space-separated parameter, as Canvas wants
+    })
+    return f"{config.base_url}/login/oauth2/auth?{query}"
+
+
+def code_from_redirect(url: str, state: str) -> str:
+    """The ``code`` of the URL Canvas redirected to, after checking ``state`` (CSRF)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query)
+    if "error" in query:
+        raise SourceError(f"Canvas did not authorize the key: {query['error'][0]}"
+                          + (f" ({query['error_description'][0]})" if "error_description" in query else ""))
+    if query.get("state", [""])[0] != state:
+        raise SourceError("the redirect's state does not match this authorization (an old or forged link)")
+    if not query.get("code"):
+        raise SourceError("the redirect carries no code")
+    return query["code"][0]
+
+
+def store_refresh_token(tenant: str, state_dir: Path, payload: dict[str, Any]) -> Path:
+    directory = credentials_dir(state_dir)
+    path = directory / f"{tenant}.refresh_token"
+    if not payload.get("refresh_token"):
+        raise SourceError("Canvas answered without a refresh_token (is the key configured to issue one?)")
+    write_private(path, str(payload["refresh_token"]) + "\n")
+    lifetime = _lifetime(payload)
+    write_private(directory / f"{tenant}.access.json",
+                  json.dumps({"access_token": payload["access_token"],
+                              "expires_at": time.time() + max(5.0, lifetime - min(EARLY_S, lifetime / 10))}))
+    return path
+
+
+def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[[str], None],
+              pasted: Callable[[float], str | None], timeout_s: float = 600.0) -> Path:
+    """`syncd auth`: print the URL, take the redirect (loopback listener or pasted), store the token.
+
+    ``pasted(wait)`` returns a line the admin pasted within ``wait`` seconds, or None.
+    """
+    state = secrets.token_urlsafe(24)
+    say("Enable these scopes on the Canvas developer key (Enforce Scopes on, and tick "
+        "'Allow Include Parameters'):")
+    for scope in SCOPES:
+        say(f"  {scope}")
+    say("")
+    say("Open this URL in a browser, signed in as a Canvas admin, and authorize the key:")
+    say(f"  {authorize_url(config, state)}")
+    listener = _Listener.start(config.redirect_uri)
+    if listener:
+        say(f"Waiting for Canvas to redirect to {config.redirect_uri} ...")
+        say("On a server without a browser, paste here the full URL the browser was sent to.")
+    else:
+        say("Then paste here the full URL the browser was sent to:")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            redirected = listener.result if listener else None
+            redirected = redirected or pasted(0.2)
+            if redirected:
+                break
+            if time.monotonic() > deadline:
+                raise SourceError(f"no authorization arrived within {timeout_s:g} s")
+    finally:
+        if listener:
+            listener.stop()
+    code = code_from_redirect(redirected, state)
+    with http.new_session() as session:
+        try:
+            payload = exchange(config, session, grant_type="authorization_code", code=code)
+        except http.HttpError as exc:
+            raise SourceError(f"Canvas refused the authorization code: {exc.detail}") from None
+    path = store_refresh_token(tenant, state_dir, payload)
+    say(f"Authorized. The refresh token is stored in {path} (owner-only); syncd sync {tenant} can run now.")
+    return path
+
+
+class _Listener:
+    """A one-shot HTTP listener on the loopback redirect URI."""
+
+    def __init__(self, server: Any, path: str):
+        self.server = server
+        self.path = path
+        self.result: str | None = None
+
+    @classmethod
+    def start(cls, redirect_uri: str) -> _Listener | None:
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        from syncd.config import is_loopback
+
+        parts = urllib.parse.urlsplit(redirect_uri)
+        if parts.scheme != "http" or not parts.hostname or not is_loopback(parts.hostname):
+            return None
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if urllib.parse.urlsplit(self.path).path != listener.path:
+                    self.send_error(404)
+                    return
+                listener.result = f"{redirect_uri.split('?')[0]}?{urllib.parse.urlsplit(self.path).query}"
+                body = b"syncd: authorization received. You can close this window.\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        try:
+            server = HTTPServer((parts.hostname, parts.port or 80), Handler)
+        except OSError as exc:
+            log.warning("canvas.auth_listener_unavailable", redirect_uri=redirect_uri, error=exc.strerror)
+            return None
+        listener = cls(server, parts.path or "/")
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        return listener
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
