@@ -201,6 +201,10 @@ class CanvasApp:
 
     def _route(self, request: Request, grant: _Grant) -> Response | object:
         parts = request.path.strip("/").split("/")[2:]  # after api/v1
+        if len(parts) == 2 and parts[0] == "accounts" and _int(parts[1]) in self.roster.subtree(1):
+            account = _int(parts[1])
+            return Response(200, {"id": account, "name": f"Account {account}", "workflow_state": "active",
+                                  "parent_account_id": None if account == 1 else 1, "root_account_id": None})
         if len(parts) == 3 and parts[0] == "accounts" and parts[2] in ("courses", "users"):
             if not self._scoped(grant, parts[2]):
                 return _unauthorized()
