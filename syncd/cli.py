@@ -20,7 +20,7 @@ from syncd.store import Store
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
 STATUS_EXIT = {engine.COMPLETED: EXIT_OK, engine.WITH_ERRORS: EXIT_ERRORS, engine.FAILED: EXIT_ERRORS,
                engine.HELD: EXIT_HELD}
-ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "stage", "http_status", "message", "attempts",
+ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "name", "stage", "http_status", "message", "attempts",
                  "first_seen", "last_seen", "course_id", "user_id")
 
 
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $SYNCD_CONFIG, else /etc/syncd/syncd.toml)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the daemon: schedule every enabled tenant until SIGTERM")
+    run.set_defaults(handler=cmd_run)
 
     sync = commands.add_parser("sync", help="run one sync now, in this process")
     sync.add_argument("tenants", nargs="*", metavar="TENANT")
@@ -135,9 +138,16 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
         print(f"syncd: {message}", file=sys.stderr, flush=True)
 
     show = None if args.json else (lambda line: print(line, flush=True))
+    bar = ProgressBar(name) if sys.stderr.isatty() and not args.json else None
     try:
         with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
-            summary = engine.run(config.tenants[name], store, options, show=show)
+            try:
+                summary = engine.run(config.tenants[name], store, options, show=show,
+                                     progress=bar.update if bar else None)
+            finally:
+                if bar:
+                    bar.close()
+            store.prune(config.daemon.retention_days)
     except lock.Busy as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_BUSY
@@ -149,6 +159,39 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
     else:
         print(render_summary(summary), flush=True)
     return STATUS_EXIT.get(summary["status"], EXIT_ERRORS)
+
+
+class ProgressBar:
+    """One line per phase on a terminal (extract, plan, push), redrawn in place at most 10x/s."""
+
+    def __init__(self, tenant: str):
+        self.tenant = tenant
+        self.phase = ""
+        self.drawn = 0.0
+
+    def update(self, phase: str, done: int, total: int | None) -> None:
+        import time
+
+        now = time.monotonic()
+        if phase != self.phase:
+            if self.phase:
+                sys.stderr.write("\n")
+            self.phase, self.drawn = phase, 0.0
+        if now - self.drawn < 0.1 and (total is None or done < total):
+            return
+        self.drawn = now
+        if total:
+            filled = int(30 * min(done, total) / total)
+            line = f"{self.tenant} {phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}"
+        else:
+            line = f"{self.tenant} {phase:<8} {done:,} records"
+        sys.stderr.write(f"\r{line}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.phase:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -180,8 +223,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report if not args.tenant else report[0]))
         return EXIT_OK
     for entry in report:
+        upcoming = f" · next run {entry['next_run']}" if entry["next_run"] else ""
         print(f"{entry['tenant']}: {'enabled' if entry['enabled'] else 'disabled'} · schedule "
-              f"{entry['schedule']} · {'RUNNING now' if entry['running'] else 'idle'}")
+              f"{entry['schedule']}{upcoming} · {'RUNNING now' if entry['running'] else 'idle'}")
         if not entry["runs"]:
             print("  no runs yet")
         for run in entry["runs"]:
@@ -210,7 +254,14 @@ def _tenant_status(config: configuration.Config, store: Store, name: str) -> dic
                      "calls": run["calls"], "duration_s": run["duration_s"],
                      "errors": store.error_count(run["run_id"]), "counts": summary.get("counts"),
                      "message": run["message"]})
+    from datetime import UTC, datetime
+
+    from syncd import schedule
+
+    now = datetime.now(UTC)
+    upcoming = schedule.next_run(tenant.schedule, store.last_started(name), now) if tenant.enabled else None
     return {"tenant": name, "enabled": tenant.enabled, "schedule": tenant.schedule,
+            "next_run": upcoming.isoformat(timespec="seconds").replace("+00:00", "Z") if upcoming else None,
             "running": _is_running(config, name), "runs": runs}
 
 
@@ -245,12 +296,23 @@ def cmd_errors(args: argparse.Namespace) -> int:
     elif not rows:
         print("no sync errors" + (f" in run {args.run}" if args.run else " in the last run"))
     else:
-        print(f"{'entity':<11} {'source id':<24} {'stage':<8} {'http':<5} {'tries':<5} message")
+        print(f"{'entity':<11} {'source id':<20} {'name':<28} {'stage':<8} {'http':<5} {'tries':<5} "
+              f"{'first seen':<20} {'last seen':<20} message")
         for row in rows:
-            print(f"{row['entity']:<11} {row['source_id'][:24]:<24} {row['stage']:<8} "
-                  f"{row['http_status'] or '-'!s:<5} {row['attempts']:<5} {row['message']}")
+            print(f"{row['entity']:<11} {row['source_id'][:20]:<20} {(row['name'] or '-')[:28]:<28} "
+                  f"{row['stage']:<8} {row['http_status'] or '-'!s:<5} {row['attempts']:<5} "
+                  f"{row['first_seen'][:19]:<20} {row['last_seen'][:19]:<20} {row['message']}")
         print(f"{len(rows)} error(s) · run {', '.join(sorted({r['run_id'] for r in rows}))}")
     return EXIT_OK
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from syncd import daemon
+
+    return daemon.main(configuration.config_path(args.config))
 
 
 # --- config and demo -----------------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Any
 
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-EVERY = re.compile(r"^every\s+(\d+)\s*([smhd])$")
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 INSTALL_SID = re.compile(r"^[A-Za-z0-9_-]+$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -47,6 +46,8 @@ class DaemonConfig:
     state_dir: Path
     log_level: str = "info"
     log_format: str = "auto"
+    retention_days: int = 30
+    stop_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 
 
 def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
-    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format"})
+    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s"})
     state = checker.get(body, "daemon.state_dir", str, None)
     if state:
         # A relative state_dir is taken from the config file's folder, so that the same file
@@ -161,6 +162,8 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         state_dir=state_dir,
         log_level=checker.choice(body, "daemon.log_level", LOG_LEVELS, "info"),
         log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
+        retention_days=checker.number(body, "daemon.retention_days", int, 30, 1, 3650),
+        stop_timeout_s=checker.number(body, "daemon.stop_timeout_s", float, 60.0, 1, 3600),
     )
 
 
@@ -314,15 +317,17 @@ def _target(checker: _Checker, body: dict[str, Any], key: str) -> TargetConfig |
 
 def schedule_problem(schedule: str) -> str | None:
     """None when ``schedule`` is a 5-field cron or ``every N{s,m,h,d}``, else why not."""
+    from syncd.schedule import EVERY
+
     match = EVERY.match(schedule.strip())
     if match:
         return None if int(match.group(1)) > 0 else "interval must be positive"
     if len(schedule.split()) != 5:
         return f"{schedule!r} is neither a 5-field cron expression nor 'every 15m' / 'every 2h'"
-    from apscheduler.triggers.cron import CronTrigger
+    from syncd.schedule import cron
 
     try:
-        CronTrigger.from_crontab(schedule)
+        cron(schedule, None)
     except ValueError as exc:
         return f"invalid cron expression {schedule!r}: {exc}"
     return None

@@ -29,6 +29,10 @@ COMPLETED, WITH_ERRORS, HELD, FAILED = "completed", "completed_with_errors", "he
 COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed")
 
 
+# (phase, done, total or None): extract counts records read, plan the calls planned, push calls sent.
+Progress = Callable[[str, int, int | None], None]
+
+
 @dataclass(frozen=True)
 class Options:
     dry_run: bool = False
@@ -53,6 +57,11 @@ class Run:
     calls: int = 0
     planned_calls: int = 0
     counts: dict[Entity, dict[str, int]] = field(default_factory=dict)
+    progress: Progress | None = None
+
+    def report(self, phase: str, done: int, total: int | None = None) -> None:
+        if self.progress:
+            self.progress(phase, done, total)
 
     @property
     def status(self) -> str:
@@ -79,9 +88,10 @@ def new_run_id() -> str:
 
 def run(tenant: TenantConfig, store: Store, options: Options = Options(),
         show: Callable[[str], None] | None = None, source: Source | None = None,
-        client: ProvisionClient | None = None) -> dict[str, Any]:
-    """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines."""
-    state = Run(tenant, new_run_id(), options)
+        client: ProvisionClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines,
+    ``progress`` the phase counters (for a progress bar on a terminal)."""
+    state = Run(tenant, new_run_id(), options, progress=progress)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, run_id=state.run_id)
     try:
         store.start_run(state.run_id, tenant.name, dry_run=options.dry_run, force=options.force)
@@ -117,6 +127,7 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
                            course_id=course_id, user_id=user_id)
     store.classify(tenant, state.options.force)
     state.planned_calls = plan.build(store, tenant)
+    state.report("plan", state.planned_calls, state.planned_calls)
     if state.options.dry_run:
         _show_plan(state, store, show)
         state.counts = _planned_counts(store, tenant)
@@ -132,7 +143,13 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
 
 def _extract(state: Run, store: Store, source: Source) -> None:
     try:
+        read = 0
         for page in source.extract():
+            if http.stopping.is_set():
+                state.failure = "stopped by a signal during the extract"
+                return
+            read += len(page)
+            state.report("extract", read)
             for error in store.stage(state.tenant.name, page):
                 if not error.message.startswith("duplicate id"):
                     state.unreadable += 1
@@ -173,16 +190,20 @@ def _push(state: Run, store: Store, client: ProvisionClient) -> None:
     window = tenant.target.concurrency * 2
     with ThreadPoolExecutor(tenant.target.concurrency, thread_name_prefix="push") as pool:
         try:
-            for call in store.calls(tenant.name, with_sids=not state.options.force):
-                if state.failure or http.stopping.is_set():
+            for sent, call in enumerate(store.calls(tenant.name, with_sids=not state.options.force), 1):
+                if http.stopping.is_set():
+                    state.failure = state.failure or "stopped by a signal: the calls not yet sent wait for the next run"
+                if state.failure:
                     break
                 in_flight[pool.submit(client.provision, call)] = call
                 if len(in_flight) >= window:
                     _settle(state, store, in_flight, FIRST_COMPLETED)
+                    state.report("push", sent - len(in_flight), state.planned_calls)
         finally:
             # Whatever stopped us, every call already sent is waited for and acknowledged.
             _settle(state, store, in_flight, ALL_COMPLETED)
             state.calls = client.requests
+            state.report("push", state.calls, max(state.planned_calls, state.calls))
 
 
 def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], how: str) -> None:
@@ -202,7 +223,8 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
     for call, outcome in acks:
         for entity, problem in outcome.problems.items():
             _record_failed(state, store, entity, _source_id(call, entity), "push",
-                           f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id)
+                           f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id,
+                           name=_name(call, entity))
 
 
 def _call_failed(state: Run, store: Store, call: Call, message: str, status: int | None) -> None:
@@ -210,7 +232,19 @@ def _call_failed(state: Run, store: Store, call: Call, message: str, status: int
     if status is None or status == 429 or status >= 500:
         message += " (will be retried on the next run)"
     _record_failed(state, store, entity, _source_id(call, entity), "push", message, status,
-                   course_id=call.course_id, user_id=call.user_id)
+                   course_id=call.course_id, user_id=call.user_id, name=_name(call, entity))
+
+
+def _name(call: Call, entity: Entity) -> str | None:
+    """What an admin knows the record by: "Ann Smith in Biology 101", "Ann Smith", "Biology 101"."""
+    title = call.course_body.get("title")
+    person = (f"{call.user_body.get('firstName', '')} {call.user_body.get('lastName', '')}".strip()
+              if call.user_body else None)
+    if entity == "course":
+        return title
+    if entity == "user":
+        return person
+    return f"{person} in {title}" if person and title else person or title
 
 
 def _source_id(call: Call, entity: Entity) -> str:
@@ -223,11 +257,11 @@ def _source_id(call: Call, entity: Entity) -> str:
 
 def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, stage: str, message: str,
                    http_status: int | None = None, course_id: str | None = None,
-                   user_id: str | None = None) -> None:
+                   user_id: str | None = None, name: str | None = None) -> None:
     state.errors += 1
     attempts = store.record_error(state.run_id, state.tenant.name, entity, source_id, stage, message,
-                                  http_status, course_id, user_id)
-    log.warning("sync.record_failed", entity=entity, source_id=source_id, stage=stage,
+                                  http_status, course_id, user_id, name)
+    log.warning("sync.record_failed", entity=entity, source_id=source_id, name=name, stage=stage,
                 http_status=http_status, message=message, attempts=attempts,
                 course_id=course_id if entity != "course" else None,
                 user_id=user_id if entity == "enrollment" else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ class Busy(Exception):
 
 @contextlib.contextmanager
 def tenant_lock(state_dir: Path, tenant: str, *, wait: bool = True,
-                on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+                on_wait: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> Iterator[None]:
+    """Hold the tenant for the duration of the block. ``stop`` ends a wait early (raises Busy)."""
     directory = state_dir / "locks"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(directory / f"{tenant}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -32,12 +34,25 @@ def tenant_lock(state_dir: Path, tenant: str, *, wait: bool = True,
                 raise Busy(f"tenant {tenant} is being synced by another process{holder}") from None
             if on_wait:
                 on_wait(f"tenant {tenant} is being synced by another process{holder}; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _wait(fd, tenant, stop)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _wait(fd: int, tenant: str, stop: threading.Event | None) -> None:
+    if stop is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while not stop.wait(0.2):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+    raise Busy(f"stopped while waiting for tenant {tenant}")
 
 
 def _holder(fd: int) -> str:

@@ -72,6 +72,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     root.setLevel(level.upper())
     # urllib3 logs full URLs at debug level; keep it at info so query strings never reach the log.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    # APScheduler logs every job start and end at info; syncd's own lines say more, once.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING if root.level > logging.DEBUG else logging.DEBUG,
+                                                  root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

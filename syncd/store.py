@@ -21,7 +21,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (tenant, seq)) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m002_error_names(db: sqlite_utils.Database) -> None:
+    """What an admin recognises a record by: a course title, a person's name."""
+    db.execute("ALTER TABLE errors ADD COLUMN name TEXT")
+    db.execute("CREATE INDEX runs_by_finish ON runs (finished_at)")
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,21 @@ class Store:
         params: tuple[Any, ...] = (tenant, limit) if tenant else (limit,)
         return [dict(row) for row in self._rows(sql, params)]
 
+    def last_started(self, tenant: str) -> datetime | None:
+        """When the tenant's last real (not dry) run started: the daemon's catch-up reference."""
+        row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0",
+                                (tenant,)).fetchone()
+        return datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row and row[0] else None
+
+    def prune(self, keep_days: int) -> int:
+        """Forget runs and their errors older than ``keep_days``; returns the runs removed."""
+        cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
+        cutoff = cutoff.replace("+00:00", "Z")
+        with self._write():
+            old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
+            self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
+            return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
+
     def last_run_id(self, tenant: str | None = None) -> str | None:
         runs = self.runs(tenant, limit=1)
         return runs[0]["run_id"] if runs else None
@@ -215,7 +237,7 @@ class Store:
 
     def record_error(self, run_id: str, tenant: str, entity: str, source_id: str, stage: str,
                      message: str, http_status: int | None = None, course_id: str | None = None,
-                     user_id: str | None = None) -> int:
+                     user_id: str | None = None, name: str | None = None) -> int:
         """Store one failed record; ``attempts`` counts consecutive runs in which it failed."""
         now = utcnow()
         with self._write():
@@ -228,16 +250,16 @@ class Store:
             attempts, first_seen = (previous[0] + 1, previous[1]) if previous else (1, now)
             self.conn.execute(
                 "INSERT INTO errors (run_id, tenant, entity, source_id, stage, http_status, message, "
-                "attempts, first_seen, last_seen, course_id, user_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "attempts, first_seen, last_seen, course_id, user_id, name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, tenant, entity, source_id, stage, http_status, message, attempts, first_seen,
-                 now, course_id, user_id),
+                 now, course_id, user_id, name),
             )
         return attempts
 
     def errors(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
         ids = list(run_ids)
         return [dict(row) for row in self._rows(
-            "SELECT run_id, tenant, entity, source_id, stage, http_status, message, attempts, "
+            "SELECT run_id, tenant, entity, source_id, name, stage, http_status, message, attempts, "
             "first_seen, last_seen, course_id, user_id FROM errors "
             "WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
 

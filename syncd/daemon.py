@@ -1,0 +1,244 @@
+"""`syncd run`: one scheduled job per enabled tenant, signals, sd_notify and the watchdog.
+
+APScheduler's BlockingScheduler runs in the main thread. Signal handlers only put the signal on
+a queue (the one thing that is safe inside a handler); a control thread acts on it:
+
+- SIGTERM / SIGINT: stop scheduling, let in-flight provision calls finish and be acknowledged
+  (bounded by ``daemon.stop_timeout_s``), exit 0;
+- SIGHUP: reload and re-validate the config; an invalid one is logged and the old one kept;
+- SIGUSR1: run every enabled tenant now (``systemctl kill -s USR1 syncd``).
+
+Runs take the same per-tenant lock as ``syncd sync``, so a manual sync and a scheduled one
+never overlap; two tenants sync in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from syncd import config as configuration
+from syncd import engine, http, lock, logs, schedule
+from syncd.notify import notify, watchdog_interval_s
+from syncd.store import Store
+
+log = structlog.get_logger("syncd.daemon")
+
+# A run that could not start at its time (the host slept, the daemon was busy) still starts
+# within this many seconds; later than that it waits for its next slot.
+MISFIRE_GRACE_S = 600
+# A tenant that is overdue at start runs within this many seconds (spread, not all at once).
+CATCH_UP_SPREAD_S = 5.0
+
+
+class Daemon:
+    def __init__(self, config: configuration.Config):
+        self.config = config
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.running: dict[str, str] = {}  # tenant -> run_id ("" until the run has an id)
+        self._running_changed = threading.Condition()
+        self.stopping = threading.Event()
+        workers = max(2, sum(t.enabled for t in config.tenants.values()))
+        self.scheduler = BlockingScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(workers), "housekeeping": ThreadPoolExecutor(1)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S},
+        )
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+        self._schedule_tenants(catch_up=True)
+        interval = watchdog_interval_s()
+        if interval:
+            self.scheduler.add_job(self._watchdog, IntervalTrigger(seconds=interval), id="watchdog",
+                                   executor="housekeeping", next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(self._prune, IntervalTrigger(hours=6), id="prune", executor="housekeeping",
+                               next_run_time=datetime.now(UTC) + timedelta(seconds=30))
+        threading.Thread(target=self._control, name="control", daemon=True).start()
+        log.info("daemon.started", tenants=[n for n, t in self.config.tenants.items() if t.enabled],
+                 config=str(self.config.path), watchdog_s=interval)
+        notify("READY=1", f"STATUS={self._status()}")
+        self.scheduler.start()  # returns once the control thread shuts the scheduler down
+        return self._drain()
+
+    def _drain(self) -> int:
+        """Wait for the runs in progress: their in-flight calls finish and are acknowledged."""
+        deadline = time.monotonic() + self.config.daemon.stop_timeout_s
+        with self._running_changed:
+            while self.running and time.monotonic() < deadline:
+                notify(f"STATUS=stopping: waiting for {', '.join(sorted(self.running))} to acknowledge its calls")
+                self._running_changed.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            left = sorted(self.running)
+        if left:
+            log.error("daemon.stop_timeout", tenants=left, timeout_s=self.config.daemon.stop_timeout_s,
+                      consequence="calls still in flight are not acknowledged; the next run re-sends them")
+            log.info("daemon.stopped")
+            logging.shutdown()
+            os._exit(0)  # the pool threads would otherwise hold the exit until their runs end
+        log.info("daemon.stopped")
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.put(signum)  # SimpleQueue.put is reentrant: safe in a signal handler
+
+    def _control(self) -> None:
+        while True:
+            signum = self.signals.get()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop(signal.Signals(signum).name)
+                return
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGUSR1:
+                self._run_all_now()
+
+    def _stop(self, why: str) -> None:
+        log.info("daemon.stopping", signal=why, running=sorted(self.running))
+        notify("STOPPING=1", "STATUS=stopping")
+        self.stopping.set()
+        http.stopping.set()  # backoff sleeps end; no new provision call starts
+        self.scheduler.shutdown(wait=False)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _schedule_tenants(self, catch_up: bool) -> None:
+        now = datetime.now(UTC)
+        store = Store.open(self.config.daemon.state_dir)
+        try:
+            for i, (name, tenant) in enumerate(self.config.tenants.items()):
+                if not tenant.enabled:
+                    continue
+                last = store.last_started(name)
+                first = None
+                if catch_up and schedule.overdue(tenant.schedule, last, now):
+                    first = now + timedelta(seconds=min(CATCH_UP_SPREAD_S, 0.5 * i))
+                trigger = schedule.trigger(tenant.schedule, now)
+                self.scheduler.add_job(self._job, trigger, args=[name], id=f"tenant:{name}", name=name,
+                                       replace_existing=True, **({"next_run_time": first} if first else {}))
+                log.info("daemon.scheduled", tenant=name, schedule=tenant.schedule,
+                         next_run=_iso(first or trigger.get_next_fire_time(None, now)), overdue=first is not None)
+        finally:
+            store.close()
+
+    def _job(self, name: str) -> None:
+        """One scheduled (or signalled) run. Whatever it raises, the daemon lives on."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(tenant=name)
+        tenant = self.config.tenants.get(name)
+        if tenant is None or self.stopping.is_set():
+            return
+        state_dir = self.config.daemon.state_dir
+        try:
+            with lock.tenant_lock(state_dir, name, stop=self.stopping,
+                                  on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)):
+                if self.stopping.is_set():
+                    return
+                self._mark(name, running=True)
+                store = Store.open(state_dir)
+                try:
+                    summary = engine.run(tenant, store)
+                finally:
+                    store.close()
+                    self._mark(name, running=False)
+            log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
+        except lock.Busy:
+            return  # stopped while another process held the tenant
+        except Exception:
+            # engine.run has already recorded its run as failed when it got that far.
+            log.exception("daemon.job_failed")
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _mark(self, name: str, running: bool) -> None:
+        with self._running_changed:
+            if running:
+                self.running[name] = ""
+            else:
+                self.running.pop(name, None)
+            self._running_changed.notify_all()
+        if not self.stopping.is_set():
+            notify(f"STATUS={self._status()}")
+
+    def _run_all_now(self) -> None:
+        now = datetime.now(UTC)
+        names = [n for n, t in self.config.tenants.items() if t.enabled]
+        log.info("daemon.run_all_now", tenants=names)
+        for name in names:
+            if name in self.running:
+                log.info("daemon.already_running", tenant=name)
+                continue
+            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}",
+                                   replace_existing=True, misfire_grace_time=None)
+
+    def _reload(self) -> None:
+        path = self.config.path
+        try:
+            fresh = configuration.load(path)
+        except configuration.ConfigError as exc:
+            log.error("daemon.reload_rejected", config=str(path), errors=exc.errors,
+                      consequence="still running on the previous configuration")
+            return
+        logs.configure(fresh.daemon.log_level, fresh.daemon.log_format)
+        logs.register_secrets(fresh.secrets)
+        if fresh.daemon.state_dir != self.config.daemon.state_dir:
+            log.warning("daemon.state_dir_unchanged", reason="a new state_dir takes effect on restart")
+            fresh = configuration.Config(fresh.path, self.config.daemon, fresh.tenants, fresh.secrets)
+        old = set(self.config.tenants)
+        self.config = fresh
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("tenant:") and job.name not in fresh.tenants:
+                job.remove()
+        self._schedule_tenants(catch_up=True)  # a new tenant, never synced, runs now
+        log.info("daemon.reloaded", tenants=sorted(fresh.tenants), added=sorted(set(fresh.tenants) - old),
+                 removed=sorted(old - set(fresh.tenants)))
+        notify(f"STATUS={self._status()}")
+
+    def _watchdog(self) -> None:
+        notify("WATCHDOG=1")
+
+    def _prune(self) -> None:
+        store = Store.open(self.config.daemon.state_dir)
+        try:
+            removed = store.prune(self.config.daemon.retention_days)
+        finally:
+            store.close()
+        if removed:
+            log.info("daemon.pruned", runs=removed, retention_days=self.config.daemon.retention_days)
+
+    def _status(self) -> str:
+        if self.running:
+            return f"syncing {', '.join(sorted(self.running))}"
+        # Before the scheduler starts, its jobs are pending and have no next_run_time yet.
+        upcoming = [(job.next_run_time, job.name) for job in self.scheduler.get_jobs()
+                    if job.id.startswith("tenant:") and getattr(job, "next_run_time", None)]
+        if not upcoming:
+            return "idle"
+        when, name = min(upcoming)
+        return f"idle; next: {name} at {when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="seconds") if value else None
+
+
+def main(config_path: Path) -> int:
+    config = configuration.load(config_path)
+    logs.configure(config.daemon.log_level, config.daemon.log_format)
+    logs.register_secrets(config.secrets)
+    return Daemon(config).run()
