@@ -96,6 +96,8 @@ class CanvasSource:
         else:
             yield from self._crawl(course_ids)
         self.complete = True
+        log.info("canvas.extract_cost", requests=self.requests, request_cost=round(self.budget.cost, 2),
+                 throttled=self.budget.throttles, concurrency_at_end=int(self.budget.limit))
 
     def _courses_url(self, per_page: int | None = None) -> str:
         params: list[tuple[str, str]] = [("state[]", s) for s in COURSE_STATES]
@@ -140,7 +142,7 @@ class CanvasSource:
                                  auth=self.auth, reauthorize=self.auth.refresh, on_attempt=self._count,
                                  transient_status=self._throttled, throttle_policy=THROTTLE_POLICY,
                                  headers={"Accept": "application/json"}, **kwargs)
-        self.budget.observe(response.headers.get("X-Rate-Limit-Remaining"))
+        self.budget.observe(response.headers.get("X-Rate-Limit-Remaining"), response.headers.get("X-Request-Cost"))
         return response
 
     def _throttled(self, response: requests.Response) -> bool:
@@ -282,6 +284,7 @@ class Budget:
         self.limit = float(limit)
         self.in_flight = 0
         self.throttles = 0
+        self.cost = 0.0  # the sum of X-Request-Cost: what this run took from the token's quota
         self._cond = threading.Condition()
 
     def __enter__(self) -> Budget:
@@ -296,11 +299,12 @@ class Budget:
             self.in_flight -= 1
             self._cond.notify()
 
-    def observe(self, remaining: str | None) -> None:
+    def observe(self, remaining: str | None, cost: str | None = None) -> None:
         value = _float(remaining)
-        if value is None:
-            return
         with self._cond:
+            self.cost += _float(cost) or 0.0
+            if value is None:
+                return
             if value < LOW_REMAINING:
                 self.limit = max(1.0, self.limit - 1)
             elif value > HIGH_REMAINING and self.limit < self.max:
