@@ -21,7 +21,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
 STATUS_EXIT = {engine.COMPLETED: EXIT_OK, engine.WITH_ERRORS: EXIT_ERRORS, engine.FAILED: EXIT_ERRORS,
                engine.HELD: EXIT_HELD}
 ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "name", "stage", "http_status", "message", "attempts",
-                 "first_seen", "last_seen", "course_id", "user_id")
+                 "first_seen", "last_seen", "next_retry_at", "course_id", "user_id")
 
 
 class UsageError(Exception):
@@ -64,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="push every current record again, without ids.sid (repairs a target)")
     sync.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
     sync.add_argument("--no-wait", action="store_true", help="exit 4 instead of waiting for a busy tenant")
+    sync.add_argument("--only", metavar="KIND:ID", type=_only,
+                      help="sync one object now: user:ID or course:ID (the source's id), with its enrollments")
     sync.set_defaults(handler=cmd_sync)
+
+    approve = commands.add_parser("approve", help="release what a held run held back, once")
+    approve.add_argument("tenant", metavar="TENANT")
+    approve.add_argument("--run", metavar="ID", help="the held run (default: the tenant's last held run)")
+    approve.set_defaults(handler=cmd_approve)
 
     status = commands.add_parser("status", help="last runs and next scheduled run per tenant")
     status.add_argument("tenant", nargs="?")
@@ -97,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _only(value: str) -> tuple[str, str]:
+    kind, _, source_id = value.partition(":")
+    if kind not in ("user", "course") or not source_id:
+        raise argparse.ArgumentTypeError("expected user:ID or course:ID")
+    return kind, source_id
+
+
 def _load(args: argparse.Namespace) -> configuration.Config:
     config = configuration.load(configuration.config_path(args.config))
     logs.configure(config.daemon.log_level, config.daemon.log_format)
@@ -120,7 +134,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         names = list(dict.fromkeys(args.tenants))
     else:
         raise UsageError("name the tenant(s) to sync, or --all")
-    options = engine.Options(dry_run=args.dry_run, force=args.force, full=args.full)
+    if args.only and len(names) != 1:
+        raise UsageError("--only needs exactly one tenant")
+    options = engine.Options(dry_run=args.dry_run, force=args.force, full=args.full, only=args.only)
     store = Store.open(config.daemon.state_dir)
     worst = EXIT_OK
     try:
@@ -138,6 +154,8 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
         print(f"syncd: {message}", file=sys.stderr, flush=True)
 
     show = None if args.json else (lambda line: print(line, flush=True))
+    if args.only and not args.json:
+        print(f"{name}: syncing only {args.only[0]} {args.only[1]}", flush=True)
     bar = ProgressBar(name) if sys.stderr.isatty() and not args.json else None
     try:
         with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
@@ -224,6 +242,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for entry in report:
         upcoming = f" · next run {entry['next_run']}" if entry["next_run"] else ""
+        if entry["degraded"]:
+            print(f"{entry['tenant']}: DEGRADED: the last {entry['failed_in_a_row']} runs failed")
         print(f"{entry['tenant']}: {'enabled' if entry['enabled'] else 'disabled'} · schedule "
               f"{entry['schedule']}{upcoming} · {'RUNNING now' if entry['running'] else 'idle'}")
         if not entry["runs"]:
@@ -260,7 +280,9 @@ def _tenant_status(config: configuration.Config, store: Store, name: str) -> dic
 
     now = datetime.now(UTC)
     upcoming = schedule.next_run(tenant.schedule, store.last_started(name), now) if tenant.enabled else None
+    failed = store.failed_in_a_row(name)
     return {"tenant": name, "enabled": tenant.enabled, "schedule": tenant.schedule,
+            "degraded": failed >= tenant.safety.degraded_after, "failed_in_a_row": failed,
             "next_run": upcoming.isoformat(timespec="seconds").replace("+00:00", "Z") if upcoming else None,
             "running": _is_running(config, name), "runs": runs}
 
@@ -303,6 +325,29 @@ def cmd_errors(args: argparse.Namespace) -> int:
                   f"{row['stage']:<8} {row['http_status'] or '-'!s:<5} {row['attempts']:<5} "
                   f"{row['first_seen'][:19]:<20} {row['last_seen'][:19]:<20} {row['message']}")
         print(f"{len(rows)} error(s) · run {', '.join(sorted({r['run_id'] for r in rows}))}")
+    return EXIT_OK
+
+
+# --- approve -------------------------------------------------------------------------------
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.tenant not in config.tenants:
+        raise UsageError(f"unknown tenant: {args.tenant}")
+    store = Store.open(config.daemon.state_dir)
+    try:
+        run_id, held = store.approve(args.tenant, args.run)
+    except LookupError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    finally:
+        store.close()
+    words = {"remove": "removals", "update": "updates"}
+    what = ", ".join(f"{n} {entity} {words.get(kind, kind)}" for entity, kinds in held.items()
+                     for kind, n in kinds.items())
+    print(f"{args.tenant}: approved run {run_id} ({what or 'nothing held'}). The next run, scheduled or manual, "
+          "applies them if the source still shows them; the thresholds stay.")
     return EXIT_OK
 
 

@@ -16,10 +16,13 @@ import urllib.parse
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
+DEPROVISION = ("report", "disable")
+SAFETY_KEYS = {"max_removals_percent", "max_removals", "max_updates_percent", "freeze", "degraded_after"}
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 INSTALL_SID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -84,6 +87,19 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    """Guard rails, on by default (reference/anchors.md §0, §7): what a run may do unattended."""
+
+    max_removals_percent: float = 10.0
+    max_removals: int = 500
+    max_updates_percent: float = 75.0
+    # Date ranges (inclusive, the tenant's calendar) in which runs remove nothing.
+    freeze: tuple[tuple[date, date], ...] = ()
+    # Runs that fail outright this many times in a row mark the tenant degraded.
+    degraded_after: int = 3
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str
     source: SourceConfig
@@ -92,6 +108,8 @@ class TenantConfig:
     time_zone: str | None = None
     roles: dict[str, str] = field(default_factory=lambda: {"student": "learner"})
     enabled: bool = True
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    deprovision: str = "report"  # report | disable
 
 
 @dataclass(frozen=True)
@@ -125,8 +143,9 @@ def load(path: Path) -> Config:
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "tenants"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
+    defaults = _table(checker, raw, "safety")
     tenants_raw = _table(checker, raw, "tenants")
     if not tenants_raw and "tenants" not in checker.bad_tables:
         checker.error("tenants", "at least one tenant is required ([tenants.NAME])")
@@ -138,7 +157,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         if not isinstance(body, dict):
             checker.error(key, "must be a table")
             continue
-        tenant = _tenant(checker, name, body)
+        tenant = _tenant(checker, name, body, defaults)
         if tenant is not None:
             tenants[name] = tenant
     if checker.errors:
@@ -167,9 +186,10 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
     )
 
 
-def _tenant(checker: _Checker, name: str, body: dict[str, Any]) -> TenantConfig | None:
+def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:
     key = f"tenants.{name}"
-    _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target"})
+    _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target", "safety",
+                                  "deprovision"})
     schedule = checker.get(body, f"{key}.schedule", str, "every 1h")
     if schedule is not None:
         problem = schedule_problem(schedule)
@@ -185,6 +205,9 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any]) -> TenantConfig 
     enabled = checker.get(body, f"{key}.enabled", bool, True)
     source = _source(checker, _table(checker, body, "source", key, required=True), f"{key}.source")
     target = _target(checker, _table(checker, body, "target", key, required=True), f"{key}.target")
+    own = _table(checker, body, "safety", key)
+    safety = _safety(checker, {**defaults, **own}, f"{key}.safety", own_keys=set(own))
+    deprovision = checker.choice(body, f"{key}.deprovision", DEPROVISION, "report")
     if source is None or target is None:
         return None
     return TenantConfig(
@@ -195,7 +218,43 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any]) -> TenantConfig 
         time_zone=time_zone,
         roles=roles,
         enabled=bool(enabled),
+        safety=safety,
+        deprovision=deprovision,
     )
+
+
+def _safety(checker: _Checker, body: dict[str, Any], key: str, own_keys: set[str]) -> SafetyConfig:
+    """A tenant's [safety] table over the top-level [safety] defaults; errors name where the key is."""
+    def where(name: str) -> str:
+        return f"{key}.{name}" if name in own_keys else f"safety.{name}"
+
+    for name in body:
+        if name not in SAFETY_KEYS:
+            checker.error(where(name), f"unknown key (expected one of: {', '.join(sorted(SAFETY_KEYS))})")
+    values = {name: body[name] for name in SAFETY_KEYS if name in body}
+    result = {
+        "max_removals_percent": checker.number(values, where("max_removals_percent"), float, 10.0, 0, 100),
+        "max_removals": checker.number(values, where("max_removals"), int, 500, 0, 100_000_000),
+        "max_updates_percent": checker.number(values, where("max_updates_percent"), float, 75.0, 0, 100),
+        "degraded_after": checker.number(values, where("degraded_after"), int, 3, 1, 1000),
+    }
+    freeze = []
+    ranges = checker.get(values, where("freeze"), list, [])
+    for i, pair in enumerate(ranges):
+        spot = f"{where('freeze')}[{i}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            checker.error(spot, 'must be a pair of dates, e.g. ["2027-06-10", "2027-08-20"]')
+            continue
+        try:
+            first, last = (v if isinstance(v, date) else date.fromisoformat(str(v)) for v in pair)
+        except ValueError:
+            checker.error(spot, f"dates must be YYYY-MM-DD, not {pair!r}")
+            continue
+        if last < first:
+            checker.error(spot, f"ends ({last}) before it starts ({first})")
+            continue
+        freeze.append((first, last))
+    return SafetyConfig(freeze=tuple(freeze), **result)
 
 
 def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import http, plan
+from syncd import http, plan, safety
 from syncd.config import TenantConfig
 from syncd.model import ENTITIES, PLURAL, Entity, RecordError
 from syncd.sources import Source, SourceError, open_source
@@ -26,7 +26,7 @@ from syncd.target import InvalidResponse, Outcome, ProvisionClient
 log = structlog.get_logger("syncd.engine")
 
 COMPLETED, WITH_ERRORS, HELD, FAILED = "completed", "completed_with_errors", "held", "failed"
-COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed")
+COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed", "held")
 
 
 # (phase, done, total or None): extract counts records read, plan the calls planned, push calls sent.
@@ -38,6 +38,8 @@ class Options:
     dry_run: bool = False
     force: bool = False
     full: bool = False
+    # ("user" | "course", source id): extract, plan and push just that object and its enrollments.
+    only: tuple[str, str] | None = None
 
 
 @dataclass
@@ -58,15 +60,27 @@ class Run:
     planned_calls: int = 0
     counts: dict[Entity, dict[str, int]] = field(default_factory=dict)
     progress: Progress | None = None
+    show: Callable[[str], None] | None = None
+    held: dict[Entity, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
+    held_reasons: list[str] = field(default_factory=list)
+    breaker: bool = False  # a safety threshold held something: status "held"
+    plan_data: list[dict[str, Any]] | None = None
+    removal_data: dict[str, Any] = field(default_factory=dict)
 
     def report(self, phase: str, done: int, total: int | None = None) -> None:
         if self.progress:
             self.progress(phase, done, total)
 
+    def say(self, line: str) -> None:
+        if self.show:
+            self.show(line)
+
     @property
     def status(self) -> str:
         if self.failure:
             return FAILED
+        if self.breaker:
+            return HELD
         return WITH_ERRORS if self.errors else COMPLETED
 
     def summary(self) -> dict[str, Any]:
@@ -78,6 +92,9 @@ class Run:
             "counts": {PLURAL[e]: {k: self.counts.get(e, {}).get(k, 0) for k in COUNT_KEYS} for e in ENTITIES},
             "calls": self.calls,
             "planned_calls": self.planned_calls,
+            **({"held_because": self.held_reasons} if self.held_reasons else {}),
+            **({"plan": self.plan_data} if self.plan_data is not None else {}),
+            **self.removal_data,
             "duration_s": round(time.monotonic() - self.started, 3),
         }
 
@@ -91,7 +108,7 @@ def run(tenant: TenantConfig, store: Store, options: Options = Options(),
         client: ProvisionClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines,
     ``progress`` the phase counters (for a progress bar on a terminal)."""
-    state = Run(tenant, new_run_id(), options, progress=progress)
+    state = Run(tenant, new_run_id(), options, progress=progress, show=show)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, run_id=state.run_id)
     try:
         store.start_run(state.run_id, tenant.name, dry_run=options.dry_run, force=options.force)
@@ -125,20 +142,33 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
             _record_failed(state, store, "enrollment", source_id, "extract",
                            f"enrollment refers to a {missing} that the source does not have",
                            course_id=course_id, user_id=user_id)
+    _guard_completeness(state, store)
     store.classify(tenant, state.options.force)
+    approved = store.open_approval(tenant) if not state.options.only else None
+    _update_breaker(state, store, approved)
+    if not state.options.only:
+        _defer_escrowed(state, store)
     state.planned_calls = plan.build(store, tenant)
+    if state.options.only:
+        state.planned_calls = _only(state, store)
     state.report("plan", state.planned_calls, state.planned_calls)
     if state.options.dry_run:
         _show_plan(state, store, show)
         state.counts = _planned_counts(store, tenant)
     else:
         store.restore_returning(tenant)
+        _reenable(state, store, client)
         _push(state, store, client)
         state.counts = store.outcome_counts(tenant, state.started_at)
     for entity in ENTITIES:
         state.counts[entity]["failed"] += state.failed_extract[entity]
         state.counts[entity]["removed"] = 0
-    _removals(state, store)
+    if state.options.only:
+        log.info("sync.removals_skipped", reason="--only syncs one object: nothing is inferred removed")
+    else:
+        _removals(state, store, client, approved)
+    for entity in ENTITIES:
+        state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
 
 
 def _extract(state: Run, store: Store, source: Source) -> None:
@@ -162,8 +192,56 @@ def _extract(state: Run, store: Store, source: Source) -> None:
     log.info("sync.extracted", complete=state.complete, source_requests=source.requests)
 
 
-def _removals(state: Run, store: Store) -> None:
-    """Tombstone what left scope, but only on a complete extract in which every record was readable."""
+def _guard_completeness(state: Run, store: Store) -> None:
+    """An empty collection where the target holds acknowledged records is not a complete extract:
+    a source that answers "200 OK" with nothing must never empty the roster."""
+    if not state.complete:
+        return
+    staged = store.staged_counts(state.tenant.name)
+    for entity, acked in store.acked_counts(state.tenant.name).items():
+        if acked and not staged[entity]:
+            state.complete = False
+            log.warning("sync.extract_suspect", entity=entity, acknowledged=acked,
+                        reason=f"the source returned no {PLURAL[entity]} at all, where {acked} were synced before: "
+                               "treated as incomplete, nothing is inferred removed")
+
+
+def _update_breaker(state: Run, store: Store, approved: str | None) -> None:
+    """Too many updates at once (a source that rewrote every name?) are held for an admin."""
+    tenant = state.tenant.name
+    changes = store.change_counts(tenant)
+    acked = store.acked_counts(tenant)
+    approved_updates = store.held_counts(approved).get if approved else None
+    for entity in ENTITIES:
+        updates = changes[entity].get("update", 0)
+        reason = safety.update_breaker(state.tenant.safety, updates, acked[entity])
+        if not reason or state.options.force:
+            continue
+        if approved_updates and approved_updates(entity, {}).get("update"):
+            log.info("sync.updates_approved", entity=entity, updates=updates, approved_run=approved)
+            continue
+        state.held[entity] += store.hold_updates(tenant, state.run_id, entity)
+        state.breaker = True
+        state.held_reasons.append(f"{PLURAL[entity]} updates held: {reason}")
+        log.warning("sync.held", entity=entity, kind="update", count=updates, reason=reason,
+                    approve=f"syncd approve {tenant} --run {state.run_id}")
+
+
+def _defer_escrowed(state: Run, store: Store) -> None:
+    """Records the target keeps rejecting wait out their escrow delay instead of slowing every run."""
+    for record in store.defer_escrowed(state.tenant.name):
+        key = record["key"]
+        entity: Entity = record["entity"]
+        source_id = record["source_id"] or "/".join(key)
+        _record_failed(state, store, entity, source_id, "push", record["message"], record["http_status"],
+                       course_id=key[0] if entity == "enrollment" else None,
+                       user_id=key[1] if entity == "enrollment" else None, attempts=record["attempts"],
+                       first_seen=record["first_seen"], next_retry_at=record["next_retry_at"])
+
+
+def _removals(state: Run, store: Store, client: ProvisionClient, approved: str | None) -> None:
+    """Tombstone what left scope, but only on a complete extract in which every record was readable,
+    within the breaker's thresholds, and outside a freeze."""
     if not state.complete or state.failure:
         log.info("sync.removals_skipped", reason="the extract is incomplete: nothing is inferred removed")
         return
@@ -172,9 +250,79 @@ def _removals(state: Run, store: Store) -> None:
                     reason="some source records could not be read; one of them may be an object that "
                            "only looks removed")
         return
-    removed = store.removals(state.tenant.name, apply=not state.options.dry_run)
+    tenant, config = state.tenant.name, state.tenant.safety
+    pending = store.collect_removals(tenant)
+    window = safety.freeze(config, _today(state.tenant))
+    if window and any(pending.values()) and not approved:
+        held = store.hold_all_removals(tenant, state.run_id)
+        for entity, count in held.items():
+            state.held[entity] += count
+        state.held_reasons.append(f"removals held: freeze from {window[0]} to {window[1]}")
+        log.warning("sync.removals_frozen", held={PLURAL[e]: n for e, n in held.items()},
+                    freeze=[str(window[0]), str(window[1])])
+        return
+    acked = store.acked_counts(tenant)
+    for entity in ENTITIES:
+        if not pending[entity]:
+            continue
+        unapproved = store.unapproved_removals(tenant, entity, approved)
+        reason = safety.removal_breaker(config, unapproved, acked[entity])
+        if reason:
+            state.held[entity] += store.hold_removals(tenant, state.run_id, entity, approved)
+            state.breaker = True
+            state.held_reasons.append(f"{PLURAL[entity]} removals held: {reason}")
+            log.warning("sync.held", entity=entity, kind="remove", count=unapproved, reason=reason,
+                        approve=f"syncd approve {tenant} --run {state.run_id}")
+    if state.options.dry_run:
+        for entity, count in store.pending_removal_counts(tenant).items():
+            state.counts[entity]["removed"] = count
+        show_removals(state, store)
+        return
+    removed = store.apply_removals(tenant)
     for entity, count in removed.items():
         state.counts[entity]["removed"] = count
+    if approved:
+        store.spend_approval(approved, state.run_id)
+        log.info("sync.approval_spent", approved_run=approved)
+    if state.tenant.deprovision == "disable":
+        _disable(state, store, client)
+
+
+def _disable(state: Run, store: Store, client: ProvisionClient) -> None:
+    """deprovision = "disable": a user who left scope entirely can no longer sign in."""
+    for source_id, sid in store.users_to_disable(state.tenant.name):
+        try:
+            client.set_enabled(sid, False)
+        except http.HttpError as exc:
+            _record_failed(state, store, "user", source_id, "push", f"could not disable: {exc.detail}", exc.status)
+            continue
+        store.set_disabled(state.tenant.name, source_id, True)
+        log.info("sync.user_disabled", source_id=source_id, sid=sid)
+
+
+def _reenable(state: Run, store: Store, client: ProvisionClient) -> None:
+    """A disabled user whose source id is back in scope is enabled again (and then updated as usual)."""
+    for source_id, sid in store.users_to_enable(state.tenant.name):
+        try:
+            client.set_enabled(sid, True)
+        except http.HttpError as exc:
+            _record_failed(state, store, "user", source_id, "push", f"could not re-enable: {exc.detail}",
+                           exc.status)
+            continue
+        store.set_disabled(state.tenant.name, source_id, False)
+        log.info("sync.user_enabled", source_id=source_id, sid=sid)
+
+
+def _only(state: Run, store: Store) -> int:
+    """--only: keep the calls of one object; say what the source and the plan hold for it."""
+    assert state.options.only is not None
+    entity, source_id = state.options.only
+    tenant = state.tenant.name
+    found = store.describe_object(tenant, entity, source_id)
+    state.say(f"extract: {found}")
+    kept = store.keep_calls_of(tenant, entity, source_id)
+    state.say(f"plan: {kept} call(s) for {entity} {source_id}" + ("" if kept else " (it is up to date)"))
+    return kept
 
 
 # --- push ----------------------------------------------------------------------------------
@@ -219,20 +367,49 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
             log.error("sync.target_auth_failed", error=str(exc))
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
+            if state.options.only:
+                state.say(f"push: call {call.seq} ({_label(call)}) failed: HTTP {exc.status or '-'}: {exc.detail}")
     store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks))
     for call, outcome in acks:
+        if state.options.only:
+            acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
+            state.say(f"push: call {call.seq} ({_label(call)}) acknowledged: {acked}")
         for entity, problem in outcome.problems.items():
             _record_failed(state, store, entity, _source_id(call, entity), "push",
                            f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id,
                            name=_name(call, entity))
 
 
+def _label(call: Call) -> str:
+    parts = [f"course {call.course_id}"]
+    if call.user_id:
+        parts.append(f"user {call.user_id}")
+    if call.enrollment_body:
+        parts.append(f"enrollment as {call.enrollment_body.get('role')}")
+    return ", ".join(parts)
+
+
 def _call_failed(state: Run, store: Store, call: Call, message: str, status: int | None) -> None:
     entity: Entity = "enrollment" if call.enrollment_body else ("user" if call.user_id else "course")
+    attempts = retry = None
     if status is None or status == 429 or status >= 500:
         message += " (will be retried on the next run)"
+    elif 400 <= status < 500:
+        # A rejection: the record waits in escrow (1 h, 6 h, 24 h, then daily) instead of being
+        # sent again every run. Its user waits with it, as the user may be what was refused.
+        keys: dict[Entity, tuple[str, ...]] = {"course": (call.course_id,), "user": (call.user_id or "",),
+                                                "enrollment": (call.course_id, call.user_id or "")}
+        # A course the target never acknowledged may be what it refuses: it waits too. A known
+        # course does not: other calls carry it, and one refused student must not hold it back.
+        companions: list[Entity] = ["user"] if call.user_id and entity != "user" else []
+        if call.course_sid is None and entity != "course":
+            companions.append("course")
+        for companion in companions:
+            store.escrow(state.tenant.name, state.run_id, companion, keys[companion], status, message)
+        attempts, retry = store.escrow(state.tenant.name, state.run_id, entity, keys[entity], status, message)
     _record_failed(state, store, entity, _source_id(call, entity), "push", message, status,
-                   course_id=call.course_id, user_id=call.user_id, name=_name(call, entity))
+                   course_id=call.course_id, user_id=call.user_id, name=_name(call, entity), attempts=attempts,
+                   next_retry_at=retry)
 
 
 def _name(call: Call, entity: Entity) -> str | None:
@@ -257,12 +434,13 @@ def _source_id(call: Call, entity: Entity) -> str:
 
 def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, stage: str, message: str,
                    http_status: int | None = None, course_id: str | None = None,
-                   user_id: str | None = None, name: str | None = None) -> None:
+                   user_id: str | None = None, name: str | None = None, attempts: int | None = None,
+                   first_seen: str | None = None, next_retry_at: str | None = None) -> None:
     state.errors += 1
     attempts = store.record_error(state.run_id, state.tenant.name, entity, source_id, stage, message,
-                                  http_status, course_id, user_id, name)
+                                  http_status, course_id, user_id, name, attempts, first_seen, next_retry_at)
     log.warning("sync.record_failed", entity=entity, source_id=source_id, name=name, stage=stage,
-                http_status=http_status, message=message, attempts=attempts,
+                http_status=http_status, message=message, attempts=attempts, next_retry_at=next_retry_at,
                 course_id=course_id if entity != "course" else None,
                 user_id=user_id if entity == "enrollment" else None)
 
@@ -272,7 +450,14 @@ def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, sta
 
 def _finish(state: Run, store: Store) -> dict[str, Any]:
     summary = state.summary()
-    store.finish_run(state.run_id, state.status, summary, state.failure, state.complete)
+    store.finish_run(state.run_id, state.status, summary, state.failure or "; ".join(state.held_reasons) or None,
+                     state.complete)
+    if state.failure and not state.options.dry_run:
+        failures = store.failed_in_a_row(state.tenant.name)
+        if failures == state.tenant.safety.degraded_after:
+            # Loud once, when the tenant crosses the line; `syncd status` keeps showing it.
+            log.error("tenant.degraded", failed_runs_in_a_row=failures, last_error=state.failure,
+                      hint="the tenant is not syncing: check its credentials and the target")
     level = "error" if state.failure else ("warning" if state.errors else "info")
     getattr(log, level)("sync.finished", status=summary["status"], counts=summary["counts"],
                         calls=summary["calls"], duration_s=summary["duration_s"],
@@ -303,10 +488,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _show_plan(state: Run, store: Store, show: Callable[[str], None] | None) -> None:
-    if show is None:
-        return
+    """The dry-run plan: lines for an admin (``show``), or data for ``--json`` (``state.plan_data``)."""
     tenant = state.tenant.name
-    show(f"plan for {tenant}: {state.planned_calls} provision call(s)")
+    data: list[dict[str, Any]] = []
+    if show:
+        show(f"plan for {tenant}: {state.planned_calls} provision call(s)")
     for call in store.calls(tenant, with_sids=not state.options.force):
         parts = [("course", (call.course_id,), call.course_id, call.course_body)]
         if call.user_id and call.user_body is not None:
@@ -314,25 +500,56 @@ def _show_plan(state: Run, store: Store, show: Callable[[str], None] | None) -> 
             if call.enrollment_body is not None:
                 parts.append(("enrollment", (call.course_id, call.user_id),
                               f"{call.course_id}/{call.user_id}", call.enrollment_body))
-        prefix = f"  call {call.seq}:"
-        for entity, key, label, body in parts:
-            show(f"{prefix:<13} {_describe_change(store, tenant, entity, key, label, body)}")
-            prefix = ""
+        changes = [_change(store, tenant, entity, key, label, body) for entity, key, label, body in parts]
+        if show:
+            prefix = f"  call {call.seq}:"
+            for change in changes:
+                show(f"{prefix:<13} {_describe(change)}")
+                prefix = ""
+        else:
+            data.append({"call": call.seq, "objects": changes})
+    state.plan_data = None if show else data
 
 
-def _describe_change(store: Store, tenant: str, entity: Entity, key: tuple[str, ...], label: str,
-                     body: dict[str, Any]) -> str:
+def show_removals(state: Run, store: Store) -> None:
+    """After a dry run's removal step: what would be removed, and what the breaker would hold."""
+    tenant = state.tenant.name
+    removals = store.pending_removals(tenant)
+    held = store.held_keys(state.run_id)
+    if state.show:
+        for entity, key in removals:
+            state.say(f"  remove {entity} {'/'.join(key)} (left scope: tombstoned, nothing is deleted in the target)")
+        for entity, kind, key in held:
+            state.say(f"  HOLD {kind} of {entity} {'/'.join(key)} (a safety threshold; `syncd approve` releases it)")
+        for reason in state.held_reasons:
+            state.say(f"  held: {reason}")
+    elif state.plan_data is not None:
+        state.removal_data = {"removals": [{"entity": e, "source_id": "/".join(k)} for e, k in removals],
+                              "held_objects": [{"entity": e, "kind": kind, "source_id": "/".join(k)}
+                                               for e, kind, k in held]}
+
+
+def _change(store: Store, tenant: str, entity: Entity, key: tuple[str, ...], label: str,
+            body: dict[str, Any]) -> dict[str, Any]:
+    """One object of a planned call: its action and, for an update, each field's old and new value."""
     old = store.acked_body(entity, tenant, key)
     new_fields = _flatten(body)
     if old is None:
-        fields = " ".join(f"{k}={v!r}" for k, v in new_fields.items())
-        return f"create {entity} {label}: {fields}"
+        return {"entity": entity, "source_id": label, "action": "create", "fields": new_fields}
     old_fields = _flatten(old)
-    changed = [f"{k}: {old_fields.get(k)!r} -> {new_fields.get(k)!r}"
-               for k in sorted(set(old_fields) | set(new_fields)) if old_fields.get(k) != new_fields.get(k)]
-    if not changed:
+    changed = {k: [old_fields.get(k), new_fields.get(k)] for k in sorted(set(old_fields) | set(new_fields))
+               if old_fields.get(k) != new_fields.get(k)}
+    return {"entity": entity, "source_id": label, "action": "update" if changed else "carried", "changes": changed}
+
+
+def _describe(change: dict[str, Any]) -> str:
+    entity, label = change["entity"], change["source_id"]
+    if change["action"] == "create":
+        return f"create {entity} {label}: " + " ".join(f"{k}={v!r}" for k, v in change["fields"].items())
+    if change["action"] == "carried":
         return f"(unchanged {entity} {label}, carried by this call)"
-    return f"update {entity} {label}: " + "; ".join(changed)
+    return f"update {entity} {label}: " + "; ".join(f"{k}: {old!r} -> {new!r}"
+                                                     for k, (old, new) in change["changes"].items())
 
 
 def _flatten(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:

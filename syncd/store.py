@@ -119,6 +119,37 @@ def m002_error_names(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX runs_by_finish ON runs (finished_at)")
 
 
+@migrations()
+def m003_safety(db: sqlite_utils.Database) -> None:
+    """Held plans and their approvals, the per-record retry escrow, disabled users."""
+    db.executescript(
+        """
+        CREATE TABLE pending_removals (
+            tenant TEXT, entity TEXT, key TEXT, PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+        CREATE TABLE held (
+            tenant TEXT, run_id TEXT, entity TEXT, kind TEXT, key TEXT,
+            PRIMARY KEY (run_id, entity, kind, key)) WITHOUT ROWID;
+        CREATE TABLE approvals (
+            run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, approved_at TEXT NOT NULL, spent_by TEXT);
+        CREATE TABLE escrow (
+            tenant TEXT, entity TEXT, key TEXT, attempts INTEGER NOT NULL, next_retry_at TEXT NOT NULL,
+            http_status INTEGER, message TEXT, first_seen TEXT NOT NULL, run_id TEXT,
+            PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+        ALTER TABLE acked_users ADD COLUMN disabled_at TEXT;
+        ALTER TABLE errors ADD COLUMN next_retry_at TEXT;
+        """
+    )
+
+
+# Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
+ESCROW_DELAYS_H = (1, 6, 24)
+
+
+def key_sql(alias: str, entity: Entity) -> str:
+    """A record's key as a JSON array, the form held, escrow and pending_removals store."""
+    return f"json_array({', '.join(f'{alias}.{k}' for k in KEYS[entity])})"
+
+
 @dataclass(frozen=True)
 class Call:
     """One planned provision call: one course, at most one user with their enrollment."""
@@ -208,6 +239,13 @@ class Store:
         params: tuple[Any, ...] = (tenant, limit) if tenant else (limit,)
         return [dict(row) for row in self._rows(sql, params)]
 
+    def failed_in_a_row(self, tenant: str) -> int:
+        """How many of the tenant's latest real runs failed outright, back to the last that did not."""
+        statuses = [r[0] for r in self.conn.execute(
+            "SELECT status FROM runs WHERE tenant = ? AND dry_run = 0 AND status != 'running' "
+            "ORDER BY started_at DESC LIMIT 1000", (tenant,))]
+        return next((i for i, status in enumerate(statuses) if status != "failed"), len(statuses))
+
     def last_started(self, tenant: str) -> datetime | None:
         """When the tenant's last real (not dry) run started: the daemon's catch-up reference."""
         row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0",
@@ -237,8 +275,10 @@ class Store:
 
     def record_error(self, run_id: str, tenant: str, entity: str, source_id: str, stage: str,
                      message: str, http_status: int | None = None, course_id: str | None = None,
-                     user_id: str | None = None, name: str | None = None) -> int:
-        """Store one failed record; ``attempts`` counts consecutive runs in which it failed."""
+                     user_id: str | None = None, name: str | None = None, attempts: int | None = None,
+                     first_seen: str | None = None, next_retry_at: str | None = None) -> int:
+        """Store one failed record; ``attempts`` counts consecutive runs in which it failed (or is
+        given, for a record in escrow)."""
         now = utcnow()
         with self._write():
             previous = self.conn.execute(
@@ -247,12 +287,15 @@ class Store:
                 "WHERE tenant = ? AND run_id != ? AND dry_run = 0 ORDER BY started_at DESC LIMIT 1)",
                 (tenant, entity, source_id, stage, tenant, run_id),
             ).fetchone()
-            attempts, first_seen = (previous[0] + 1, previous[1]) if previous else (1, now)
+            if attempts is None:
+                attempts, first_seen = (previous[0] + 1, previous[1]) if previous else (1, now)
+            first_seen = first_seen or (previous[1] if previous else now)
             self.conn.execute(
                 "INSERT INTO errors (run_id, tenant, entity, source_id, stage, http_status, message, "
-                "attempts, first_seen, last_seen, course_id, user_id, name) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "attempts, first_seen, last_seen, course_id, user_id, name, next_retry_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, tenant, entity, source_id, stage, http_status, message, attempts, first_seen,
-                 now, course_id, user_id, name),
+                 now, course_id, user_id, name, next_retry_at),
             )
         return attempts
 
@@ -260,7 +303,7 @@ class Store:
         ids = list(run_ids)
         return [dict(row) for row in self._rows(
             "SELECT run_id, tenant, entity, source_id, name, stage, http_status, message, attempts, "
-            "first_seen, last_seen, course_id, user_id FROM errors "
+            "first_seen, last_seen, next_retry_at, course_id, user_id FROM errors "
             "WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
 
     # --- staging -------------------------------------------------------------------------
@@ -359,10 +402,12 @@ class Store:
                 f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM desired_{plural} d LEFT JOIN acked_{plural} a ON {_join('d', 'a', entity)} "
                 "WHERE d.tenant = ? GROUP BY 1, 2", (since, tenant))
-            result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
+            result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}
             for change, done, n in rows:
                 if change == "none":
                     result["unchanged"] += n
+                elif change == "held":
+                    result["held"] += n
                 elif done:
                     result["created" if change == "create" else "updated"] += n
                 else:
@@ -402,6 +447,222 @@ class Store:
                     f"AND a.removed_at IS NOT NULL AND EXISTS (SELECT 1 FROM desired_{plural} d "
                     f"WHERE {_join('d', 'a', entity)})", (tenant,))
 
+    def staged_counts(self, tenant: str) -> dict[Entity, int]:
+        tables = {"course": "stage_courses", "user": "stage_users", "enrollment": "stage_enrollments"}
+        return {e: self.conn.execute(f"SELECT count(*) FROM {t} WHERE tenant = ?", (tenant,)).fetchone()[0]
+                for e, t in tables.items()}
+
+    def pending_removals(self, tenant: str) -> list[tuple[Entity, tuple[str, ...]]]:
+        return [(e, tuple(json.loads(k))) for e, k in self.conn.execute(
+            "SELECT entity, key FROM pending_removals WHERE tenant = ? ORDER BY entity, key", (tenant,))]
+
+    def held_keys(self, run_id: str) -> list[tuple[Entity, str, tuple[str, ...]]]:
+        return [(e, kind, tuple(json.loads(k))) for e, kind, k in self.conn.execute(
+            "SELECT entity, kind, key FROM held WHERE run_id = ? ORDER BY entity, kind, key", (run_id,))]
+
+    def pending_removal_counts(self, tenant: str) -> dict[Entity, int]:
+        rows = dict(self.conn.execute("SELECT entity, count(*) FROM pending_removals WHERE tenant = ? GROUP BY 1",
+                                      (tenant,)).fetchall())
+        return {e: rows.get(e, 0) for e in ENTITIES}
+
+    def describe_object(self, tenant: str, entity: str, source_id: str) -> str:
+        """What the source said of one object this run, for `--only`."""
+        table = {"course": "courses", "user": "users"}[entity]
+        staged = self.conn.execute(f"SELECT active FROM stage_{table} WHERE tenant = ? AND source_id = ?",
+                                   (tenant, source_id)).fetchone()
+        if staged is None:
+            return f"the source has no {entity} {source_id}"
+        desired = self.conn.execute(f"SELECT change FROM desired_{table} WHERE tenant = ? AND source_id = ?",
+                                    (tenant, source_id)).fetchone()
+        if desired is None:
+            why = "inactive" if not staged[0] else "without an in-scope enrollment"
+            return f"{entity} {source_id} is in the source but out of scope ({why})"
+        column = "user_id" if entity == "user" else "course_id"
+        enrollments = self.conn.execute(f"SELECT count(*) FROM desired_enrollments WHERE tenant = ? AND {column} = ?",
+                                        (tenant, source_id)).fetchone()[0]
+        state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
+        return f"{entity} {source_id} is in scope ({state}) with {enrollments} in-scope enrollment(s)"
+
+    def keep_calls_of(self, tenant: str, entity: str, source_id: str) -> int:
+        """Drop every planned call that does not carry this object; returns the calls kept."""
+        column = "user_id" if entity == "user" else "course_id"
+        with self._write():
+            self.conn.execute(f"DELETE FROM plan_calls WHERE tenant = ? AND {column} IS NOT ?", (tenant, source_id))
+        return self.call_count(tenant)
+
+    # --- safety: removals, the breaker, approvals ---------------------------------------
+
+    def collect_removals(self, tenant: str) -> dict[Entity, int]:
+        """Acknowledged objects no longer in scope, into pending_removals; their count per entity."""
+        counts: dict[Entity, int] = {}
+        with self._write():
+            self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (tenant,))
+            for entity in ENTITIES:
+                plural = PLURAL[entity]
+                counts[entity] = self.conn.execute(
+                    f"INSERT INTO pending_removals (tenant, entity, key) SELECT a.tenant, ?, {key_sql('a', entity)} "
+                    f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL AND NOT EXISTS "
+                    f"(SELECT 1 FROM desired_{plural} d WHERE {_join('d', 'a', entity)})",
+                    (entity, tenant)).rowcount
+        return counts
+
+    def open_approval(self, tenant: str) -> str | None:
+        """The held run an admin approved and no run has acted on yet."""
+        row = self.conn.execute("SELECT run_id FROM approvals WHERE tenant = ? AND spent_by IS NULL "
+                                "ORDER BY approved_at DESC LIMIT 1", (tenant,)).fetchone()
+        return row[0] if row else None
+
+    def approve(self, tenant: str, run_id: str | None) -> tuple[str, dict[str, dict[str, int]]]:
+        """Approve a held run (the tenant's last held run by default); returns it and what it held."""
+        with self._write():
+            if run_id is None:
+                row = self.conn.execute("SELECT run_id FROM runs WHERE tenant = ? AND status = 'held' "
+                                        "ORDER BY started_at DESC LIMIT 1", (tenant,)).fetchone()
+                if row is None:
+                    raise LookupError(f"tenant {tenant} has no held run to approve")
+                run_id = row[0]
+            row = self.conn.execute("SELECT tenant, status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None or row[0] != tenant:
+                raise LookupError(f"no run {run_id} for tenant {tenant}")
+            if row[1] != "held":
+                raise LookupError(f"run {run_id} is {row[1]}, not held: there is nothing to approve")
+            self.conn.execute("INSERT INTO approvals (run_id, tenant, approved_at) VALUES (?, ?, ?) "
+                              "ON CONFLICT (run_id) DO UPDATE SET approved_at = excluded.approved_at, spent_by = NULL",
+                              (run_id, tenant, utcnow()))
+        return run_id, self.held_counts(run_id)
+
+    def spend_approval(self, approved_run: str, by_run: str) -> None:
+        with self._write():
+            self.conn.execute("UPDATE approvals SET spent_by = ? WHERE run_id = ?", (by_run, approved_run))
+
+    def held_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for entity, kind, n in self.conn.execute(
+                "SELECT entity, kind, count(*) FROM held WHERE run_id = ? GROUP BY 1, 2", (run_id,)):
+            counts.setdefault(entity, {})[kind] = n
+        return counts
+
+    def unapproved_removals(self, tenant: str, entity: Entity, approved_run: str | None) -> int:
+        return self.conn.execute(
+            "SELECT count(*) FROM pending_removals p WHERE p.tenant = ? AND p.entity = ? AND NOT EXISTS "
+            "(SELECT 1 FROM held h WHERE h.run_id = ? AND h.entity = p.entity AND h.kind = 'remove' "
+            "AND h.key = p.key)", (tenant, entity, approved_run)).fetchone()[0]
+
+    def hold_removals(self, tenant: str, run_id: str, entity: Entity, approved_run: str | None) -> int:
+        """Hold this entity's pending removals that no approval covers; they stay acknowledged."""
+        with self._write():
+            unapproved = ("FROM pending_removals p WHERE p.tenant = ? AND p.entity = ? AND NOT EXISTS "
+                          "(SELECT 1 FROM held h WHERE h.run_id = ? AND h.entity = p.entity AND h.kind = 'remove' "
+                          "AND h.key = p.key)")
+            held = self.conn.execute(
+                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT p.tenant, ?, p.entity, "
+                f"'remove', p.key {unapproved}", (run_id, tenant, entity, approved_run)).rowcount
+            self.conn.execute(
+                "DELETE FROM pending_removals WHERE tenant = ? AND entity = ? AND key IN "
+                "(SELECT key FROM held WHERE run_id = ? AND entity = ? AND kind = 'remove')",
+                (tenant, entity, run_id, entity))
+        return held
+
+    def hold_all_removals(self, tenant: str, run_id: str) -> dict[Entity, int]:
+        """A freeze: every pending removal is held."""
+        counts: dict[Entity, int] = {}
+        with self._write():
+            for entity in ENTITIES:
+                counts[entity] = self.conn.execute(
+                    "INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT tenant, ?, entity, "
+                    "'remove', key FROM pending_removals WHERE tenant = ? AND entity = ?",
+                    (run_id, tenant, entity)).rowcount
+            self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (tenant,))
+        return counts
+
+    def apply_removals(self, tenant: str) -> dict[Entity, int]:
+        """Tombstone the pending removals (one transaction)."""
+        counts: dict[Entity, int] = {}
+        now = utcnow()
+        with self._write():
+            for entity in ENTITIES:
+                plural = PLURAL[entity]
+                counts[entity] = self.conn.execute(
+                    f"UPDATE acked_{plural} AS a SET removed_at = ? WHERE a.tenant = ? AND a.removed_at IS NULL "
+                    f"AND {key_sql('a', entity)} IN (SELECT key FROM pending_removals WHERE tenant = ? "
+                    "AND entity = ?)", (now, tenant, tenant, entity)).rowcount
+            self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (tenant,))
+        return counts
+
+    def hold_updates(self, tenant: str, run_id: str, entity: Entity) -> int:
+        """The update breaker: this entity's updates keep the acknowledged body this run."""
+        plural = PLURAL[entity]
+        with self._write():
+            held = self.conn.execute(
+                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT d.tenant, ?, ?, 'update', "
+                f"{key_sql('d', entity)} FROM desired_{plural} d WHERE d.tenant = ? AND d.change = 'update'",
+                (run_id, entity, tenant)).rowcount
+            self.conn.execute(
+                f"UPDATE desired_{plural} AS d SET change = 'held', body = a.body, hash = a.hash "
+                f"FROM acked_{plural} a WHERE {_join('d', 'a', entity)} AND d.tenant = ? AND d.change = 'update'",
+                (tenant,))
+        return held
+
+    def users_to_disable(self, tenant: str) -> list[tuple[str, str]]:
+        return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL "
+                                 "AND disabled_at IS NULL AND sid IS NOT NULL", (tenant,)).fetchall()
+
+    def users_to_enable(self, tenant: str) -> list[tuple[str, str]]:
+        return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NULL "
+                                 "AND disabled_at IS NOT NULL", (tenant,)).fetchall()
+
+    def set_disabled(self, tenant: str, source_id: str, disabled: bool) -> None:
+        with self._write():
+            self.conn.execute("UPDATE acked_users SET disabled_at = ? WHERE tenant = ? AND source_id = ?",
+                              (utcnow() if disabled else None, tenant, source_id))
+
+    # --- escrow: records the target keeps rejecting ----------------------------------------
+
+    def escrow(self, tenant: str, run_id: str, entity: Entity, key: tuple[str, ...], http_status: int | None,
+               message: str) -> tuple[int, str]:
+        """One more run in which the target rejected this record: its attempts and when it may be
+        tried again. Several rejected calls of one run count once."""
+        now = datetime.now(UTC)
+        encoded = json.dumps(list(key), separators=(",", ":"))  # the form of SQLite's json_array()
+        with self._write():
+            row = self.conn.execute("SELECT attempts, next_retry_at, run_id FROM escrow WHERE tenant = ? "
+                                    "AND entity = ? AND key = ?", (tenant, entity, encoded)).fetchone()
+            if row and row[2] == run_id:
+                return row[0], row[1]
+            attempts = (row[0] if row else 0) + 1
+            delay = ESCROW_DELAYS_H[min(attempts, len(ESCROW_DELAYS_H)) - 1]
+            retry = (now + timedelta(hours=delay)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            self.conn.execute(
+                "INSERT INTO escrow (tenant, entity, key, attempts, next_retry_at, http_status, message, first_seen, "
+                "run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, entity, key) DO UPDATE SET "
+                "attempts = excluded.attempts, next_retry_at = excluded.next_retry_at, "
+                "http_status = excluded.http_status, message = excluded.message, run_id = excluded.run_id",
+                (tenant, entity, encoded, attempts, retry, http_status, message, utcnow(), run_id))
+        return attempts, retry
+
+    def defer_escrowed(self, tenant: str) -> list[dict[str, Any]]:
+        """Changes whose record waits in escrow are not planned this run; returns those records."""
+        now = utcnow()
+        deferred: list[dict[str, Any]] = []
+        with self._write():
+            for entity in ENTITIES:
+                plural = PLURAL[entity]
+                waiting = (f"FROM desired_{plural} d JOIN escrow x ON x.tenant = d.tenant AND x.entity = ? "
+                           f"AND x.key = {key_sql('d', entity)} WHERE d.tenant = ? "
+                           "AND d.change IN ('create', 'update') AND x.next_retry_at > ?")
+                rows = self.conn.execute(
+                    f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id "
+                    f"{waiting}",
+                    (entity, tenant, now)).fetchall()
+                self.conn.execute(
+                    f"UPDATE desired_{plural} SET change = 'deferred' WHERE tenant = ? AND "
+                    f"({', '.join(KEYS[entity])}) IN (SELECT {', '.join('d.' + k for k in KEYS[entity])} {waiting})",
+                    (tenant, entity, tenant, now))
+                deferred += [{"entity": entity, "key": tuple(json.loads(r[0])), "attempts": r[1], "next_retry_at": r[2],
+                              "http_status": r[3], "message": r[4], "first_seen": r[5], "source_id": r[6]}
+                             for r in rows]
+        return deferred
+
     # --- plan support --------------------------------------------------------------------
 
     def plan_enrollment_calls(self, tenant: str) -> None:
@@ -410,7 +671,7 @@ class Store:
             self.conn.execute(
                 "INSERT INTO plan_calls (tenant, seq, course_id, user_id) "
                 "SELECT tenant, row_number() OVER (ORDER BY course_id, user_id), course_id, user_id "
-                "FROM desired_enrollments WHERE tenant = ? AND change != 'none'", (tenant,))
+                "FROM desired_enrollments WHERE tenant = ? AND change IN ('create', 'update')", (tenant,))
 
     def uncovered_edges(self, tenant: str) -> Iterator[tuple[str, str]]:
         """(user, course) enrollment pairs of changed users not yet covered by a call, towards
@@ -444,7 +705,7 @@ class Store:
             self.conn.execute(
                 "INSERT INTO plan_calls (tenant, seq, course_id, user_id) "
                 "SELECT tenant, ? + row_number() OVER (ORDER BY source_id), source_id, NULL "
-                "FROM desired_courses d WHERE tenant = ? AND change != 'none' AND NOT EXISTS "
+                "FROM desired_courses d WHERE tenant = ? AND change IN ('create', 'update') AND NOT EXISTS "
                 "(SELECT 1 FROM plan_calls p WHERE p.tenant = d.tenant AND p.course_id = d.source_id)",
                 (start, tenant))
 
@@ -484,6 +745,13 @@ class Store:
                 if "enrollment" in sids and call.user_id and call.enrollment_body is not None:
                     self._ack("enrollment", (tenant, call.course_id, call.user_id), sids["enrollment"],
                               call.enrollment_hash, call.enrollment_body, now)
+                self._clear_escrow(tenant, call, sids)
+
+    def _clear_escrow(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
+        keys = {"course": [call.course_id], "user": [call.user_id], "enrollment": [call.course_id, call.user_id]}
+        for entity in sids:
+            self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
+                              (tenant, entity, json.dumps(keys[entity], separators=(",", ":"))))
 
     def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
              body: dict[str, Any], now: str) -> None:
@@ -580,9 +848,9 @@ SELECT tenant, source_id, body, digest(body) FROM (
 """
 
 UNCOVERED = """
-users_left AS (SELECT d.source_id FROM desired_users d WHERE d.tenant = ? AND d.change != 'none'
+users_left AS (SELECT d.source_id FROM desired_users d WHERE d.tenant = ? AND d.change IN ('create', 'update')
     AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = ? AND p.user_id = d.source_id)),
-courses_left AS (SELECT d.source_id FROM desired_courses d WHERE d.tenant = ? AND d.change != 'none'
+courses_left AS (SELECT d.source_id FROM desired_courses d WHERE d.tenant = ? AND d.change IN ('create', 'update')
     AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = ? AND p.course_id = d.source_id))
 """
 

@@ -52,6 +52,14 @@ class ProvisionClient:
         with self._lock:
             self.requests += 1
 
+    def set_enabled(self, user_sid: str, enabled: bool) -> None:
+        """``PUT /v1/installs/{installSid}/users/{userSid}`` with ``enabled``: the API has no delete,
+        so a user who left scope entirely can only be kept from signing in."""
+        install = urllib.parse.quote(self.config.install_sid, safe="")
+        url = f"{self.config.base_url}/v1/installs/{install}/users/{urllib.parse.quote(user_sid, safe='')}"
+        http.send(self.session, "PUT", url, timeout=self.config.timeout_s, json={"enabled": enabled},
+                  headers={"token": self.config.token, "Accept": "application/json"}, on_attempt=self._count)
+
     def provision(self, call: Call) -> Outcome:
         response = http.send(
             self.session, "POST", self.url, timeout=self.config.timeout_s, json=payload(call),

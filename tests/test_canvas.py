@@ -170,8 +170,8 @@ def test_a_dead_refresh_token_fails_the_run_before_anything_changes(canvas, rost
 def test_a_link_to_another_host_is_not_followed(canvas, tmp_path):
     original = canvas.canvas._numeric_page
 
-    def hostile(request, rows):
-        response = original(request, rows)
+    def hostile(request, rows, render=None):
+        response = original(request, rows, render)
         response.headers = {"Link": '<http://127.0.0.2:9/api/v1/steal?page=2>; rel="next"'}
         return response
 

@@ -114,6 +114,7 @@ class CanvasApp:
     _reports: dict[int, _Report] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _rng: random.Random = field(default_factory=lambda: random.Random(7))
+    _cache: dict[Any, Any] = field(default_factory=dict)
 
     # --- tokens the tests hand out directly -------------------------------------------------
 
@@ -246,30 +247,48 @@ class CanvasApp:
         return self._numeric_page(request, rows)
 
     def _users(self, request: Request, account: int, grant: _Grant) -> Response:
-        accounts = self.roster.subtree(account)
-        courses = {c for c, v in self.roster.courses.items() if v["account_id"] in accounts}
-        # Users associated with the account: enrolled in one of its courses, or (root) every user.
-        members = ({e["user_id"] for e in self.roster.enrollments.values() if e["course_id"] in courses}
-                   if account != 1 else set(self.roster.users))
         with_email = "email" in request.query.get("include[]", []) and self._includes(grant)
-        rows = []
-        for user_id in sorted(members):
+
+        def render(user_id: int) -> dict[str, Any]:
             user = self.roster.users[user_id]
-            if user.get("test_student"):
-                continue
             body = {k: user[k] for k in ("id", "name", "sortable_name", "short_name", "sis_user_id", "login_id",
                                          "created_at")}
             if with_email and user.get("email"):
                 body["email"] = user["email"]
-            rows.append(body)
-        return self._numeric_page(request, rows)
+            return body
+
+        return self._numeric_page(request, self._members(account), render)
+
+    def _members(self, account: int) -> list[int]:
+        """Users associated with the account (enrolled in one of its courses; the root: all), cached."""
+        key = ("members", account, self.roster.revision, len(self.roster.users), len(self.roster.enrollments))
+        if key not in self._cache:
+            accounts = self.roster.subtree(account)
+            if account == 1:
+                members = set(self.roster.users)
+            else:
+                courses = {c for c, v in self.roster.courses.items() if v["account_id"] in accounts}
+                members = {e["user_id"] for e in self.roster.enrollments.values() if e["course_id"] in courses}
+            self._cache[key] = sorted(u for u in members if not self.roster.users[u].get("test_student"))
+        return self._cache[key]
+
+    def _of_course(self, course_id: int) -> list[dict[str, Any]]:
+        """The course's enrollments, from an index rebuilt when enrollments are added."""
+        key = ("by_course", len(self.roster.enrollments))
+        if key not in self._cache:
+            index: dict[int, list[dict[str, Any]]] = {}
+            for enrollment in self.roster.enrollments.values():
+                index.setdefault(enrollment["course_id"], []).append(enrollment)
+            self._cache.clear()
+            self._cache[key] = index
+        return self._cache[key].get(course_id, [])
 
     def _enrollments(self, request: Request, course_id: int, grant: _Grant) -> Response:
         types = set(request.query.get("type[]", []))
         states = set(request.query.get("state[]", [])) or {"active", "invited", "inactive"}  # admin default
         rows = []
-        for enrollment in self.roster.enrollments.values():
-            if enrollment["course_id"] != course_id or enrollment["enrollment_state"] not in states:
+        for enrollment in self._of_course(course_id):
+            if enrollment["enrollment_state"] not in states:
                 continue
             # Canvas lists the Test Student whatever type[] says ("Results may include 'Test Student'").
             if types and enrollment["type"] not in types and enrollment["type"] != "StudentViewEnrollment":
@@ -294,10 +313,12 @@ class CanvasApp:
         per_page = _int(request.arg("per_page") or "10") or 10
         return max(1, min(per_page, self.max_per_page))  # silently capped, never rejected
 
-    def _numeric_page(self, request: Request, rows: list[dict[str, Any]]) -> Response:
+    def _numeric_page(self, request: Request, rows: list[Any], render: Any = None) -> Response:
         per_page = self._per_page(request)
         page = max(1, _int(request.arg("page") or "1") or 1)
         chunk = rows[(page - 1) * per_page: page * per_page]
+        if render:
+            chunk = [render(row) for row in chunk]
         links = {"current": page, "first": 1}
         if page * per_page < len(rows):
             links["next"] = page + 1

@@ -38,6 +38,7 @@ class ProvisionApp:
     calls: int = 0
     applied: int = 0
     script: list[Scripted] = field(default_factory=list)
+    disabled: set[str] = field(default_factory=set)  # user sids that may not sign in
     # body -> (status, message) to reject that call, or None to accept it
     reject: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
     _index: dict[tuple[str, str, str], str] = field(default_factory=dict)
@@ -48,6 +49,8 @@ class ProvisionApp:
             self.calls += 1
         if self.latency_s:
             time.sleep(self.latency_s)
+        if request.method == "PUT" and request.path.startswith(f"/v1/installs/{self.install_sid}/users/"):
+            return self._set_enabled(request)
         expected = f"/v2/installs/{self.install_sid}/provision"
         if request.method != "POST" or request.path != expected:
             return Response(404, {"message": f"no route {request.method} {request.path}"})
@@ -75,6 +78,23 @@ class ProvisionApp:
         if scripted is not None:
             return DROP  # applied, but the client never hears of it
         return Response(200, result)
+
+    def _set_enabled(self, request: Request) -> Response:
+        """``PUT /v1/installs/{installSid}/users/{userSid}`` with ``{"enabled": bool}``."""
+        if request.headers.get("token") != self.token:
+            return Response(401, {"message": "invalid token"})
+        sid = request.path.rsplit("/", 1)[-1]
+        try:
+            enabled = request.json().get("enabled")
+        except (ValueError, AttributeError):
+            enabled = None
+        if not isinstance(enabled, bool):
+            return Response(400, {"message": "enabled must be true or false"})
+        with self._lock:
+            if sid not in self.users:
+                return Response(404, {"message": f"no user {sid}"})
+            (self.disabled.discard if enabled else self.disabled.add)(sid)
+        return Response(200, {"sid": sid, "enabled": enabled})
 
     def _next_scripted(self) -> Scripted | None:
         with self._lock:
