@@ -108,7 +108,7 @@ def main() -> None:
         "## Crawl versus report as the account grows (break-even for mode = \"auto\")", "",
         "| courses in scope | crawl | report | faster |", "| ---: | ---: | ---: | --- |",
     ]
-    sizes = (25, 50, 100, 200) if args.quick else (100, 250, 500, 1000, 1500, 2000, 3000)
+    sizes = (25, 50, 100, 200) if args.quick else (250, 500, 750, 1000, 1250, 1500, 2000)
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp, sandbox(size) as box:
             crawl = syncd_extract(box, Path(tmp), "api")

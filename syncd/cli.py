@@ -115,7 +115,23 @@ def _load(args: argparse.Namespace) -> configuration.Config:
     config = configuration.load(configuration.config_path(args.config))
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     logs.register_secrets(config.secrets)
+    warn_if_exposed(config)
     return config
+
+
+def warn_if_exposed(config: configuration.Config) -> None:
+    """A config that holds a secret in plain text must be readable by its owner only."""
+    import structlog
+
+    try:
+        mode = config.path.stat().st_mode
+    except OSError:
+        return
+    if config.plain_secrets and mode & 0o077:
+        structlog.get_logger("syncd.config").warning(
+            "config.secret_readable_by_others", config=str(config.path), mode=oct(mode & 0o777),
+            keys=list(config.plain_secrets),
+            fix=f"chmod 600 {config.path}, or use env:, file: or credential: references")
 
 
 # --- sync ----------------------------------------------------------------------------------

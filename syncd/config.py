@@ -118,6 +118,8 @@ class Config:
     daemon: DaemonConfig
     tenants: dict[str, TenantConfig]
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # Key paths whose secret is written in the file itself (no env:, file: or credential:).
+    plain_secrets: tuple[str, ...] = ()
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -162,7 +164,8 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
             tenants[name] = tenant
     if checker.errors:
         raise ConfigError(checker.errors)
-    return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets))
+    return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
+                  plain_secrets=tuple(checker.plain_secrets))
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -429,6 +432,7 @@ class _Checker:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.secrets: set[str] = set()
+        self.plain_secrets: list[str] = []
         self.bad_tables: set[str] = set()
         self._failed_secrets: set[str] = set()
 
@@ -488,6 +492,8 @@ class _Checker:
         reference = self.get(body, key, str, None, required=required)
         if not reference:
             return ""
+        if reference.partition(":")[0] not in ("env", "file", "credential"):
+            self.plain_secrets.append(key)
         try:
             value = resolve_secret(reference)
         except ValueError as exc:

@@ -238,7 +238,10 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def main(config_path: Path) -> int:
+    from syncd.cli import warn_if_exposed
+
     config = configuration.load(config_path)
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     logs.register_secrets(config.secrets)
+    warn_if_exposed(config)
     return Daemon(config).run()

@@ -67,7 +67,7 @@ def main(directory: str, source: str = "oneroster") -> int:
             second = engine.run(tenant, store)
             print(cli.render_summary(second))
             print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls\n")
-            print("3. nothing changes: a resync sends nothing but the retry of the refused record")
+            print("3. nothing changes: a resync sends nothing (the refused record waits in escrow, see below)")
             third = engine.run(tenant, store)
             print(cli.render_summary(third), "\n")
             expected = expect(roster, tenant.roles)
@@ -84,9 +84,9 @@ def main(directory: str, source: str = "oneroster") -> int:
                   "provision API cannot delete, kept as tombstones in syncd's state\n")
             errors = store.errors([third["run_id"]])
             if errors:
-                print("the record the target refused (retried on every run until fixed):")
-                print("  " + json.dumps({k: errors[0][k] for k in ("entity", "source_id", "http_status",
-                                                                   "message", "attempts")}))
+                print("the record the target refused (retried after 1 h, 6 h, 24 h, then daily, until it is fixed):")
+                print("  " + json.dumps({k: errors[0][k] for k in ("entity", "source_id", "name", "http_status",
+                                                                   "message", "attempts", "next_retry_at")}))
         finally:
             store.close()
     print(f"\nwhere to look next (the config and state stay in {base}):\n"

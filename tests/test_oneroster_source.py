@@ -138,3 +138,21 @@ def test_legacy_inactive_and_past_end_dates_are_out_of_scope():
     assert records["usr-000005"].active is False
     assert records[enrollments[0]["sourcedId"]].active is False
     assert records[enrollments[1]["sourcedId"]].active is True
+
+
+def test_a_collection_that_ends_short_of_its_total_count_is_not_complete():
+    roster = Roster.generate(seed=2, users=60, classes=6, enrollments=200)
+    with Sandbox(roster) as box:
+        original = box.oneroster._page
+
+        def lying(request, collection, limit, offset):
+            response = original(request, collection, limit, offset)
+            if collection == "users":
+                response.headers["X-Total-Count"] = str(len(roster.users) + 50)
+            return response
+
+        box.oneroster._page = lying
+        source = source_for(box)
+        records = [r for page in source.extract() for r in page]
+        assert len(records) > len(roster.users)  # everything there was is read
+        assert source.complete is False and source.short == ["users"]

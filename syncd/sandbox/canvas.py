@@ -366,7 +366,12 @@ class CanvasApp:
             report = _Report(len(self._reports) + 1, time.monotonic(),
                              self.report_delay_s + rows * self.report_s_per_row, parameters, account)
             self._reports[report.id] = report
+        # Canvas writes the file while the report runs; so does the fake, off the request thread.
+        threading.Thread(target=self._build_report, args=(report,), daemon=True).start()
         return Response(200, self._report_json(request, report))
+
+    def _build_report(self, report: _Report) -> None:
+        report.file = self._report_zip(report)
 
     def _report_status(self, request: Request, report_id: int, grant: _Grant) -> Response:
         if not self._scoped(grant, "report_status"):
@@ -382,10 +387,9 @@ class CanvasApp:
                                 "created_at": "2026-11-24T10:00:00Z", "current_line": None}
         if elapsed < report.seconds * 0.2:
             return body | {"status": "created", "progress": 0, "file_url": None}
-        if elapsed < report.seconds:
-            return body | {"status": "running", "progress": int(100 * elapsed / report.seconds), "file_url": None}
-        if report.file is None:
-            report.file = self._report_zip(report)
+        if elapsed < report.seconds or report.file is None:
+            progress = min(99, int(100 * elapsed / report.seconds))
+            return body | {"status": "running", "progress": progress, "file_url": None}
         base = request.url.split("/api/v1/")[0]
         url = f"{base}/files/{report.id}/download?download_frd=1&verifier={secrets.token_hex(8)}"
         return body | {"status": "complete", "progress": 100, "file_url": url,

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.model import Record
 
 if TYPE_CHECKING:
     from syncd.config import TenantConfig
+
+
+MAX_TEXT = 1024  # characters in one mapped field: a longer name or title is a broken record
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def text_field(item: dict[str, Any], key: str) -> str | None:
+    """A mapped text field, cleaned: control characters become spaces, whitespace is collapsed,
+    and the text is NFC-normalised (so "José" typed two ways is one value, not an update).
+    A value that is not text, or is absurdly long, makes the record fail alone."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{key} is not a string ({type(value).__name__})")
+    text = " ".join(unicodedata.normalize("NFC", CONTROL.sub(" ", str(value))).split())
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"{key} is {len(text):,} characters long (at most {MAX_TEXT:,})")
+    return text or None
 
 
 class SourceError(Exception):
@@ -36,4 +57,4 @@ def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     return OneRosterSource(tenant.source, today)
 
 
-__all__ = ["Record", "Source", "SourceError", "open_source"]
+__all__ = ["MAX_TEXT", "Record", "Source", "SourceError", "open_source", "text_field"]

@@ -30,7 +30,7 @@ import structlog
 
 from syncd import http
 from syncd.model import Course, Enrollment, Entity, Record, RecordError, User
-from syncd.sources import SourceError
+from syncd.sources import SourceError, text_field
 from syncd.sources.canvas_auth import CanvasToken
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ IN_SCOPE_COURSES = ("available", "unpublished")
 COURSE_STATES = ("created", "claimed", "available")
 # Courses in scope above which `mode = "auto"` reads the provisioning report instead of crawling
 # each course: the break-even measured by bench/canvas.py (see README, Benchmark).
-REPORT_MIN_COURSES = 1500
+REPORT_MIN_COURSES = 800
 # Throttled answers are retried longer than other transient faults: the bucket drains at ~10/s.
 THROTTLE_POLICY = http.RetryPolicy(attempts=8, base_s=1.0, cap_s=30.0)
 LOW_REMAINING, HIGH_REMAINING = 150.0, 350.0
@@ -198,7 +198,8 @@ class CanvasSource:
             yield from _report_records(spool, course_ids, set(self.roles))
 
     def _wait_for(self, base: str, report: dict[str, Any]) -> str:
-        deadline = time.monotonic() + self.config.report_timeout_s
+        started = time.monotonic()
+        deadline = started + self.config.report_timeout_s
         pause = 0.5
         while True:
             status = report.get("status")
@@ -212,7 +213,7 @@ class CanvasSource:
             if time.monotonic() > deadline:
                 raise SourceError(f"the provisioning report was not ready after {self.config.report_timeout_s:g} s "
                                   "(raise source.report_timeout_s, or use mode = \"api\")")
-            if http.stopping.wait(pause):
+            if http.stopping.wait(_poll_pause(report, time.monotonic() - started, pause)):
                 raise SourceError("stopped while waiting for the provisioning report")
             pause = min(pause * 1.5, 10.0)
             report = self._get(self._url(f"{base}/{report['id']}", [])).json()
@@ -225,6 +226,16 @@ class CanvasSource:
         with contextlib.closing(response):
             for chunk in response.iter_content(chunk_size=1 << 16):
                 spool.write(chunk)
+
+
+def _poll_pause(report: dict[str, Any], elapsed: float, backoff: float) -> float:
+    """How long to wait before asking again: the time Canvas's own progress figure says is left
+    (so a finished report is noticed soon), else a growing pause; between 0.25 s and 10 s."""
+    progress = report.get("progress")
+    if isinstance(progress, int | float) and 0 < progress < 100:
+        left = elapsed * (100 - progress) / progress
+        return min(10.0, max(0.25, left / 2))
+    return backoff
 
 
 # --- parallel chains with bounded memory ----------------------------------------------------
@@ -514,13 +525,7 @@ def _required_id(item: dict[str, Any], key: str) -> str:
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{key} is not a string")
-    text = str(value).strip()
-    return text or None
+    return text_field(item, key)
 
 
 def _float(value: str | None) -> float | None:

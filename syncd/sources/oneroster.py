@@ -24,7 +24,7 @@ from requests_oauthlib import OAuth1
 from syncd import http
 from syncd.config import SourceConfig
 from syncd.model import Course, CourseCode, Enrollment, Entity, Record, RecordError, User
-from syncd.sources import SourceError
+from syncd.sources import SourceError, text_field
 
 log = structlog.get_logger("syncd.oneroster")
 
@@ -41,6 +41,7 @@ class OneRosterSource:
         self.today = today
         self.session = session or http.new_session()
         self.complete = False
+        self.short: list[str] = []
         self.requests = 0
         self._auth = _OAuth2Token(config, self.session, self._count) if config.version == "1.2" else None
         self._oauth1 = (
@@ -68,7 +69,9 @@ class OneRosterSource:
             entity, mapper = mappers[collection]
             for page in self._pages(collection):
                 yield [_map_safely(entity, mapper, item) for item in page]
-        self.complete = True
+        # A collection that ended short of the X-Total-Count its server announced is read, but
+        # the extract is not called complete: nothing can be inferred removed from it.
+        self.complete = not self.short
 
     # --- paging ------------------------------------------------------------------------
 
@@ -84,6 +87,7 @@ class OneRosterSource:
         longest = 0
         seen_pages: set[str] = set()
         sort = True
+        total: int | None = None
         while True:
             params = {"limit": limit, "offset": offset}
             if sort:
@@ -99,6 +103,7 @@ class OneRosterSource:
                 raise
             records = _envelope(response, collection)
             if not records:
+                self._check_total(collection, offset, total)
                 return
             fingerprint = _fingerprint(records)
             if fingerprint in seen_pages:
@@ -113,7 +118,14 @@ class OneRosterSource:
             shorter = len(records) < longest
             longest = max(longest, len(records))
             if shorter and not (total and offset < total):
+                self._check_total(collection, offset, total)
                 return
+
+    def _check_total(self, collection: str, read: int, total: int | None) -> None:
+        if total is not None and read < total:
+            self.short.append(collection)
+            log.warning("oneroster.short_collection", collection=collection, read=read, total_count=total,
+                        consequence="the extract is not complete: nothing is inferred removed")
 
     def _get(self, collection: str, params: dict[str, Any]) -> requests.Response:
         url = f"{self.config.base_url}/{collection}?{urllib.parse.urlencode(params)}"
@@ -271,13 +283,7 @@ def _status(item: dict[str, Any]) -> str:
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{key} is not a string")
-    text = str(value).strip()
-    return text or None
+    return text_field(item, key)
 
 
 def _ref(value: Any) -> str | None:
