@@ -1,0 +1,196 @@
+"""Fault-injection soak: a seeded random schedule of source changes, faults and kill -9, with the
+invariants checked after every step.
+
+    .venv/bin/python bench/soak.py                     # 500 steps (~10 minutes on 2 cores)
+    .venv/bin/python bench/soak.py --steps 40 --seed 7 # the short form CI runs (tests/test_soak.py)
+
+Faults, drawn per step: provision 5xx, 429 with and without Retry-After, responses lost after
+the write was applied, slow answers (a wider window for a kill in mid-push), source pages failing
+(for a while or for the whole run), connection resets on the source, OAuth 2 tokens revoked
+mid-run, and
+``kill -9`` of the sync process at a random moment (during the extract, during the push, between
+push and acknowledge). Invariants after every step:
+
+1. the SQLite file passes ``PRAGMA integrity_check``;
+2. no duplicate object in the target;
+3. every acknowledged record exists in the target (the target may be ahead of the state, after a
+   kill between a call and its acknowledgement, never behind it);
+4. no run whose extract was incomplete inferred a removal;
+5. every few steps, and at the end, once the faults stop, one clean run makes the target hold
+   exactly the expected mapping, and the run after it sends nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncd.sandbox import Fault, Roster, Sandbox, Scripted, expected_mapping
+
+SYNCD = str(Path(sys.executable).with_name("syncd"))
+ROLES = {"student": "learner", "teacher": "instructor"}
+COLLECTIONS = ("courses", "classes", "users", "enrollments")
+
+
+@dataclass
+class Report:
+    steps: int = 0
+    runs: int = 0
+    kills: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    checks: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks[name] += 1
+        if not ok:
+            self.failures.append(f"step {self.steps}: {name} failed {detail}".strip())
+
+    def markdown(self) -> str:
+        lines = [f"steps: {self.steps} · sync runs: {self.runs} · kill -9: {self.kills}",
+                 "faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
+                 "invariant checks: " + ", ".join(f"{k} {v}" for k, v in sorted(self.checks.items())),
+                 f"failures: {len(self.failures)}"]
+        return "\n".join(lines + [f"  - {f}" for f in self.failures[:20]])
+
+
+def _inject(rng: random.Random, box: Sandbox, report: Report) -> None:
+    """Arm this step's faults on the sandbox servers."""
+    provision, source = box.provision, box.oneroster
+    provision.script.clear()
+    provision.latency_s = 0.0
+    source.faults.clear()
+    source.expire_tokens_at_request = None
+    for _ in range(rng.randint(0, 4)):
+        kind = rng.choice(["5xx", "429", "429+retry-after", "lost-after-apply"])
+        status: int | str = {"5xx": rng.choice([500, 502, 503]), "429": 429, "429+retry-after": 429,
+                             "lost-after-apply": "drop_after_apply"}[kind]
+        provision.script.append(Scripted(status, times=rng.randint(1, 3),
+                                         retry_after="0" if kind == "429+retry-after" else None))
+        report.faults[f"provision {kind}"] += 1
+    if rng.random() < 0.1:
+        provision.latency_s = 0.003  # slow, not failing: widens the window for a kill in mid-push
+        report.faults["provision slow"] += 1
+    if rng.random() < 0.25:
+        collection = rng.choice(COLLECTIONS)
+        forever = rng.random() < 0.4
+        source.faults.append(Fault(status=rng.choice([500, 503]), times=None if forever else rng.randint(1, 2),
+                                   collection=collection))
+        report.faults["source page failing for the run" if forever else "source page failing briefly"] += 1
+    if rng.random() < 0.1:
+        source.faults.append(Fault(status=0, drop=True, times=1, collection=rng.choice(COLLECTIONS)))
+        report.faults["source connection reset"] += 1
+    if rng.random() < 0.2:
+        source.expire_tokens_at_request = source.requests + rng.randint(1, 6)
+        report.faults["oauth token revoked mid-run"] += 1
+
+
+def _clear(box: Sandbox) -> None:
+    box.provision.script.clear()
+    box.provision.latency_s = 0.0
+    box.oneroster.faults.clear()
+    box.oneroster.expire_tokens_at_request = None
+
+
+def _sync(config: Path, report: Report, kill_after: float | None = None) -> dict | None:
+    report.runs += 1
+    process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if kill_after is not None:
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            report.kills += 1
+    stdout, _ = process.communicate(timeout=300)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[0]) if lines else None
+
+
+def _invariants(box: Sandbox, db: Path, report: Report) -> None:
+    if not db.exists():  # killed before the state existed
+        report.check("no duplicate in the target", box.provision.duplicates() == 0)
+        return
+    with sqlite3.connect(db) as conn:
+        report.check("integrity_check", conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        report.check("no duplicate in the target", box.provision.duplicates() == 0)
+        target = box.provision
+        enrollment_sids = {e["sid"] for e in target.enrollments.values()}
+        missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
+        missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
+        missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
+        report.check("every acknowledged record is in the target", missing == 0,
+                     f"({missing} not)")
+        bad = 0
+        finished = conn.execute("SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL")
+        for summary, complete in finished:
+            if summary and not complete:
+                counts = json.loads(summary)["counts"]
+                bad += any(c.get("removed") for c in counts.values())
+        report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
+
+
+def _converges(box: Sandbox, config: Path, report: Report) -> None:
+    _clear(box)
+    first = _sync(config, report)
+    after = expected_mapping(box.roster, ROLES)
+    target = box.provision.snapshot()
+    equal = all(target[k].get(key) == body for k in after for key, body in after[k].items())
+    report.check("one clean run makes the target equal the expected mapping",
+                 bool(first) and equal, f"(status {first and first['status']})")
+    second = _sync(config, report)
+    report.check("the run after it sends nothing", bool(second) and second["calls"] == 0,
+                 f"(calls {second and second['calls']})")
+
+
+def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
+    rng = random.Random(seed)
+    report = Report()
+    roster = Roster.generate(seed=seed, users=120, classes=12, enrollments=480)
+    with Sandbox(roster, version="1.2", token_ttl=3600) as box:
+        config = box.write_config(workdir / "syncd.toml", workdir / "state",
+                                  target_extra="concurrency = 4\ntimeout_s = 2")
+        db = workdir / "state" / "syncd.db"
+        for step in range(1, steps + 1):
+            report.steps = step
+            if rng.random() < 0.5:
+                roster.mutate(seed=rng.randrange(1 << 30), fraction=rng.choice([0.005, 0.01, 0.02]))
+                report.faults["source change"] += 1
+            elif rng.random() < 0.2:
+                roster.touch_unmapped(seed=rng.randrange(1 << 30), count=5)
+                report.faults["source change to unmapped fields"] += 1
+            _inject(rng, box, report)
+            kill_after = rng.uniform(0.05, 0.6) if rng.random() < 0.3 else None
+            _sync(config, report, kill_after)
+            _invariants(box, db, report)
+            if step % check_every == 0 or step == steps:
+                _converges(box, config, report)
+                _invariants(box, db, report)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = soak(args.steps, args.seed, Path(tmp))
+    print(report.markdown())
+    print(f"seed {args.seed} · {time.monotonic() - started:.0f} s")
+    raise SystemExit(1 if report.failures else 0)
+
+
+if __name__ == "__main__":
+    main()
