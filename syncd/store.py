@@ -141,6 +141,18 @@ def m003_safety(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m004_plan_indexes(db: sqlite_utils.Database) -> None:
+    """The planner asks "is this user / course already covered by a call?" once per changed
+    record: without these indexes each question scans the plan, and planning grows as n²."""
+    db.executescript(
+        """
+        CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
+        CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
+        """
+    )
+
+
 # Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
 ESCROW_DELAYS_H = (1, 6, 24)
 
