@@ -9,6 +9,7 @@ secret is remembered so that logs can redact it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -153,7 +154,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         checker.error("tenants", "at least one tenant is required ([tenants.NAME])")
     tenants = {}
     for name, body in tenants_raw.items():
-        key = f"tenants.{name}"
+        key = f"tenants.{key_name(name)}"
         if not TENANT_NAME.match(name):
             checker.error(key, "tenant name must match [a-z0-9][a-z0-9_-]{0,62}")
         if not isinstance(body, dict):
@@ -190,7 +191,7 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
 
 
 def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:
-    key = f"tenants.{name}"
+    key = f"tenants.{key_name(name)}"
     _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target", "safety",
                                   "deprovision"})
     schedule = checker.get(body, f"{key}.schedule", str, "every 1h")
@@ -419,10 +420,18 @@ def _table(checker: _Checker, body: dict[str, Any], name: str, parent: str = "",
     return value
 
 
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def key_name(name: str) -> str:
+    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
+    return name if BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
+
+
 def _unknown(checker: _Checker, body: dict[str, Any], key: str, allowed: set[str]) -> None:
     for name in body:
         if name not in allowed:
-            where = f"{key}.{name}" if key else name
+            where = f"{key}.{key_name(name)}" if key else key_name(name)
             checker.error(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
 
