@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from memory import wait_with_peak_rss
+
 from syncd.sandbox import Roster, Sandbox
 
 SYNCD = str(Path(sys.executable).with_name("syncd"))
@@ -41,23 +43,14 @@ def measure(enrollments: int, push: bool = False) -> dict:
         args = [] if push else ["--dry-run"]
         process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", *args],
                                    stdout=out, stderr=subprocess.DEVNULL, text=True)
-        peak_kb = 0
-        status = Path(f"/proc/{process.pid}/status")
-        while process.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kb = max(peak_kb, int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
+        peak_mb = wait_with_peak_rss(process, interval=0.05)
         out.close()
         seconds = time.perf_counter() - started
         tail = (Path(tmp) / "plan.txt").read_text().splitlines()[-6:]
         pattern = r"(\d+) call\(s\) sent" if push else r"(\d+) planned"
         planned = next(int(m.group(1)) for line in tail if (m := re.search(pattern, line)))
         return {"enrollments": enrollments, "users": len(roster.users), "seconds": seconds,
-                "rss_mb": peak_kb / 1024, "planned": planned}
+                "rss_mb": peak_mb, "planned": planned}
 
 
 def plot(rows: list[dict], path: Path) -> None:

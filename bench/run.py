@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from memory import wait_with_peak_rss
 from test_sync_end_to_end import initial_calls, minimal_calls
 
 from syncd.sandbox import Roster, Sandbox, expected_mapping
@@ -50,29 +51,17 @@ def run_syncd(config: Path, *args: str) -> dict:
 
 
 def peak_rss_mb(config: Path, *args: str) -> tuple[dict, float]:
-    """One run, with the peak RSS of the syncd process itself.
-
-    Read from /proc/PID/status (VmHWM, the high-water mark of the process after exec) while it
-    runs: getrusage/wait4 would report at least this benchmark's own RSS at fork time.
-    """
+    """One run, with the peak RSS of the syncd process itself (its summary is one short line, so
+    the pipe cannot fill while we poll)."""
     started = time.perf_counter()
     process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", "--json", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak_kb = 0
-    status = Path(f"/proc/{process.pid}/status")
-    while process.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
+    peak_mb = wait_with_peak_rss(process)
     assert process.stdout is not None
     stdout = process.stdout.read()
     if process.returncode != 0:
         raise SystemExit(f"syncd failed ({process.returncode})")
-    return {"summary": json.loads(stdout), "wall_s": time.perf_counter() - started}, peak_kb / 1024
+    return {"summary": json.loads(stdout), "wall_s": time.perf_counter() - started}, peak_mb
 
 
 def scale(users: int, classes: int, enrollments: int, workdir: Path, **target: str) -> tuple[Roster, Sandbox, Path]:
