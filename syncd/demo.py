@@ -85,8 +85,9 @@ def main(directory: str, source: str = "oneroster") -> int:
             errors = store.errors([third["run_id"]])
             if errors:
                 print("the record the target refused (retried after 1 h, 6 h, 24 h, then daily, until it is fixed):")
-                print("  " + json.dumps({k: errors[0][k] for k in ("entity", "source_id", "name", "http_status",
-                                                                   "message", "attempts", "next_retry_at")}))
+                shown = next((e for e in errors if e["entity"] == "user"), errors[0])
+                print("  " + json.dumps({k: shown[k] for k in ("entity", "source_id", "name", "http_status",
+                                                               "message", "attempts", "next_retry_at")}))
         finally:
             store.close()
     print(f"\nwhere to look next (the config and state stay in {base}):\n"

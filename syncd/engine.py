@@ -233,9 +233,12 @@ def _defer_escrowed(state: Run, store: Store) -> None:
         key = record["key"]
         entity: Entity = record["entity"]
         source_id = record["source_id"] or "/".join(key)
+        body = record["body"]
+        name = (body.get("title") if entity == "course" else
+                f"{body.get('firstName', '')} {body.get('lastName', '')}".strip() if entity == "user" else None)
         _record_failed(state, store, entity, source_id, "push", record["message"], record["http_status"],
                        course_id=key[0] if entity == "enrollment" else None,
-                       user_id=key[1] if entity == "enrollment" else None, attempts=record["attempts"],
+                       user_id=key[1] if entity == "enrollment" else None, name=name, attempts=record["attempts"],
                        first_seen=record["first_seen"], next_retry_at=record["next_retry_at"])
 
 

@@ -663,16 +663,16 @@ class Store:
                            f"AND x.key = {key_sql('d', entity)} WHERE d.tenant = ? "
                            "AND d.change IN ('create', 'update') AND x.next_retry_at > ?")
                 rows = self.conn.execute(
-                    f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id "
-                    f"{waiting}",
+                    f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id, "
+                    f"d.body {waiting}",
                     (entity, tenant, now)).fetchall()
                 self.conn.execute(
                     f"UPDATE desired_{plural} SET change = 'deferred' WHERE tenant = ? AND "
                     f"({', '.join(KEYS[entity])}) IN (SELECT {', '.join('d.' + k for k in KEYS[entity])} {waiting})",
                     (tenant, entity, tenant, now))
                 deferred += [{"entity": entity, "key": tuple(json.loads(r[0])), "attempts": r[1], "next_retry_at": r[2],
-                              "http_status": r[3], "message": r[4], "first_seen": r[5], "source_id": r[6]}
-                             for r in rows]
+                              "http_status": r[3], "message": r[4], "first_seen": r[5], "source_id": r[6],
+                              "body": json.loads(r[7])} for r in rows]
         return deferred
 
     # --- plan support --------------------------------------------------------------------

@@ -122,6 +122,8 @@ def test_a_record_rejected_run_after_run_is_retried_on_the_escrow_schedule(sandb
         quiet = syncd(config, "sync", "lincoln", "--json")
         assert len(sent) == rejected_so_far and summary(quiet)["calls"] == 0
         assert quiet.returncode == 1
+        waiting = json.loads(syncd(config, "errors", "--json").stdout)
+        assert any(e["entity"] == "user" and e["source_id"] == refused and e["name"] for e in waiting)
         travel_past_escrow(config)
     assert [round(d) for d in delays] == [1, 6, 24]
 
