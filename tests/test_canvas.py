@@ -251,30 +251,28 @@ def test_syncd_auth_receives_the_redirect_and_stores_the_refresh_token(canvas, r
     assert canvas.provision.snapshot() == expected_mapping(roster, ROLES)
 
 
-def test_syncd_auth_accepts_a_pasted_redirect_on_a_headless_server(canvas, tmp_path):
+def _paste_redirect(canvas: CanvasSandbox, tmp_path: Path, tamper=lambda url: url) -> tuple[int, str]:
+    """`syncd auth` on a headless server: the admin pastes the URL the browser was sent to."""
     config = write(canvas, tmp_path, auth="none",
                    source_extra='redirect_uri = "https://proctoring.example.edu/oauth/callback"\n')
     process, url = _start_auth(config)
     try:
         redirect = requests.get(url, timeout=10, allow_redirects=False).headers["Location"]
-        _out, err = process.communicate(redirect + "\n", timeout=20)
+        _out, err = process.communicate(tamper(redirect) + "\n", timeout=20)
     finally:
         process.kill()
-    assert process.returncode == 0, err
+    return process.returncode, err
+
+
+def test_syncd_auth_accepts_a_pasted_redirect_on_a_headless_server(canvas, tmp_path):
+    code, err = _paste_redirect(canvas, tmp_path)
+    assert code == 0, err
     assert (tmp_path / "state" / "credentials" / "stateu.refresh_token").exists()
 
 
 def test_syncd_auth_refuses_a_redirect_with_another_state(canvas, tmp_path):
-    config = write(canvas, tmp_path, auth="none",
-                   source_extra='redirect_uri = "https://proctoring.example.edu/oauth/callback"\n')
-    process, url = _start_auth(config)
-    try:
-        redirect = requests.get(url, timeout=10, allow_redirects=False).headers["Location"]
-        forged = redirect.replace("state=", "state=x")
-        _out, err = process.communicate(forged + "\n", timeout=20)
-    finally:
-        process.kill()
-    assert process.returncode == 1
+    code, err = _paste_redirect(canvas, tmp_path, tamper=lambda url: url.replace("state=", "state=x"))
+    assert code == 1
     assert "state" in err
     assert not (tmp_path / "state" / "credentials" / "stateu.refresh_token").exists()
 
