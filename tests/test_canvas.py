@@ -14,6 +14,7 @@ from test_sync_end_to_end import contains, initial_calls, minimal_calls
 
 from syncd.sandbox import CanvasFault, CanvasRoster, CanvasSandbox
 from syncd.sandbox.canvas_roster import expected_mapping
+from syncd.sources import SourceError
 from syncd.sources.canvas import split_name
 
 ROLES = {"student": "learner", "teacher": "instructor"}
@@ -249,6 +250,28 @@ def test_syncd_auth_receives_the_redirect_and_stores_the_refresh_token(canvas, r
     after = syncd(config, "sync", "stateu", "--json")
     assert after.returncode == 0, after.stderr[-2000:]
     assert canvas.provision.snapshot() == expected_mapping(roster, ROLES)
+
+
+def test_syncd_auth_listens_before_it_prints_the_url(canvas, tmp_path):
+    """A browser that follows the URL at once must find the redirect listener already open."""
+    import socket
+
+    from syncd.config import load
+    from syncd.sources.canvas_auth import authorize
+
+    port = _free_port()
+    config = load(write(canvas, tmp_path, auth="none",
+                        source_extra=f'redirect_uri = "http://127.0.0.1:{port}/oauth/callback"\n'))
+    reachable: list[bool] = []
+
+    def say(line: str) -> None:
+        if "/login/oauth2/auth?" in line:
+            with socket.socket() as probe:
+                reachable.append(probe.connect_ex(("127.0.0.1", port)) == 0)
+
+    with pytest.raises(SourceError, match="no authorization arrived"):
+        authorize("stateu", config.tenants["stateu"].source, tmp_path / "state", say, time.sleep, 0.5)
+    assert reachable == [True]
 
 
 def _paste_redirect(canvas: CanvasSandbox, tmp_path: Path, tamper=lambda url: url) -> tuple[int, str]:

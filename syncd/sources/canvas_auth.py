@@ -215,28 +215,22 @@ def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[
     ``pasted(wait)`` returns a line the admin pasted within ``wait`` seconds, or None.
     """
     state = secrets.token_urlsafe(24)
-    say("Enable these scopes on the Canvas developer key (Enforce Scopes on, and tick "
-        "'Allow Include Parameters'):")
-    for scope in SCOPES:
-        say(f"  {scope}")
-    say("")
-    say("Open this URL in a browser, signed in as a Canvas admin, and authorize the key:")
-    say(f"  {authorize_url(config, state)}")
+    # Listen before printing the URL: a fast browser (or admin) must never find the port closed.
     listener = _Listener.start(config.redirect_uri)
-    if listener:
-        say(f"Waiting for Canvas to redirect to {config.redirect_uri} ...")
-        say("On a server without a browser, paste here the full URL the browser was sent to.")
-    else:
-        say("Then paste here the full URL the browser was sent to:")
-    deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            redirected = listener.result if listener else None
-            redirected = redirected or pasted(0.2)
-            if redirected:
-                break
-            if time.monotonic() > deadline:
-                raise SourceError(f"no authorization arrived within {timeout_s:g} s")
+        say("Enable these scopes on the Canvas developer key (Enforce Scopes on, and tick "
+            "'Allow Include Parameters'):")
+        for scope in SCOPES:
+            say(f"  {scope}")
+        say("")
+        say("Open this URL in a browser, signed in as a Canvas admin, and authorize the key:")
+        say(f"  {authorize_url(config, state)}")
+        if listener:
+            say(f"Waiting for Canvas to redirect to {config.redirect_uri} ...")
+            say("On a server without a browser, paste here the full URL the browser was sent to.")
+        else:
+            say("Then paste here the full URL the browser was sent to:")
+        redirected = _await_redirect(listener, pasted, timeout_s)
     finally:
         if listener:
             listener.stop()
@@ -249,6 +243,16 @@ def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[
     path = store_refresh_token(tenant, state_dir, payload)
     say(f"Authorized. The refresh token is stored in {path} (owner-only); syncd sync {tenant} can run now.")
     return path
+
+
+def _await_redirect(listener: _Listener | None, pasted: Callable[[float], str | None], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        redirected = (listener.result if listener else None) or pasted(0.2)
+        if redirected:
+            return redirected
+        if time.monotonic() > deadline:
+            raise SourceError(f"no authorization arrived within {timeout_s:g} s")
 
 
 class _Listener:
