@@ -60,9 +60,10 @@ def main(directory: str, source: str = "oneroster") -> int:
             print(cli.render_summary(first), "\n")
             made = roster.mutate(seed=8, fraction=0.02)
             roster.touch_unmapped(seed=9)
-            print(f"2. the {'LMS' if source == 'canvas' else 'SIS'} changes: {made['renamed']} users renamed, "
-                  f"{made['new_enrollments']} new and {made['dropped']} dropped enrollments, {made['retitled']} "
-                  "courses retitled, and 10 users changed only in fields syncd does not map")
+            print(f"2. the {'LMS' if source == 'canvas' else 'SIS'} changes: {_many(made['renamed'], 'user')} "
+                  f"renamed, {made['new_enrollments']} new and {made['dropped']} dropped enrollments, "
+                  f"{_many(made['retitled'], 'course')} retitled, and 10 users changed only in fields "
+                  "syncd does not map")
             calls_before = sandbox.provision.calls
             second = engine.run(tenant, store)
             print(cli.render_summary(second))
@@ -96,3 +97,7 @@ def main(directory: str, source: str = "oneroster") -> int:
           f"  syncd --config {path} errors --csv    the same for a spreadsheet\n"
           f"  syncd config example                 an annotated config for your own institution")
     return 0 if engine.FAILED not in (first["status"], second["status"], third["status"]) else 1
+
+
+def _many(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
