@@ -27,6 +27,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common import publish
+
 from syncd.sandbox import CanvasRoster, CanvasSandbox
 
 SYNCD = str(Path(sys.executable).with_name("syncd"))
@@ -119,9 +121,7 @@ def main() -> None:
         print(lines[-1], file=sys.stderr, flush=True)
     lines.append("")
     text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        (Path(__file__).parent / "canvas-results.md").write_text(text + "\n", encoding="utf-8")
+    publish(text, "canvas-results.md", args.quick)
 
 
 if __name__ == "__main__":

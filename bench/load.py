@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memory import wait_with_peak_rss
+from common import publish, wait_with_peak_rss
 
 from syncd.sandbox import Roster, Sandbox
 
@@ -94,9 +94,8 @@ def main() -> None:
     lines += [f"| {r['enrollments']:,} | {r['users']:,} | {r['seconds']:.1f} s | {r['rss_mb']:.0f} MB | "
               f"{r['planned']:,} |" for r in rows]
     text = "\n".join(lines)
-    print(text)
+    publish(text, "load-results.md", args.quick)
     if not args.quick:
-        (HERE / "load-results.md").write_text(text + "\n", encoding="utf-8")
         plot(rows, HERE / "load.png")
 
 

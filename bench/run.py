@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from memory import wait_with_peak_rss
+from common import publish, wait_with_peak_rss
 from test_sync_end_to_end import initial_calls, minimal_calls
 
 from syncd.sandbox import Roster, Sandbox, expected_mapping
@@ -138,9 +138,7 @@ def main() -> None:
                   f"{rate / 400:.0%} of the 400 calls/s that 8 x 20 ms allows.", ""]
 
     report = "\n".join(lines)
-    print(report)
-    if not args.quick:
-        (Path(__file__).parent / "results.md").write_text(report + "\n", encoding="utf-8")
+    publish(report, "results.md", args.quick)
 
 
 if __name__ == "__main__":

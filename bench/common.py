@@ -1,4 +1,4 @@
-"""Peak memory of a child process, for the benchmarks."""
+"""What the benchmarks share: the peak memory of a child process, and where results go."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ def wait_with_peak_rss(process: subprocess.Popen, interval: float = 0.02) -> flo
             pass
         time.sleep(interval)
     return peak_kb / 1024
+
+
+def publish(text: str, name: str, quick: bool) -> None:
+    """Print a results table; a full run (not ``--quick``) also keeps it in ``bench/NAME``."""
+    print(text)
+    if not quick:
+        (Path(__file__).parent / name).write_text(text + "\n", encoding="utf-8")
