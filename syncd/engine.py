@@ -507,7 +507,7 @@ def _show_plan(state: Run, store: Store, show: Callable[[str], None] | None) -> 
         if show:
             prefix = f"  call {call.seq}:"
             for change in changes:
-                show(f"{prefix:<13} {_describe(change)}")
+                show(f"{prefix:<13} {_describe_change(change)}")
                 prefix = ""
         else:
             data.append({"call": call.seq, "objects": changes})
@@ -545,7 +545,7 @@ def _change(store: Store, tenant: str, entity: Entity, key: tuple[str, ...], lab
     return {"entity": entity, "source_id": label, "action": "update" if changed else "carried", "changes": changed}
 
 
-def _describe(change: dict[str, Any]) -> str:
+def _describe_change(change: dict[str, Any]) -> str:
     entity, label = change["entity"], change["source_id"]
     if change["action"] == "create":
         return f"create {entity} {label}: " + " ".join(f"{k}={v!r}" for k, v in change["fields"].items())
