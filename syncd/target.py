@@ -22,9 +22,12 @@ from syncd.store import Call
 
 log = structlog.get_logger("syncd.target")
 
-# Only "Created" is documented; these others are accepted as acknowledgements when a sid comes
-# back. Anything else is not trusted: the object stays pending and the answer is reported.
-KNOWN_RESULTS = {"created", "updated", "unchanged", "existing", "exists", "enrolled", "ok", "success"}
+# The OpenAPI schema's three results (SPEC §4) all acknowledge the object: "Found Existing" is what
+# a real install answers for the people its own LMS integration created. The others are accepted
+# as acknowledgements when a sid comes back. Anything else is not trusted: the object stays
+# pending and the answer is reported.
+KNOWN_RESULTS = {"created", "found existing", "updated", "unchanged", "existing", "exists", "enrolled", "ok",
+                 "success"}
 
 
 @dataclass

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import requests
+from conftest import summary, syncd
+from test_sync_end_to_end import expected
 
 from syncd import config as configuration
-from syncd import engine
-from syncd.sandbox import Sandbox
-from syncd.store import Store
+from syncd import engine, target
+from syncd.sandbox import Roster, Sandbox
+from syncd.store import Call, Store
 
 
 class _ExplodingSource:
@@ -38,3 +42,34 @@ def test_an_unexpected_error_leaves_the_run_failed_with_its_message(sandbox: San
         assert last["finished_at"] is not None
     finally:
         store.close()
+
+
+def test_a_target_that_already_holds_part_of_the_roster_acknowledges_everything(tmp_path: Path):
+    """A real install already knows most people (its own LMS integration made them): it answers
+    "Found Existing", which acknowledges, so a first sync ends clean and a second sends nothing."""
+    roster = Roster.generate(seed=23, users=60, classes=6, enrollments=240)
+    with Sandbox(roster) as box:
+        # Another syncd (another state file) provisioned yesterday's roster: this one knows no sid.
+        seed_config = box.write_config(tmp_path / "seed.toml", tmp_path / "seed-state")
+        assert syncd(seed_config, "sync", "lincoln").returncode == 0
+        roster.mutate(seed=5, fraction=0.1)
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+        first = syncd(config, "sync", "lincoln", "--json")
+        assert first.returncode == 0, first.stderr[-3000:]
+        run = summary(first)
+        assert run["status"] == "completed"
+        assert all(counts["failed"] == 0 for counts in run["counts"].values())
+        assert box.provision.snapshot()["users"].items() >= expected(roster)["users"].items()
+        assert box.provision.duplicates() == 0
+        again = syncd(config, "sync", "lincoln", "--json")
+        assert summary(again)["calls"] == 0
+
+
+def test_found_existing_acknowledges_the_object():
+    call = Call(seq=1, course_id="c1", course_body={"ids": {"external": "c1"}, "title": "Art"}, course_sid=None,
+                course_hash="h")
+    response = requests.Response()
+    response.status_code = 200
+    response._content = json.dumps({"course": {"sid": "CU1", "result": "Found Existing"}}).encode()
+    outcome = target.parse(response, call)
+    assert outcome.sids == {"course": "CU1"} and not outcome.problems

@@ -2,6 +2,7 @@
 
 ``POST /v2/installs/{installSid}/provision`` with the ``token`` header. A course or user is
 found by ``ids.sid``, else ``ids.external``, else ``ids.lms``; an enrollment by (course, user).
+Each object's ``result`` is ``Created``, ``Found Existing`` (same fields) or ``Updated``.
 Faults: per-request latency, scripted statuses (5xx, 429 with or without Retry-After), responses
 lost after the write was applied, and rejections of chosen records (4xx with a message).
 """
@@ -18,6 +19,9 @@ from typing import Any
 from syncd.sandbox.server import DROP, Request, Response
 
 TOP_LEVEL = {"course", "user", "enrollment", "exam", "signon"}
+# The three results of the real API's OpenAPI schema: a new object, an object that already held
+# exactly these fields, and an object whose fields changed.
+CREATED, FOUND_EXISTING, UPDATED = "Created", "Found Existing", "Updated"
 
 
 @dataclass
@@ -121,10 +125,10 @@ class ProvisionApp:
                 if enrollment is None:
                     enrollment = {"sid": "EN" + secrets.token_hex(16), "role": role}
                     self.enrollments[key] = enrollment
-                    outcome = "Created"
+                    outcome = CREATED
                 else:
+                    outcome = FOUND_EXISTING if enrollment["role"] == role else UPDATED
                     enrollment["role"] = role
-                    outcome = "Updated"
                 result["enrollment"] = {"sid": enrollment["sid"], "result": outcome}
             return result
 
@@ -137,10 +141,12 @@ class ProvisionApp:
         for id_kind in ("external", "lms"):
             if not sid and ids.get(id_kind):
                 sid = self._index.get((kind, id_kind, ids[id_kind]))
-        outcome = "Updated" if sid else "Created"
-        sid = sid or prefix + secrets.token_hex(16)
         record = {k: v for k, v in obj.items() if k != "ids"}
         record["ids"] = {k: v for k, v in ids.items() if k != "sid"}
+        if not sid:
+            outcome, sid = CREATED, prefix + secrets.token_hex(16)
+        else:
+            outcome = FOUND_EXISTING if table[sid] == record else UPDATED
         table[sid] = record
         for id_kind in ("external", "lms"):
             if ids.get(id_kind):
