@@ -1,4 +1,4 @@
-"""Bugs of the engine found in review (issue 10), each pinned by the test that found it."""
+"""Bugs found in the review of issue 10, each pinned by a test that failed before its fix."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from test_sync_end_to_end import expected
 
 from syncd import config as configuration
 from syncd import engine, target
-from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
 from syncd.store import Call, Store
 
 
@@ -73,3 +73,25 @@ def test_found_existing_acknowledges_the_object():
     response._content = json.dumps({"course": {"sid": "CU1", "result": "Found Existing"}}).encode()
     outcome = target.parse(response, call)
     assert outcome.sids == {"course": "CU1"} and not outcome.problems
+
+
+@pytest.mark.parametrize("modes", [("api", "report"), ("report", "api")],
+                         ids=["crawl then report", "report then crawl"])
+def test_switching_canvas_modes_with_untidy_names_sends_nothing(tmp_path: Path, modes: tuple[str, str]):
+    """The crawl and the report map text the same way (text_field), so `mode = "auto"` crossing
+    `report_min_courses` never turns the same people into updates."""
+    roster = CanvasRoster.generate(seed=5, users=60, courses=8, enrollments=240)
+    untidy = ["Jose\u0301  Mari\u0301a", "Ann\tMarie  Smith", " Zoe\u00a0Lee "]
+    for user, name in zip(list(roster.users.values())[:len(untidy)], untidy, strict=True):
+        first, last = name.rsplit(" ", 1)
+        user.update(name=name, sortable_name=f"{last},  {first} ", short_name=first)
+    with CanvasSandbox(roster) as box:
+        first_mode, second_mode = modes
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", source_extra=f'mode = "{first_mode}"\n')
+        first = syncd(config, "sync", "stateu", "--json")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert summary(first)["counts"]["users"]["created"] > 0
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", source_extra=f'mode = "{second_mode}"\n')
+        again = syncd(config, "sync", "stateu", "--json")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert summary(again)["calls"] == 0
