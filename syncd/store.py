@@ -419,7 +419,7 @@ class Store:
                 if change == "none":
                     result["unchanged"] += n
                 elif change == "held":
-                    result["held"] += n
+                    continue  # the engine counts what it held, once (removals are held outside desired_*)
                 elif done:
                     result["created" if change == "create" else "updated"] += n
                 else:

@@ -95,3 +95,17 @@ def test_switching_canvas_modes_with_untidy_names_sends_nothing(tmp_path: Path, 
         again = syncd(config, "sync", "stateu", "--json")
         assert again.returncode == 0, again.stderr[-3000:]
         assert summary(again)["calls"] == 0
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["sync", "dry run"])
+def test_held_updates_are_counted_once(sandbox: Sandbox, config: Path, roster: Roster, dry_run: bool):
+    assert syncd(config, "sync", "lincoln").returncode == 0
+    renamed = [u for u in roster.users.values() if u["status"] == "active"]
+    for user in renamed:
+        user["familyName"] = user["familyName"].upper()
+    result = syncd(config, "sync", "lincoln", "--json", *(["--dry-run"] if dry_run else []))
+    run = summary(result)
+    in_scope = run["counts"]["users"]["held"] + run["counts"]["users"]["unchanged"]
+    assert run["status"] == "held"
+    assert run["counts"]["users"]["held"] == len(expected(roster)["users"]) == in_scope
+    assert run["counts"]["users"]["updated"] == 0 and run["counts"]["users"]["failed"] == 0
