@@ -404,8 +404,10 @@ def _call_failed(state: Run, store: Store, call: Call, message: str, status: int
                                                 "enrollment": (call.course_id, call.user_id or "")}
         # A course the target never acknowledged may be what it refuses: it waits too. A known
         # course does not: other calls carry it, and one refused student must not hold it back.
+        # "Known" is asked of the store, not of the call: an earlier call of this very run may
+        # have had the course acknowledged after this call was planned (SPEC §5).
         companions: list[Entity] = ["user"] if call.user_id and entity != "user" else []
-        if call.course_sid is None and entity != "course":
+        if entity != "course" and store.acked_body("course", state.tenant.name, (call.course_id,)) is None:
             companions.append("course")
         for companion in companions:
             store.escrow(state.tenant.name, state.run_id, companion, keys[companion], status, message)

@@ -109,3 +109,29 @@ def test_held_updates_are_counted_once(sandbox: Sandbox, config: Path, roster: R
     assert run["status"] == "held"
     assert run["counts"]["users"]["held"] == len(expected(roster)["users"]) == in_scope
     assert run["counts"]["users"]["updated"] == 0 and run["counts"]["users"]["failed"] == 0
+
+
+def test_a_refused_student_does_not_hold_back_its_course(sandbox: Sandbox, roster: Roster, tmp_path: Path):
+    """SPEC §5: a rejection is on that record alone. With one call in flight the order is fixed:
+    the refused student's call is the last of its class, after other calls acknowledged the class."""
+    mapping = expected(roster)
+    learners = sorted(pair for pair, body in mapping["enrollments"].items() if body["role"] == "learner")
+    klass, refused = max(learners)  # the last call of the last class: nothing acknowledges the class after it
+    assert sum(course == klass for course, _ in learners) > 1
+
+    def reject(body: dict) -> tuple[int, str] | None:
+        return (422, "email already taken") if body.get("user", {}).get("ids", {}).get("external") == refused else None
+
+    sandbox.provision.reject = reject
+    config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", target_extra="concurrency = 1\n")
+    first = syncd(config, "sync", "lincoln", "--json")
+    assert first.returncode == 1, first.stderr[-3000:]
+    errors = json.loads(syncd(config, "errors", "--json").stdout)
+    assert errors and all(e["entity"] != "course" for e in errors)
+
+    roster.classes[klass]["title"] += " (retitled)"
+    second = syncd(config, "sync", "lincoln", "--json")
+    assert sandbox.provision.snapshot()["courses"][klass]["title"] == roster.classes[klass]["title"]
+    assert summary(second)["counts"]["courses"] | {"updated": 1, "failed": 0} == summary(second)["counts"]["courses"]
+    errors = json.loads(syncd(config, "errors", "--json").stdout)
+    assert all(e["entity"] != "course" for e in errors)
