@@ -186,7 +186,7 @@ class DistrictStore:
     def webhook_modes(self) -> dict[str, list[str]]:
         """Every mode announced per lowercased GUID."""
         with self._lock:
-            rows = self.conn.execute("SELECT guid_key, mode FROM district_webhooks").fetchall()
+            rows = self.conn.execute("SELECT guid_key, mode FROM district_webhooks ORDER BY id").fetchall()
         out: dict[str, list[str]] = {}
         for key, mode in rows:
             out.setdefault(key, []).append(mode)

@@ -223,9 +223,9 @@ def reconcile(records: Mapping[str, District], listings: Iterable[Listing], now:
         if previous is None and listing is not None:
             owner = tenants.get(tenant_name(listing.guid))
             if owner is not None and owner != key:
+                holder = (out.get(owner) or records[owner]).guid
                 events.append(Event(listing.guid, "gg4l.district_refused",
-                                    {"reason": f"its tenant name is taken by district {records[owner].guid}"},
-                                    alert=True))
+                                    {"reason": f"its tenant name is taken by district {holder}"}, alert=True))
                 continue
         record, happened = step(previous, listing, now, rules, modes.get(key))
         events.extend(happened)
