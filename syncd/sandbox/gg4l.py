@@ -267,7 +267,9 @@ class Gg4lApp:
             if offset > 0:
                 links.append(f"{base}?limit={limit}&offset={max(0, offset - limit)}; rel=\u201cprev\u201d")
             if links:
-                headers["Link"] = ", ".join(links)
+                # The smart quotes go out as UTF-8 bytes (http.server writes headers as latin-1), so a
+                # client reads them the way requests does: as latin-1 mojibake of those bytes.
+                headers["Link"] = ", ".join(links).encode().decode("latin-1")
         body = json.dumps({collection: page}, ensure_ascii=False).encode()
         return Response(200, raw=body, headers={**headers, "Content-Type": "application/json; charset=utf-8"})
 
