@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 import requests
 
-from syncd.gg4l.webhook import MAX_BODY, Trigger, Webhook
+from syncd.gg4l.webhook import MAX_BODY, BufferedRecorder, Delivery, Trigger, Webhook
 from syncd.gg4l_store import DistrictStore
 from syncd.sandbox.gg4l import WEBHOOK_KEY, send_webhook
 
@@ -251,3 +251,34 @@ class TestTrigger:
         finally:
             trigger.stop()
         assert len(calls) == 2
+
+
+class TestBufferedRecorder:
+    def test_the_answer_does_not_wait_for_a_locked_store(self, tmp_path, store):
+        other = DistrictStore.open(str(tmp_path / "state.db"))
+        other.conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock (a sync's page)
+        recorder = BufferedRecorder(store.record_webhook)
+        try:
+            webhook = Webhook(HEADERS, recorder, lambda: None)
+            started = time.monotonic()
+            for _ in range(20):
+                assert post(webhook, {"districtGUID": GUID, "mode": "standard"})[0] == 200
+            assert time.monotonic() - started < 1.0
+            other.conn.execute("COMMIT")
+            assert recorder.flush()
+        finally:
+            recorder.stop()
+            other.close()
+        rows = store.webhooks()
+        assert len(rows) == 1 and rows[0]["deliveries"] == 20
+
+    def test_repeats_are_known_in_memory(self, store):
+        recorder = BufferedRecorder(store.record_webhook, remember=2)
+        try:
+            assert recorder(Delivery(GUID, "standard", "")) is True
+            assert recorder(Delivery(GUID.upper(), "standard", "")) is False
+            assert recorder(Delivery(GUID, "test", "")) is True
+            assert recorder.flush()
+        finally:
+            recorder.stop()
+        assert [w["deliveries"] for w in store.webhooks()] == [2, 1]

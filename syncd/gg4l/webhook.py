@@ -16,9 +16,11 @@ The handler is a plain function of the request, so that any HTTP server can moun
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
+import queue
 import threading
 import time
 import urllib.parse
@@ -172,3 +174,59 @@ class Trigger:
                 log.error("gg4l.discovery_failed", error=str(exc))
             self.runs += 1
             self._stop.wait(max(0.0, self._min_gap_s - (time.monotonic() - started)))
+
+
+class BufferedRecorder:
+    """Records deliveries on a writer thread, so that the answer never waits on a busy state store.
+
+    A sync holds SQLite's write lock for a page at a time; the webhook must still answer within a
+    second. Repeats are recognised in memory (the store's unique key stays the authority), and a
+    delivery lost in a crash loses nothing: the periodic discovery finds the district anyway.
+    """
+
+    def __init__(self, record: Recorder, remember: int = 10_000, backlog: int = 10_000):
+        self._record = record
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._remember = remember
+        self._queue: queue.Queue[Delivery | None] = queue.Queue(backlog)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="gg4l-webhook-writer", daemon=True)
+        self._thread.start()
+        self.dropped = 0
+
+    def __call__(self, delivery: Delivery) -> bool:
+        key = (delivery.guid.lower(), delivery.mode)
+        with self._lock:
+            new = key not in self._seen
+            self._seen[key] = None
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._remember:
+                self._seen.popitem(last=False)
+        try:
+            self._queue.put_nowait(delivery)
+        except queue.Full:
+            self.dropped += 1  # a flood: the discovery poll still covers every district
+        return new
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued delivery is written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._queue.unfinished_tasks
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            delivery = self._queue.get()
+            try:
+                if delivery is None:
+                    return
+                self._record(delivery)
+            except Exception as exc:  # noqa: BLE001 - one failed write must not stop the writer
+                log.error("gg4l.webhook_record_failed", guid=delivery.guid if delivery else None, error=str(exc))
+            finally:
+                self._queue.task_done()
