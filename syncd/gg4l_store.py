@@ -146,6 +146,12 @@ class DistrictStore:
                     (*(values[c] for c in _COLUMNS), _text(now)))
             self._events(events, now)
 
+    def mark_synced(self, guid: str, data_ts: datetime) -> None:
+        """A completed sync of the data ready at ``data_ts``: the next run may skip if nothing moved."""
+        with self._lock, self._transaction():
+            self.conn.execute("UPDATE districts SET synced_data_ts = ?, updated_at = ? WHERE lower(guid) = lower(?)",
+                              (_text(data_ts), _text(datetime.now(UTC)), guid))
+
     def _events(self, events: Iterable[Event], now: datetime) -> None:
         self.conn.executemany(
             "INSERT INTO district_events (at, guid, event, alert, detail) VALUES (?, ?, ?, ?, ?)",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from syncd.gg4l import tenant_name, valid_guid
-from syncd.gg4l.lifecycle import District, Rules, map_district, reconcile, set_paused, step
+from syncd.gg4l.lifecycle import District, Rules, data_changed, map_district, reconcile, set_paused, step, synced
 from syncd.gg4l.partner import Listing
 
 T0 = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
@@ -210,3 +210,26 @@ class TestReconcile:
         records, _ = reconcile({}, [listing("a1"), listing("b2")], T0, SYNC)
         out, _ = reconcile(records, [], T0 + timedelta(hours=1), SYNC)
         assert {r.state for r in out.values()} == {"missing"}
+
+
+class TestDataGate:
+    def test_a_sync_waits_for_new_data(self):
+        record = new()
+        assert data_changed(record)  # never synced
+        record = synced(record, record.last_data_ts)
+        assert not data_changed(record)
+        record, events = step(record, listing(data=T0 + timedelta(hours=2)), T0 + timedelta(hours=3), SYNC)
+        assert data_changed(record) and "gg4l.data_ready" in [e.event for e in events]
+        assert not data_changed(new(data=None))
+
+    def test_the_store_keeps_the_synced_stamp(self, tmp_path):
+        from syncd.gg4l_store import DistrictStore
+
+        store = DistrictStore.open(str(tmp_path / "s.db"))
+        record = new()
+        store.save([record])
+        store.mark_synced(GUID.lower(), T0)
+        again = store.district(record.tenant)
+        store.close()
+        assert again is not None and again.synced_data_ts == T0 and not data_changed(again)
+        assert again == synced(record, T0)  # every other field round-trips

@@ -235,6 +235,18 @@ def reconcile(records: Mapping[str, District], listings: Iterable[Listing], now:
     return out, events
 
 
+def data_changed(record: District) -> bool:
+    """Whether GG4L finished a data import since the last sync (gate the run on it, gg4l.md §9 step 4)."""
+    if record.last_data_ts is None:
+        return False
+    return record.synced_data_ts is None or record.last_data_ts > record.synced_data_ts
+
+
+def synced(record: District, data_ts: datetime | None) -> District:
+    """The record after a completed sync of the data GG4L had ready at ``data_ts`` (read before the run)."""
+    return replace(record, synced_data_ts=data_ts or record.synced_data_ts)
+
+
 def map_district(record: District, now: datetime, rules: Rules, install_sid: str,
                  token_ref: str = "") -> tuple[District, list[Event]]:
     """``syncd tenants map``: give the district its install (and token), and let it sync."""
