@@ -188,7 +188,7 @@ def parse_time(value: Any) -> datetime | None:
     text = "".join(value.split())  # "2027 - 06 - 30T…" as the documentation writes it
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not str.isdigit alone: '²' is a digit to it
         return parse_time(int(text))
     text = re.sub(r"[zZ]$", "+00:00", text)
     text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", text)  # +0000

@@ -83,7 +83,8 @@ class Webhook:
             return 200, {"status": "ignored", "reason": "unknown mode"}
         delivery = Delivery(guid, mode, hashlib.sha256(body).hexdigest(), remote_addr)
         new = self._record(delivery)
-        log.info("gg4l.webhook_received", guid=guid, mode=mode, repeat=not new)
+        # A repeat is logged at debug only: a replay storm must not flood the journal.
+        (log.info if new else log.debug)("gg4l.webhook_received", guid=guid, mode=mode, repeat=not new)
         self._trigger()
         return 200, {"status": "accepted"}
 
