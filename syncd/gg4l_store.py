@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS district_webhooks (
 _TIMES = ("first_missing_at", "revoked_at", "purged_at", "expiry", "last_seen", "last_data_ts", "synced_data_ts",
           "created_at")
 _COLUMNS = tuple(f.name for f in fields(District))
+_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in (*_COLUMNS[1:], "updated_at"))
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -140,9 +141,11 @@ class DistrictStore:
                 for name in _TIMES:
                     values[name] = _text(values[name])
                 values["paused"] = int(values["paused"])
+                # An upsert on the GUID, not INSERT OR REPLACE: a clash on the tenant name must fail
+                # loudly, never delete the other district's row.
                 self.conn.execute(
-                    f"INSERT OR REPLACE INTO districts ({', '.join(_COLUMNS)}, updated_at) "  # noqa: S608
-                    f"VALUES ({placeholders})",
+                    f"INSERT INTO districts ({', '.join(_COLUMNS)}, updated_at) "  # noqa: S608
+                    f"VALUES ({placeholders}) ON CONFLICT (guid) DO UPDATE SET {_UPDATES}",
                     (*(values[c] for c in _COLUMNS), _text(now)))
             self._events(events, now)
 

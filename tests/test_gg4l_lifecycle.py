@@ -233,3 +233,16 @@ class TestDataGate:
         store.close()
         assert again is not None and again.synced_data_ts == T0 and not data_changed(again)
         assert again == synced(record, T0)  # every other field round-trips
+
+    def test_a_tenant_name_clash_in_the_store_fails_loudly(self, tmp_path):
+        import sqlite3
+
+        from syncd.gg4l_store import DistrictStore
+
+        store = DistrictStore.open(str(tmp_path / "s.db"))
+        first = new()
+        store.save([first])
+        with pytest.raises(sqlite3.IntegrityError):
+            store.save([replace(first, guid=GUID.replace("-", ""))])
+        assert list(store.districts()) == [GUID.lower()]
+        store.close()
