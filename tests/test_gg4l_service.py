@@ -95,3 +95,38 @@ def test_a_failed_poll_is_logged_not_raised(box, tmp_path):
         assert service.poll() is None
     finally:
         service.stop()
+
+
+def test_mount_registers_the_webhook_on_the_router(box, tmp_path, monkeypatch):
+    import sys
+    import types
+    from dataclasses import dataclass, field
+
+    routes = {}
+
+    @dataclass
+    class Request:  # syncd.web.Request's shape
+        method: str
+        query: dict
+        headers: dict
+        body: bytes
+        remote: str = "127.0.0.1"
+        context: object = field(default=None)
+
+    stub = types.SimpleNamespace(register=lambda method, path, handler: routes.update({(method, path): handler}),
+                                 json_response=lambda status, data: (status, data))
+    monkeypatch.setitem(sys.modules, "syncd.web", stub)
+    monkeypatch.setattr("syncd.web", stub, raising=False)
+    service = service_for(box, tmp_path)
+    try:
+        service.mount()
+        handler = routes[("POST", "/webhooks/gg4l")]
+        body = json.dumps({"mode": "standard"}).encode()
+        ok = handler(Request("POST", {"districtGUID": [G1]}, {"x-syncd-key": WEBHOOK_KEY,
+                                                              "content-type": "application/json"}, body))
+        assert ok == (200, {"status": "accepted"})
+        assert handler(Request("POST", {}, {"x-syncd-key": "no"}, body))[0] == 401
+        assert service.recorder.flush()
+        assert [w["guid"] for w in service.store.webhooks()] == [G1]
+    finally:
+        service.stop()

@@ -1,7 +1,7 @@
 """Everything the daemon needs from GG4L, behind one object, so that wiring it in is a few lines.
 
     service = Gg4lService.start(config.gg4l, conn)        # a sqlite3 connection to the state store
-    router.add("POST", "/webhooks/gg4l", service.webhook) # (method, headers, query, body, content_type)
+    service.mount()                                       # POST /webhooks/gg4l on syncd.web's router
     scheduler.add_job(service.poll, "interval", seconds=config.gg4l.discovery_interval_s)
     for tenant, dry_run in service.runnable(): ...        # the district tenants to schedule or sync now
     service.stop()
@@ -14,6 +14,7 @@ after the run, :meth:`Gg4lService.synced` records the data stamp that run covere
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,21 @@ class Gg4lService:
     def webhook(self, method: str, headers: Mapping[str, str], query: str, body: bytes,
                 content_type: str | None = None, remote_addr: str = "") -> tuple[int, dict[str, Any]]:
         return self._webhook(method, headers, query, body, content_type, remote_addr)
+
+    def mount(self, path: str = "/webhooks/gg4l") -> None:
+        """Register the webhook on the daemon's HTTP router (syncd.web: one registration per endpoint).
+
+        The router answers other methods with 405 and caps the body (413) before this runs.
+        """
+        from syncd import web  # the listener module; imported here so that GG4L works without it
+
+        def handle(request: Any) -> Any:
+            query = urllib.parse.urlencode(request.query, doseq=True)
+            status, body = self.webhook(request.method, request.headers, query, request.body,
+                                        request.headers.get("content-type"), request.remote)
+            return web.json_response(status, body)
+
+        web.register("POST", path, handle)
 
     def poll(self) -> Result | None:
         """One discovery; a Partner API failure is logged and changes nothing."""
