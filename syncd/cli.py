@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
     demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
     demo.set_defaults(handler=cmd_demo)
+    from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
+
+    gg4l_cli.register(commands)
     return parser
 
 

@@ -121,6 +121,7 @@ class Config:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     # Key paths whose secret is written in the file itself (no env:, file: or credential:).
     plain_secrets: tuple[str, ...] = ()
+    gg4l: Any = None  # syncd.gg4l_config.Gg4lConfig when [gg4l] is set
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -146,11 +147,13 @@ def load(path: Path) -> Config:
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "safety", "tenants"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
     defaults = _table(checker, raw, "safety")
+    from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
+    gg4l = parse_gg4l(checker, raw, defaults)
     tenants_raw = _table(checker, raw, "tenants")
-    if not tenants_raw and "tenants" not in checker.bad_tables:
+    if not tenants_raw and "tenants" not in checker.bad_tables and "gg4l" not in raw:
         checker.error("tenants", "at least one tenant is required ([tenants.NAME])")
     tenants = {}
     for name, body in tenants_raw.items():
@@ -166,7 +169,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if checker.errors:
         raise ConfigError(checker.errors)
     return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
-                  plain_secrets=tuple(checker.plain_secrets))
+                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l)
 
 
 # --- sections ------------------------------------------------------------------------------
