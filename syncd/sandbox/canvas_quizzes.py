@@ -137,7 +137,7 @@ class CanvasQuizzes:
             "require_student_access_code": n % 4 != 2,
             "student_access_code": f"nq-{rng.randrange(10**6):06d}" if n % 4 != 2 else None,
             "multiple_attempts": ({"multiple_attempts_enabled": True, "attempt_limit": True, "max_attempts": 3}
-                                  if n % 5 == 3 else {"multiple_attempts_enabled": False}),
+                                  if n % 10 == 5 else {"multiple_attempts_enabled": False}),
             "calculator_type": "none", "one_at_a_time_type": "none", "shuffle_answers": False,
         }
         if n % 7 == 0:
@@ -148,7 +148,7 @@ class CanvasQuizzes:
             "lock_at": body["lock_at"], "unlock_at": body["unlock_at"], "published": body["published"],
             "grading_type": "points", "quiz_settings": settings,
         }
-        if n % 10 == 3:
+        if n % 20 == 9:
             self.add_override(assignment_id, student_ids=[10_000 + n % 200 + 1], days=3, assignment=True)
 
     def _assignment(self, course_id: int, assignment_id: int, name: str, extra: dict[str, Any]) -> dict[str, Any]:
