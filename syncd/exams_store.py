@@ -82,3 +82,25 @@ def with_password(body: dict[str, Any], password: str) -> dict[str, Any]:
     """A stored body with the clear password put back, for the request only (held in memory for the
     run: the source read it, or it is the tenant's default)."""
     return {**body, "configuration": {**body["configuration"], "password": password}}
+
+
+# The planner's last steps (exam_plan.py has the whole rule): each changed exam rides on a planned
+# call of its course that carries no exam yet (the n-th exam on the n-th call), then the exams left
+# over get a call each. Riders must first be seated where exams need calls (exam_plan._seat) for
+# the total to be the minimum.
+PLAN_EXAM_RIDES = """
+WITH x AS (SELECT source_id, course_id, row_number() OVER (PARTITION BY course_id ORDER BY source_id) AS n
+           FROM desired_exams WHERE tenant = :tenant AND change IN ('create', 'update')),
+     p AS (SELECT seq, course_id, row_number() OVER (PARTITION BY course_id ORDER BY seq) AS n
+           FROM plan_calls WHERE tenant = :tenant AND exam_id IS NULL)
+UPDATE plan_calls SET exam_id = (SELECT x.source_id FROM p JOIN x USING (course_id, n) WHERE p.seq = plan_calls.seq)
+WHERE tenant = :tenant AND seq IN (SELECT p.seq FROM p JOIN x USING (course_id, n))
+"""
+PLAN_EXAM_CALLS = """
+INSERT INTO plan_calls (tenant, seq, course_id, user_id, exam_id)
+SELECT :tenant, (SELECT coalesce(max(seq), 0) FROM plan_calls WHERE tenant = :tenant)
+                + row_number() OVER (ORDER BY d.course_id, d.source_id), d.course_id, NULL, d.source_id
+FROM desired_exams d
+WHERE d.tenant = :tenant AND d.change IN ('create', 'update')
+  AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = :tenant AND p.exam_id = d.source_id)
+"""

@@ -81,3 +81,20 @@ def test_no_password_reaches_the_database(tmp_path):
     for password in ("sesame", "nq", "tenant-pw"):
         assert f"'{password}'" not in dump and f'"{password}"' not in dump
     assert "hmac-sha256:" in dump
+
+
+def test_exams_ride_on_planned_calls_of_their_course_and_the_rest_get_their_own():
+    conn = database()
+    conn.executemany("INSERT INTO desired_exams (tenant, source_id, course_id, change) VALUES ('t', ?, ?, ?)",
+                     [("quiz:1", "7", "create"), ("quiz:2", "7", "update"), ("quiz:3", "7", "create"),
+                      ("quiz:4", "7", "none"), ("quiz:5", "8", "held"), ("assignment:6", "9", "update")])
+    conn.executemany("INSERT INTO plan_calls (tenant, seq, course_id, user_id) VALUES ('t', ?, ?, ?)",
+                     [(1, "7", "u1"), (2, "8", "u2"), (3, "7", None), (4, "5", "u3")])
+    conn.execute("INSERT INTO plan_calls (tenant, seq, course_id, user_id) VALUES ('other', 1, '7', 'u9')")
+    conn.execute(exams_store.PLAN_EXAM_RIDES, {"tenant": "t"})
+    conn.execute(exams_store.PLAN_EXAM_CALLS, {"tenant": "t"})
+    calls = conn.execute("SELECT seq, course_id, user_id, exam_id FROM plan_calls WHERE tenant = 't' "
+                         "ORDER BY seq").fetchall()
+    assert calls == [(1, "7", "u1", "quiz:1"), (2, "8", "u2", None), (3, "7", None, "quiz:2"), (4, "5", "u3", None),
+                     (5, "7", None, "quiz:3"), (6, "9", None, "assignment:6")]
+    assert conn.execute("SELECT exam_id FROM plan_calls WHERE tenant = 'other'").fetchone() == (None,)
