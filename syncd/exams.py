@@ -77,11 +77,13 @@ def utc(value: Any, zone: zoneinfo.ZoneInfo | None = None, end_of_day: bool = Fa
     time without offset, read in the tenant's ``time_zone`` (else UTC). A bare date that closes a
     window means the end of that day, not its first second.
     """
-    if value is None or value == "":
+    if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a date-time")
     text = value.strip()
+    if not text:
+        return None
     try:
         if DATE_ONLY.match(text):
             day = datetime.fromisoformat(text).date()

@@ -73,6 +73,7 @@ def line(**changes) -> dict:
     ("2026-01-15", CHICAGO, False, "2026-01-15T06:00:00Z"),
     (None, None, False, None),
     ("", None, False, None),
+    ("  ", None, False, None),
 ])
 def test_source_times_become_utc_z(value, zone, end, expected):
     assert exams.utc(value, zone, end_of_day=end) == expected

@@ -13,7 +13,7 @@ import requests
 from syncd import config as configuration
 from syncd import exams, http
 from syncd.exams import CourseWindow, Exam
-from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
+from syncd.sandbox import CanvasFault, CanvasRoster, CanvasSandbox, Roster, Sandbox
 from syncd.sandbox import oneroster_lineitems as lineitems
 from syncd.sandbox.canvas import SCOPES as FAKE_SCOPES
 from syncd.sandbox.canvas_quizzes import CanvasQuizzes, expected_exams, expected_override_counts
@@ -107,6 +107,23 @@ def test_without_new_quizzes_only_classic_quizzes_are_read(canvas_roster, book, 
         courses = sum(1 for c in canvas_roster.courses.values() if c["workflow_state"] in IN_SCOPE)
         assert box.canvas.requests - before == courses  # one quiz list per course, nothing else
     assert bodies and all(k.startswith("quiz:") for k in bodies)
+
+
+def test_new_quizzes_without_the_quiz_api_take_the_tenant_defaults(canvas_roster, book, tmp_path):
+    defaults = 'select = "all"\ndefault_duration_min = 45\ndefault_password = "dflt"\n'
+    with CanvasSandbox(canvas_roster, quizzes=book, faults=[CanvasFault(r"^/api/quiz/v1/", 404)]) as box:
+        tenant = tenant_of(box, tmp_path, defaults)
+        bodies, _, _, _ = read_canvas(box, tenant, canvas_roster, tmp_path)
+    new = {k: b for k, b in bodies.items() if k.startswith("assignment:")}
+    assert new and all(b["configuration"]["duration"] == 45 and b["configuration"]["password"] == "dflt"
+                       for b in new.values())
+    # A New Quiz missing from the quiz API's list is asked for by id; gone there too, it takes the defaults.
+    missing = next(a for a in book.new_quizzes if book.assignments[a]["published"])
+    del book.new_quizzes[missing]
+    with CanvasSandbox(canvas_roster, quizzes=book) as box:
+        tenant = tenant_of(box, tmp_path, defaults)
+        bodies, _, _, _ = read_canvas(box, tenant, canvas_roster, tmp_path / "again")
+    assert bodies[f"assignment:{missing}"]["configuration"]["duration"] == 45
 
 
 def test_a_token_that_cannot_manage_sees_no_access_code_and_those_exams_fail(canvas_roster, book, tmp_path):

@@ -129,9 +129,9 @@ def new_quizzes(reader: CanvasReader, course_id: str, course: CourseWindow, conf
     records: list[Mapped] = []
     for assignment in assignments:
         raw_id = str(assignment.get("id"))
-        quiz = quizzes.get(raw_id)
-        if quiz is None and quizzes is not UNAVAILABLE:
-            quiz = _one_quiz(reader, course_id, raw_id)
+        quiz = quizzes.get(raw_id) if quizzes is not None else None
+        if quiz is None and quizzes is not None:
+            quiz = _one_quiz(reader, course_id, raw_id)  # not in the list (another page size?): ask for it
         record = exams.new_quiz(assignment, quiz, course_id, course, config, zone)
         if isinstance(record, Exam) and record.published and count_overrides:
             record = _counted(record, override_students(reader, course_id, {"assignment_id": raw_id,
@@ -142,12 +142,9 @@ def new_quizzes(reader: CanvasReader, course_id: str, course: CourseWindow, conf
     yield records
 
 
-UNAVAILABLE: dict[str, dict[str, Any]] = {}
-
-
-def quiz_settings(reader: CanvasReader, course_id: str) -> dict[str, dict[str, Any]]:
+def quiz_settings(reader: CanvasReader, course_id: str) -> dict[str, dict[str, Any]] | None:
     """The course's New Quizzes by assignment id (strings), from the quiz API's list, which lives
-    on its own base path (``/api/quiz/v1``) with its own Link paging."""
+    on its own base path (``/api/quiz/v1``) with its own Link paging; None when that API is absent."""
     found: dict[str, dict[str, Any]] = {}
     try:
         for page in reader.pages(f"/api/quiz/v1/courses/{course_id}/quizzes"):
@@ -159,7 +156,7 @@ def quiz_settings(reader: CanvasReader, course_id: str) -> dict[str, dict[str, A
             raise
         log.info("canvas.quiz_api_unavailable", course_id=course_id,
                  consequence="New Quizzes are mapped without their settings (time limit, access code)")
-        return UNAVAILABLE
+        return None
     return found
 
 
