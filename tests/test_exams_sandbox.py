@@ -18,6 +18,7 @@ from syncd.sandbox import oneroster_lineitems as lineitems
 from syncd.sandbox.canvas import SCOPES as FAKE_SCOPES
 from syncd.sandbox.canvas_quizzes import CanvasQuizzes, expected_exams, expected_override_counts
 from syncd.sandbox.provision_exams import EXAM_SID, snapshot
+from syncd.sources import SourceError
 from syncd.sources.canvas import CanvasSource
 from syncd.sources.canvas_auth import SCOPES as ROSTER_SCOPES
 from syncd.sources.canvas_exams import CanvasReader, course_exams, scopes
@@ -432,3 +433,44 @@ def test_syncd_exam_bodies_pass_the_fake_and_land_as_expected(canvas_roster, boo
         landed = snapshot(box.provision)
     assert {k: {f: v for f, v in b.items() if f != "course"} for k, b in landed.items()} == bodies
     assert all(landed[k]["course"] == mapped[k].course_id for k in landed)
+
+
+def test_the_readers_follow_link_paging_on_both_base_paths(canvas_roster, book, tmp_path):
+    with CanvasSandbox(canvas_roster, quizzes=book) as box:
+        small = tenant_of(box, tmp_path, "", source_extra="page_size = 1\n")
+        paged, _, paged_failed, _ = read_canvas(box, small, canvas_roster, tmp_path / "small")
+        requests_small = box.canvas.requests
+        whole, _, whole_failed, _ = read_canvas(box, tenant_of(box, tmp_path, ""), canvas_roster, tmp_path / "whole")
+        # One quiz, assignment or quiz-API object per page: more than twice the requests, the same exams.
+        assert requests_small > 2 * (box.canvas.requests - requests_small)
+        searched = raw(box, f"/api/v1/courses/{next(iter(book.quizzes.values()))['course_id']}/quizzes",
+                       search_term="PROCTORED").json()
+    assert paged == whole and paged_failed == whole_failed
+    assert searched and all("proctored" in q["title"].lower() for q in searched)
+
+
+def test_a_canvas_page_that_is_not_a_list_stops_the_read():
+    def reader(body: bytes, envelope_ok: bool = True) -> CanvasReader:
+        def get(url: str) -> requests.Response:
+            response = requests.Response()
+            response.status_code, response._content, response.url = 200, body, url
+            return response
+        return CanvasReader(get, lambda response, seen: "", lambda path, params: f"https://canvas.test{path}")
+
+    with pytest.raises(SourceError, match="not JSON"):
+        list(reader(b"<html>").pages("/api/v1/courses/1/quizzes"))
+    with pytest.raises(SourceError, match="expected a list"):
+        list(reader(b'{"errors": []}').pages("/api/v1/courses/1/quizzes"))
+    with pytest.raises(SourceError, match="expected a list in 'quiz_submissions'"):
+        list(reader(b"[]").pages("/api/v1/courses/1/quizzes/2/submissions", envelope="quiz_submissions"))
+    assert list(reader(b'{"quiz_submissions": [{"id": 1}]}').pages("/x", envelope="quiz_submissions")) == [[{"id": 1}]]
+
+
+def test_a_line_item_server_that_ignores_offset_is_a_pagination_loop(tmp_path):
+    roster = Roster.generate(seed=4, users=20, classes=6, enrollments=40)
+    with Sandbox(roster, ignore_offset=True) as box:
+        box.oneroster.line_items = lineitems.generate(roster, per_class=3)
+        tenant = tenant_of(box, tmp_path, 'select = "all"\n')
+        source = OneRosterSource(tenant.source, datetime.now(UTC).date())
+        with pytest.raises(SourceError, match="pagination loop"):
+            list(line_items(getter(source), tenant.source.base_url, "1.1", 5, tenant.exams))

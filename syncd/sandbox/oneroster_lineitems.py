@@ -76,6 +76,7 @@ def serve(app: Any, request: Request) -> Response | None:
         rows = [{k: v for k, v in i.items() if k not in ("assignDate", "dueDate", "category", "gradingPeriod")}
                 for i in rows]
     size = min(limit, app.max_limit) if app.max_limit else limit
+    offset = 0 if app.ignore_offset else offset
     page = [_render(app.version, i) for i in rows[offset:offset + size]]
     headers = {"X-Total-Count": str(len(rows))} if app.total_count else {}
     if app.link and offset + size < len(rows):

@@ -78,7 +78,7 @@ class CanvasReader:
                 body = response.json()
             except ValueError:
                 raise SourceError(f"{http.redact_url(url)}: response is not JSON") from None
-            page = body.get(envelope) if envelope and isinstance(body, dict) else body
+            page = (body.get(envelope) if isinstance(body, dict) else None) if envelope else body
             if not isinstance(page, list):
                 raise SourceError(f"{http.redact_url(url)}: expected a list"
                                   + (f" in '{envelope}'" if envelope else ""))
