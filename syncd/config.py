@@ -215,7 +215,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
     own = _table(checker, body, "safety", key)
     safety = _safety(checker, {**defaults, **own}, f"{key}.safety", own_keys=set(own))
     deprovision = checker.choice(body, f"{key}.deprovision", DEPROVISION, "report")
-    exams = exams_config.parse(checker, _table(checker, body, "exams", key), f"{key}.exams", source and source.type)
+    exams = exams_config.parse(checker, body, key, source and source.type)
     if source is None or target is None:
         return None
     return TenantConfig(

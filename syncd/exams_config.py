@@ -41,11 +41,16 @@ class ExamsConfig:
     url_template: str | None = None
 
 
-def parse(checker: _Checker, body: Any, key: str, source_type: str | None) -> ExamsConfig | None:
-    """The tenant's exams table (``body``, already a dict or {}), or None when exams are off."""
-    from syncd.config import _unknown
+def parse(checker: _Checker, tenant: dict[str, Any], tenant_key: str, source_type: str | None) -> ExamsConfig | None:
+    """The tenant's ``exams`` table, or None when it has none (exams are off). An empty table is on,
+    and reports what it lacks."""
+    from syncd.config import _table, _unknown
 
-    if not body:
+    if "exams" not in tenant:
+        return None
+    key = f"{tenant_key}.exams"
+    body = _table(checker, tenant, "exams", tenant_key)
+    if key in checker.bad_tables:
         return None
     _unknown(checker, body, key, KEYS)
     canvas = source_type == "canvas"

@@ -179,3 +179,12 @@ default_password = "env:SYNCD_EXAM_PASSWORD"
     result = syncd(path, "config", "validate", env={"SYNCD_EXAM_PASSWORD": "open-sesame-42"})
     assert result.returncode == 0, result.stderr
     assert "open-sesame-42" not in result.stdout + result.stderr
+
+
+def test_an_empty_exams_table_turns_exams_on_and_says_what_it_lacks(tmp_path):
+    found = errors(CANVAS, "", tmp_path)
+    assert found == ["tenants.stateu.exams.proctor_types: required key is missing"]
+    text = CANVAS.format(state=tmp_path) + "[tenants.stateu]\nexams = 3\n"
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.parse(tomllib.loads(text), tmp_path / "x.toml")
+    assert caught.value.errors == ["tenants.stateu.exams: must be a table"]
