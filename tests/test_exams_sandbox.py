@@ -13,7 +13,7 @@ import requests
 from syncd import config as configuration
 from syncd import exams, http
 from syncd.exams import CourseWindow, Exam
-from syncd.sandbox import CanvasFault, CanvasRoster, CanvasSandbox, Roster, Sandbox
+from syncd.sandbox import CanvasFault, CanvasRoster, CanvasSandbox, Fault, Roster, Sandbox
 from syncd.sandbox import oneroster_lineitems as lineitems
 from syncd.sandbox.canvas import SCOPES as FAKE_SCOPES
 from syncd.sandbox.canvas_quizzes import CanvasQuizzes, expected_exams, expected_override_counts
@@ -299,6 +299,16 @@ def test_a_provider_without_a_gradebook_is_a_clear_error(tmp_path):
         assert rows["assessmentLineItems"] and all("dueDate" not in r for r in rows["assessmentLineItems"])
 
 
+def test_a_gradebook_the_client_may_not_read_is_a_clear_error(tmp_path):
+    roster = Roster.generate(seed=4, users=20, classes=4, enrollments=40)
+    with Sandbox(roster, faults=[Fault(403, collection="lineItems")]) as box:
+        box.oneroster.line_items = lineitems.generate(roster)
+        tenant = tenant_of(box, tmp_path, 'select = "all"\n')
+        source = OneRosterSource(tenant.source, datetime.now(UTC).date())
+        with pytest.raises(GradebookUnavailable, match="HTTP 403"):
+            list(line_items(getter(source), tenant.source.base_url, "1.1", 100, tenant.exams))
+
+
 def test_the_1_2_token_scope_gains_the_gradebook_only_with_exams():
     core = "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly"
     assert token_scope(core, "1.2", True) == f"{core} {GRADEBOOK_SCOPE}"
@@ -397,6 +407,13 @@ def test_exams_are_created_found_and_updated_with_their_sids(target):
     unknown = post(target, {"course": COURSE, "exam": exam(ids={"sid": "EX" + "0" * 32})})
     assert unknown.status_code == 404 and unknown.json()["code"] == "RESOURCENOTFOUND"
     assert snapshot(target.provision)["quiz:1"]["configuration"]["duration"] == 90
+    # The seeded window (October 2026) had opened: the fake notes the change that breaks bookings.
+    assert target.provision.exam_book.late_changes == ["quiz:1"]
+    future = {"open": "2099-10-01T14:00:00Z", "close": "2099-10-01T18:00:00Z"}
+    post(target, {"course": COURSE, "exam": exam(ids={"external": "quiz:9"}, configuration__access=future)})
+    post(target, {"course": COURSE, "exam": exam(ids={"external": "quiz:9"}, configuration__access=future,
+                                                 configuration__duration=75)})
+    assert target.provision.exam_book.late_changes == ["quiz:1"]  # not open yet: no booking to break
     assert snapshot(target.provision)["quiz:1"]["course"] == "SIS-C1"
     assert target.provision.exam_book.duplicates() == 0
     target.provision.exam_book.one_id_type = True

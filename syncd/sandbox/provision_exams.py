@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from syncd.sandbox.server import Request, Response
@@ -26,6 +27,16 @@ CONFIGURATION_KEYS = {"ids", "type", "url", "access", "scheduling", "duration", 
 STATUSES = ("active", "draft", "deleted")
 
 
+def _window_moved(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Did the access window or the duration change while the old window was open already?"""
+    opened = (old.get("access") or {}).get("open", "")
+    try:
+        started = datetime.fromisoformat(opened.replace("Z", "+00:00")) <= datetime.now(UTC)
+    except ValueError:
+        return False
+    return started and (old.get("access") != new.get("access") or old.get("duration") != new.get("duration"))
+
+
 def invalid(message: str) -> Response:
     return Response(400, {"code": "INVALIDINPUT", "message": message})
 
@@ -37,6 +48,9 @@ class ExamBook:
     config_ids_object: bool = True  # accept configuration.ids as an object too (the sample does)
     one_id_type: bool = False  # reject ids carrying both sid and external
     puts: int = 0
+    # External ids of exams whose window or duration changed after the window had opened: what
+    # breaks students' bookings (exams.md §4), and what syncd's window guard must prevent.
+    late_changes: list[str] = field(default_factory=list)
 
     # --- validation ----------------------------------------------------------------------
 
@@ -142,6 +156,8 @@ class ExamBook:
         record = self.exams[sid]
         exam_changed = {**record["fields"], **fields} != record["fields"] or record["course"] != course_sid
         config_changed = bool(configuration) and configuration != record["configuration"]
+        if config_changed and _window_moved(record["configuration"], configuration):
+            self.late_changes.append(record["external"])
         record["fields"] = {**record["fields"], **fields}
         record["course"] = course_sid
         if configuration:
