@@ -154,7 +154,8 @@ def quiz_settings(reader: CanvasReader, course_id: str) -> dict[str, dict[str, A
     except http.RejectedError as exc:
         if exc.status != 404:
             raise
-        log.info("canvas.quiz_api_unavailable", course_id=course_id,
+        # Debug: with New Quizzes off instance-wide this is every course; the engine sums it up.
+        log.debug("canvas.quiz_api_unavailable", course_id=course_id,
                  consequence="New Quizzes are mapped without their settings (time limit, access code)")
         return None
     return found
