@@ -21,6 +21,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from syncd import exams_config
+
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 DEPROVISION = ("report", "disable")
 SAFETY_KEYS = {"max_removals_percent", "max_removals", "max_updates_percent", "freeze", "degraded_after"}
@@ -111,6 +113,7 @@ class TenantConfig:
     enabled: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     deprovision: str = "report"  # report | disable
+    exams: exams_config.ExamsConfig | None = None  # SPEC §7; None: exams are off
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
 def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:
     key = f"tenants.{key_name(name)}"
     _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target", "safety",
-                                  "deprovision"})
+                                  "deprovision", "exams"})
     schedule = checker.get(body, f"{key}.schedule", str, "every 1h")
     if schedule is not None:
         problem = schedule_problem(schedule)
@@ -215,6 +218,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
     own = _table(checker, body, "safety", key)
     safety = _safety(checker, {**defaults, **own}, f"{key}.safety", own_keys=set(own))
     deprovision = checker.choice(body, f"{key}.deprovision", DEPROVISION, "report")
+    exams = exams_config.parse(checker, body, key, source and source.type)
     if source is None or target is None:
         return None
     return TenantConfig(
@@ -227,6 +231,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
         enabled=bool(enabled),
         safety=safety,
         deprovision=deprovision,
+        exams=exams,
     )
 
 

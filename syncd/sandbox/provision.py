@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.sandbox.provision_exams import ExamBook
 from syncd.sandbox.server import DROP, Request, Response
 
 TOP_LEVEL = {"course", "user", "enrollment", "exam", "signon"}
@@ -45,6 +46,7 @@ class ProvisionApp:
     disabled: set[str] = field(default_factory=set)  # user sids that may not sign in
     # body -> (status, message) to reject that call, or None to accept it
     reject: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
+    exam_book: ExamBook = field(default_factory=ExamBook)  # exams and their configurations (provision_exams.py)
     _index: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +57,9 @@ class ProvisionApp:
             time.sleep(self.latency_s)
         if request.method == "PUT" and request.path.startswith(f"/v1/installs/{self.install_sid}/users/"):
             return self._set_enabled(request)
+        if request.method == "PUT" and "/exams/" in request.path:  # v1 exam update / soft delete
+            return self.exam_book.put(request, self.install_sid) if request.headers.get("token") == self.token \
+                else Response(401, {"message": "invalid token"})
         expected = f"/v2/installs/{self.install_sid}/provision"
         if request.method != "POST" or request.path != expected:
             return Response(404, {"message": f"no route {request.method} {request.path}"})
@@ -71,6 +76,9 @@ class ProvisionApp:
         problem = validate(body)
         if problem:
             return Response(400, {"message": problem})
+        exam_problem = self.exam_book.problem(body)
+        if exam_problem:
+            return exam_problem
         if self.reject:
             rejected = self.reject(body)
             if rejected:
@@ -116,6 +124,8 @@ class ProvisionApp:
             self.applied += 1
             course_sid, course_result = self._upsert("course", self.courses, body["course"], "CU")
             result: dict[str, Any] = {"course": {"sid": course_sid, "result": course_result}}
+            if "exam" in body:
+                result |= self.exam_book.apply(course_sid, body["exam"])
             if "user" in body:
                 user_sid, user_result = self._upsert("user", self.users, body["user"], "US")
                 result["user"] = {"sid": user_sid, "result": user_result}
@@ -184,6 +194,7 @@ class ProvisionApp:
             self.users.clear()
             self.enrollments.clear()
             self._index.clear()
+            self.exam_book = ExamBook()
 
 
 def validate(body: Any) -> str | None:
