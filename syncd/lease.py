@@ -84,11 +84,13 @@ CREATE TABLE IF NOT EXISTS leases (
     heartbeat TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (kind, name)
 );
-CREATE TABLE IF NOT EXISTS cluster_jobs (
-    job TEXT PRIMARY KEY,         -- 'gg4l-discovery', 'digest'
-    last_slot TEXT NOT NULL,      -- the last slot done (ISO text: later slots sort after)
+CREATE TABLE IF NOT EXISTS slots (
+    kind TEXT NOT NULL,           -- as in leases
+    name TEXT NOT NULL,
+    last_slot TEXT NOT NULL,      -- the last scheduled slot done (ISO text: later slots sort after)
     node TEXT NOT NULL,
-    done_at TIMESTAMPTZ NOT NULL
+    done_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (kind, name)
 );
 """
 
@@ -290,6 +292,23 @@ class Lease:
             except psycopg.Error:
                 continue  # the run's own transaction failed; it rolls back, the session lives
 
+    def slot_done(self, slot: str) -> bool:
+        """Whether some node already finished this scheduled slot (or a later one).
+
+        Every node schedules every tenant; the first to take the lease runs the slot and the others,
+        finding it done, skip it. A node that dies mid-run never marks it, so the next holder runs it.
+        """
+        row = self.connection.execute("SELECT last_slot FROM slots WHERE kind = %s AND name = %s",
+                                      (self.kind, self.name)).fetchone()
+        return bool(row and row[0] >= slot)
+
+    def mark_done(self, slot: str) -> None:
+        """Record the slot as done, on the lease's own session: a node that lost its lease cannot."""
+        self.connection.execute(
+            """INSERT INTO slots (kind, name, last_slot, node, done_at) VALUES (%s, %s, %s, %s, now())
+               ON CONFLICT (kind, name) DO UPDATE SET last_slot = greatest(slots.last_slot, excluded.last_slot),
+                   node = excluded.node, done_at = excluded.done_at""", (self.kind, self.name, slot, str(self.node)))
+
     def release(self) -> None:
         """Give the lease back (unlock, forget the row, close). Safe on a lost lease."""
         self._stop.set()
@@ -396,15 +415,11 @@ def once_per_cluster(url: str, job: str, slot: str, *, node: Node,
         yield None
         return
     with lease:
-        row = lease.connection.execute("SELECT last_slot FROM cluster_jobs WHERE job = %s", (job,)).fetchone()
-        if row and row[0] >= slot:
+        if lease.slot_done(slot):
             yield None
             return
         yield lease
-        lease.connection.execute(
-            """INSERT INTO cluster_jobs (job, last_slot, node, done_at) VALUES (%s, %s, %s, now())
-               ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot, node = excluded.node,
-                   done_at = excluded.done_at""", (job, slot, str(node)))
+        lease.mark_done(slot)
 
 
 def holders(url: str, timeouts: Timeouts | None = None) -> list[Holder]:

@@ -284,3 +284,26 @@ def test_lock_keys_are_stable_and_fit_an_oid() -> None:
     assert all(0 <= lease.lock_key(f"t{i}") < 2**31 for i in range(1000))
     node = lease.Node.here()
     assert str(node).startswith(f"{node.host}:{os.getpid()}:") and node != lease.Node.here()
+
+
+def test_every_node_schedules_a_tenant_but_a_slot_runs_once_unless_its_run_died(pg_database: str) -> None:
+    slot = "2026-12-01T10:00:00+00:00"
+    with lease.tenant_lease(pg_database, "lincoln", wait=False, timeouts=FAST) as first:
+        assert not first.slot_done(slot)
+        first.mark_done(slot)
+    with lease.tenant_lease(pg_database, "lincoln", wait=False, timeouts=FAST) as second:
+        assert second.slot_done(slot), "the second node skips the slot the first one ran"
+        assert second.slot_done("2026-12-01T09:00:00+00:00")
+        assert not second.slot_done("2026-12-01T11:00:00+00:00")
+        dying = "2026-12-01T11:00:00+00:00"
+    # A node that dies mid-run (its session ends before mark_done) leaves the slot to the next holder.
+    killed = lease.acquire(pg_database, "lincoln", node=lease.Node.here(), timeouts=FAST)
+    killed.connection.close()
+    with pytest.raises(lease.LeaseLost):
+        killed.mark_done(dying)
+    killed.release()
+    with lease.tenant_lease(pg_database, "lincoln", wait=False, timeouts=FAST) as third:
+        assert not third.slot_done(dying)
+        third.mark_done(dying)
+        third.mark_done(slot)  # a late node marking an older slot never moves the ledger back
+        assert third.slot_done(dying)
