@@ -154,3 +154,14 @@ def test_state_copy_to_an_unreachable_database_is_a_clear_error_without_the_pass
     assert "hunter2" not in str(caught.value)
     with pytest.raises(state_copy.CopyError, match="no SQLite state store"):
         state_copy.copy_state(tmp_path / "missing.db", url)
+
+
+def test_syncd_state_copy_command(synced_state: Path, config: Path, pg_database: str) -> None:
+    url_file = config.parent / "pg-url"
+    url_file.write_text(pg_database + "\n")
+    result = syncd(config, "state", "copy", "--to", f"file:{url_file}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "acked_enrollments" in result.stdout and "counts verified" in result.stdout
+    again = syncd(config, "state", "copy", "--to", f"file:{url_file}")
+    assert again.returncode == 1 and "already holds state" in again.stderr
+    assert syncd(config, "state", "copy", "--to", "mysql://x").returncode == 2
