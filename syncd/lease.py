@@ -17,7 +17,9 @@ TCP keepalives, so keepalives alone would keep its session forever. The holder t
 heartbeat on the lease's connection every ``heartbeat`` seconds (a thread); the server ends a
 session that has been idle for ``idle_session_timeout`` (or idle inside a transaction for
 ``idle_in_transaction_session_timeout``, or in one statement for ``statement_timeout``). Server
-and client TCP keepalives and ``tcp_user_timeout`` catch a host that is gone or cut off.
+and client TCP keepalives and ``tcp_user_timeout`` catch a host that is gone or cut off, and a
+heartbeat with no answer within the takeover bound makes the node cut its own socket, so a cut-off
+node also learns it has lost the lease (its blocked write fails) instead of hanging.
 
 Pitfalls, and how this design avoids them:
 
@@ -278,6 +280,13 @@ class Lease:
             if conn.closed or conn.broken:
                 self._lost = self._lost or "connection closed"
                 return
+            # A heartbeat that cannot finish within the takeover bound means the server has ended, or
+            # will end, this session, and another node may hold the lease: cut our end of the socket,
+            # so that the run's blocked write fails now instead of when TCP gives up (a middlebox that
+            # acknowledges but does not forward, e.g. a TCP proxy that lost its server, can take hours).
+            watchdog = threading.Timer(self.timeouts.takeover_bound(), self._sever)
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                     conn.execute("UPDATE leases SET heartbeat = now() WHERE kind = %s AND name = %s "
@@ -291,6 +300,18 @@ class Lease:
                 return
             except psycopg.Error:
                 continue  # the run's own transaction failed; it rolls back, the session lives
+            finally:
+                watchdog.cancel()
+
+    def _sever(self) -> None:
+        self._lost = f"no answer from the state database within {self.timeouts.takeover_bound():g} s"
+        with contextlib.suppress(Exception):
+            # shutdown() on a duplicate acts on the shared socket: libpq's blocked read returns at once.
+            severed = socket.socket(fileno=os.dup(self._conn.pgconn.socket))
+            try:
+                severed.shutdown(socket.SHUT_RDWR)
+            finally:
+                severed.close()
 
     def slot_done(self, slot: str) -> bool:
         """Whether some node already finished this scheduled slot (or a later one).

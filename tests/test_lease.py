@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -210,6 +212,90 @@ def test_with_the_default_timeouts_a_frozen_node_hands_over_within_60_seconds(pg
     waited = _frozen_holder_is_fenced(pg_database, defaults)
     assert waited <= defaults.takeover_bound(), f"took {waited:.1f} s"
     print(f"takeover after SIGSTOP with default timeouts: {waited:.1f} s")
+
+
+class CuttableProxy:
+    """A loopback TCP proxy in front of PostgreSQL whose forwarding can be cut.
+
+    After ``cut()`` every socket stays open and both kernels keep acknowledging, but no byte passes
+    either way: a partition as seen by a node behind a TCP-terminating middlebox, the case where the
+    node's own TCP timeouts never fire.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._cut, self._closed = threading.Event(), threading.Event()
+        self._sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+            self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        while not self._closed.is_set():
+            if self._cut.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                if not select.select([source], [], [], 0.05)[0]:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    target.shutdown(socket.SHUT_WR)
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+    def url(self, url: str) -> str:
+        return url.replace(f":{self.upstream_port}/", f":{self.port}/")
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_node_cut_off_from_the_database_loses_its_lease_and_learns_it_by_itself(
+        pg_server: pg.PgServer, pg_database: str) -> None:
+    _writes_table(pg_database)
+    proxy = CuttableProxy(pg_server.port)
+    holder = _holder(proxy.url(pg_database), "lincoln")
+    try:
+        _wait_line(holder, "ACQUIRED")
+        time.sleep(0.3)
+        proxy.cut()
+        cut_at = time.monotonic()
+        with _take(pg_database, "lincoln", within=FAST.takeover_bound() + 5) as taken:
+            waited = time.monotonic() - cut_at
+            with taken.connection.transaction():
+                taken_at = taken.connection.execute("SELECT clock_timestamp()").fetchone()[0]
+                taken.connection.execute("INSERT INTO writes (tenant, node, n) VALUES ('lincoln', %s, 0)",
+                                         (str(taken.node),))
+            # Still cut off: the node's blocked write fails by its own watchdog, not by TCP.
+            line = _wait_line(holder, "FENCED", timeout=2 * FAST.takeover_bound() + 5)
+            learned = time.monotonic() - cut_at
+            assert holder.wait(10) == 3
+    finally:
+        _stop(holder)
+        proxy.close()
+    assert waited <= FAST.takeover_bound(), f"another node waited {waited:.1f} s"
+    assert learned <= FAST.takeover_bound() + 2, f"the cut-off node learned after {learned:.1f} s ({line.strip()})"
+    late = [row for row in _writes(pg_database, "lincoln") if row[0] != str(taken.node) and row[2] >= taken_at]
+    assert late == []
 
 
 def test_a_postgresql_restart_drops_every_lease_and_nodes_take_them_again() -> None:
