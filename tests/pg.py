@@ -16,12 +16,28 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 SUPERUSER = "syncd_test"
+
+# Watches the test process; if it dies without cleaning up (kill -9, a CI timeout), it stops the
+# server and removes its files, so no throwaway server outlives its tests.
+JANITOR = """
+import os, shutil, subprocess, sys, time
+parent, root, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.5)
+subprocess.run(argv, capture_output=True, timeout=60, check=False)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def find_bindir() -> Path | None:
@@ -67,11 +83,17 @@ class PgServer:
         self._owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         if self._owner:
             os.chown(self.root, self._owner.pw_uid, self._owner.pw_gid)
+        stop = [*self._prefix(), str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        self._janitor = subprocess.Popen([sys.executable, "-c", JANITOR, str(os.getpid()), str(self.root), *stop],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _prefix(self) -> list[str]:
+        return ["runuser", "-u", "postgres", "--"] if self._owner else []
 
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        prefix = ["runuser", "-u", "postgres", "--"] if self._owner else []
-        result = subprocess.run([*prefix, str(self.bindir / argv[0]), *argv[1:]], capture_output=True, text=True,
-                                timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
+        result = subprocess.run([*self._prefix(), str(self.bindir / argv[0]), *argv[1:]], capture_output=True,
+                                text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
         if result.returncode != 0:
             log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
             raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {result.stderr[-2000:]}\n{log}")
@@ -101,6 +123,8 @@ class PgServer:
         with contextlib.suppress(Exception):
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+        self._janitor.kill()
+        self._janitor.wait(10)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
