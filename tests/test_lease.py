@@ -393,3 +393,23 @@ def test_every_node_schedules_a_tenant_but_a_slot_runs_once_unless_its_run_died(
         third.mark_done(dying)
         third.mark_done(slot)  # a late node marking an older slot never moves the ledger back
         assert third.slot_done(dying)
+
+
+def test_a_live_holder_that_writes_nothing_for_a_while_keeps_its_lease(pg_database: str) -> None:
+    """The timeouts must end only lost sessions: a run waiting on the target, or inside a transaction,
+    for longer than idle_session_timeout keeps its lease thanks to the heartbeat."""
+    _writes_table(pg_database)
+    with lease.tenant_lease(pg_database, "lincoln", timeouts=FAST) as held:
+        (before,) = lease.holders(pg_database)
+        time.sleep(3 * FAST.idle_session)  # e.g. a long wait on the provision API
+        held.verify()
+        (after,) = lease.holders(pg_database)
+        assert after.heartbeat > before.heartbeat and after.since == before.since
+        with held.connection.transaction():
+            held.connection.execute("INSERT INTO writes (tenant, node, n) VALUES ('lincoln', 'x', 1)")
+            time.sleep(2 * FAST.idle_in_transaction)
+            held.connection.execute("INSERT INTO writes (tenant, node, n) VALUES ('lincoln', 'x', 2)")
+        held.verify()
+        with pytest.raises(lock.Busy):
+            lease.acquire(pg_database, "lincoln", node=lease.Node.here(), wait=False, timeouts=FAST)
+    assert [n for _, n, _ in _writes(pg_database, "lincoln")] == [1, 2]
