@@ -135,6 +135,14 @@ class Timeouts:
     connect: float = 10.0
     poll: float = 1.0
 
+    def __post_init__(self) -> None:
+        # A heartbeat slower than half the idle timeouts would let the server end a live holder's session.
+        if min(self.heartbeat, self.poll, self.statement, self.tcp_user_timeout, self.connect) <= 0:
+            raise ValueError("lease timeouts must be positive")
+        if 2 * self.heartbeat > min(self.idle_session, self.idle_in_transaction):
+            raise ValueError(f"the lease heartbeat ({self.heartbeat:g} s) must be at most half the idle timeouts "
+                             f"({min(self.idle_session, self.idle_in_transaction):g} s)")
+
     def takeover_bound(self) -> float:
         """Worst case from a holder freezing to another node holding its lease."""
         frozen = self.statement + max(self.idle_in_transaction, self.idle_session)

@@ -368,6 +368,11 @@ def test_an_unreachable_database_is_a_clear_error_without_the_password() -> None
 def test_lock_keys_are_stable_and_fit_an_oid() -> None:
     assert lease.lock_key("lincoln") == lease.lock_key("lincoln") != lease.lock_key("adams")
     assert all(0 <= lease.lock_key(f"t{i}") < 2**31 for i in range(1000))
+    with pytest.raises(ValueError, match="at most half the idle timeouts"):
+        lease.Timeouts(heartbeat=15)
+    with pytest.raises(ValueError, match="positive"):
+        lease.Timeouts(statement=0)
+    assert lease.Timeouts().takeover_bound() == 52
     node = lease.Node.here()
     assert str(node).startswith(f"{node.host}:{os.getpid()}:") and node != lease.Node.here()
 
