@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     cfg_commands.add_parser("validate", help="check the config file").set_defaults(handler=cmd_config_validate)
     cfg_commands.add_parser("example", help="print an annotated example").set_defaults(handler=cmd_config_example)
 
+    state = commands.add_parser("state", help="move the state store (SPEC §11)")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    copy = state_commands.add_parser("copy", help="copy the SQLite state into an empty PostgreSQL database")
+    copy.add_argument("--to", required=True, metavar="URL",
+                      help="postgresql://… (or env:NAME, file:/path, credential:NAME holding it)")
+    copy.set_defaults(handler=cmd_state_copy)
+
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
     demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
@@ -105,6 +112,27 @@ def _parser() -> argparse.ArgumentParser:
 
     gg4l_cli.register(commands)
     return parser
+
+
+def cmd_state_copy(args: argparse.Namespace) -> int:
+    from syncd import state_copy
+    from syncd.store import DB_NAME
+
+    config = _load(args)
+    try:
+        url = configuration.resolve_secret(args.to)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError("--to: expected a postgresql:// URL")
+    try:
+        counts = state_copy.copy_state(config.daemon.state_dir / DB_NAME, url,
+                                       progress=lambda table, rows: print(f"{table:<20} {rows:>10} rows"))
+    except state_copy.CopyError as exc:
+        print(f"syncd: state copy: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    print(f"copied {sum(counts.values())} rows, counts verified; {config.daemon.state_dir / DB_NAME} is unchanged")
+    return EXIT_OK
 
 
 def _only(value: str) -> tuple[str, str]:
