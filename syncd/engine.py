@@ -18,9 +18,10 @@ import structlog
 
 from syncd import http, plan, safety
 from syncd.config import TenantConfig
-from syncd.model import ENTITIES, PLURAL, Entity, RecordError
+from syncd.entities import ENTITIES, PLURAL, SPECS, Call, Entity
+from syncd.model import RecordError
 from syncd.sources import Source, SourceError, open_source
-from syncd.store import Call, Store, utcnow
+from syncd.store import Store, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -233,9 +234,7 @@ def _defer_escrowed(state: Run, store: Store) -> None:
         key = record["key"]
         entity: Entity = record["entity"]
         source_id = record["source_id"] or "/".join(key)
-        body = record["body"]
-        name = (body.get("title") if entity == "course" else
-                f"{body.get('firstName', '')} {body.get('lastName', '')}".strip() if entity == "user" else None)
+        name = SPECS[entity].label({entity: record["body"]})
         _record_failed(state, store, entity, source_id, "push", record["message"], record["http_status"],
                        course_id=key[0] if entity == "enrollment" else None,
                        user_id=key[1] if entity == "enrollment" else None, name=name, attempts=record["attempts"],
@@ -371,37 +370,26 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
             if state.options.only:
-                state.say(f"push: call {call.seq} ({_label(call)}) failed: HTTP {exc.status or '-'}: {exc.detail}")
+                state.say(f"push: call {call.seq} ({call.describe()}) failed: HTTP {exc.status or '-'}: {exc.detail}")
     store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks))
     for call, outcome in acks:
         if state.options.only:
             acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
-            state.say(f"push: call {call.seq} ({_label(call)}) acknowledged: {acked}")
+            state.say(f"push: call {call.seq} ({call.describe()}) acknowledged: {acked}")
         for entity, problem in outcome.problems.items():
-            _record_failed(state, store, entity, _source_id(call, entity), "push",
+            _record_failed(state, store, entity, call.source_id(entity), "push",
                            f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id,
-                           name=_name(call, entity))
-
-
-def _label(call: Call) -> str:
-    parts = [f"course {call.course_id}"]
-    if call.user_id:
-        parts.append(f"user {call.user_id}")
-    if call.enrollment_body:
-        parts.append(f"enrollment as {call.enrollment_body.get('role')}")
-    return ", ".join(parts)
+                           name=call.name(entity))
 
 
 def _call_failed(state: Run, store: Store, call: Call, message: str, status: int | None) -> None:
-    entity: Entity = "enrollment" if call.enrollment_body else ("user" if call.user_id else "course")
+    entity = call.innermost
     attempts = retry = None
     if status is None or status == 429 or status >= 500:
         message += " (will be retried on the next run)"
     elif 400 <= status < 500:
         # A rejection: the record waits in escrow (1 h, 6 h, 24 h, then daily) instead of being
         # sent again every run. Its user waits with it, as the user may be what was refused.
-        keys: dict[Entity, tuple[str, ...]] = {"course": (call.course_id,), "user": (call.user_id or "",),
-                                                "enrollment": (call.course_id, call.user_id or "")}
         # A course the target never acknowledged may be what it refuses: it waits too. A known
         # course does not: other calls carry it, and one refused student must not hold it back.
         # "Known" is asked of the store, not of the call: an earlier call of this very run may
@@ -410,31 +398,12 @@ def _call_failed(state: Run, store: Store, call: Call, message: str, status: int
         if entity != "course" and store.acked_body("course", state.tenant.name, (call.course_id,)) is None:
             companions.append("course")
         for companion in companions:
-            store.escrow(state.tenant.name, state.run_id, companion, keys[companion], status, message)
-        attempts, retry = store.escrow(state.tenant.name, state.run_id, entity, keys[entity], status, message)
-    _record_failed(state, store, entity, _source_id(call, entity), "push", message, status,
-                   course_id=call.course_id, user_id=call.user_id, name=_name(call, entity), attempts=attempts,
+            store.escrow(state.tenant.name, state.run_id, companion, call.parts[companion].key, status, message)
+        attempts, retry = store.escrow(state.tenant.name, state.run_id, entity, call.parts[entity].key, status,
+                                       message)
+    _record_failed(state, store, entity, call.source_id(entity), "push", message, status,
+                   course_id=call.course_id, user_id=call.user_id, name=call.name(entity), attempts=attempts,
                    next_retry_at=retry)
-
-
-def _name(call: Call, entity: Entity) -> str | None:
-    """What an admin knows the record by: "Ann Smith in Biology 101", "Ann Smith", "Biology 101"."""
-    title = call.course_body.get("title")
-    person = (f"{call.user_body.get('firstName', '')} {call.user_body.get('lastName', '')}".strip()
-              if call.user_body else None)
-    if entity == "course":
-        return title
-    if entity == "user":
-        return person
-    return f"{person} in {title}" if person and title else person or title
-
-
-def _source_id(call: Call, entity: Entity) -> str:
-    if entity == "course":
-        return call.course_id
-    if entity == "user":
-        return call.user_id or ""
-    return call.enrollment_source_id or f"{call.course_id}/{call.user_id}"
 
 
 def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, stage: str, message: str,
@@ -499,13 +468,8 @@ def _show_plan(state: Run, store: Store, show: Callable[[str], None] | None) -> 
     if show:
         show(f"plan for {tenant}: {state.planned_calls} provision call(s)")
     for call in store.calls(tenant, with_sids=not state.options.force):
-        parts = [("course", (call.course_id,), call.course_id, call.course_body)]
-        if call.user_id and call.user_body is not None:
-            parts.append(("user", (call.user_id,), call.user_id, call.user_body))
-            if call.enrollment_body is not None:
-                parts.append(("enrollment", (call.course_id, call.user_id),
-                              f"{call.course_id}/{call.user_id}", call.enrollment_body))
-        changes = [_change(store, tenant, entity, key, label, body) for entity, key, label, body in parts]
+        changes = [_change(store, tenant, entity, part.key, "/".join(part.key), part.body)
+                   for entity, part in call.parts.items()]
         if show:
             prefix = f"  call {call.seq}:"
             for change in changes:

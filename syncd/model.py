@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
-Entity = Literal["course", "user", "enrollment"]
-ENTITIES: tuple[Entity, ...] = ("course", "user", "enrollment")
-PLURAL = {"course": "courses", "user": "users", "enrollment": "enrollments"}
+from syncd.entities import ENTITIES, PLURAL, Entity
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +70,7 @@ Record = Course | CourseCode | User | Enrollment | RecordError
 def content_hash(body: str) -> str:
     """Hash of a canonical JSON body; equal hashes mean the target already has these fields."""
     return hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
+
+
+__all__ = ["ENTITIES", "PLURAL", "Course", "CourseCode", "Enrollment", "Entity", "Record", "RecordError", "User",
+           "content_hash"]

@@ -20,7 +20,6 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,27 +27,10 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from syncd.model import (
-    ENTITIES,
-    PLURAL,
-    Course,
-    CourseCode,
-    Enrollment,
-    Entity,
-    Record,
-    RecordError,
-    User,
-    content_hash,
-)
+from syncd.entities import ENTITIES, KEYS, PLURAL, SPECS, Call, Entity, Part
+from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User, content_hash
 
 DB_NAME = "syncd.db"
-# The key columns of each entity's desired/acked rows (besides tenant).
-KEYS: dict[Entity, tuple[str, ...]] = {
-    "course": ("source_id",),
-    "user": ("source_id",),
-    "enrollment": ("course_id", "user_id"),
-}
-
 migrations = Migrations("syncd")
 
 
@@ -160,25 +142,6 @@ ESCROW_DELAYS_H = (1, 6, 24)
 def key_sql(alias: str, entity: Entity) -> str:
     """A record's key as a JSON array, the form held, escrow and pending_removals store."""
     return f"json_array({', '.join(f'{alias}.{k}' for k in KEYS[entity])})"
-
-
-@dataclass(frozen=True)
-class Call:
-    """One planned provision call: one course, at most one user with their enrollment."""
-
-    seq: int
-    course_id: str
-    course_body: dict[str, Any]
-    course_sid: str | None
-    course_hash: str
-    user_id: str | None = None
-    user_body: dict[str, Any] | None = None
-    user_sid: str | None = None
-    user_hash: str | None = None
-    enrollment_source_id: str | None = None
-    enrollment_body: dict[str, Any] | None = None
-    enrollment_sid: str | None = None
-    enrollment_hash: str | None = None
 
 
 def utcnow() -> str:
@@ -749,21 +712,11 @@ class Store:
         now = utcnow()
         with self._write():
             for call, sids in acks:
-                if "course" in sids:
-                    self._ack("course", (tenant, call.course_id), sids["course"], call.course_hash,
-                              call.course_body, now)
-                if "user" in sids and call.user_id and call.user_body is not None:
-                    self._ack("user", (tenant, call.user_id), sids["user"], call.user_hash, call.user_body, now)
-                if "enrollment" in sids and call.user_id and call.enrollment_body is not None:
-                    self._ack("enrollment", (tenant, call.course_id, call.user_id), sids["enrollment"],
-                              call.enrollment_hash, call.enrollment_body, now)
-                self._clear_escrow(tenant, call, sids)
-
-    def _clear_escrow(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
-        keys = {"course": [call.course_id], "user": [call.user_id], "enrollment": [call.course_id, call.user_id]}
-        for entity in sids:
-            self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
-                              (tenant, entity, json.dumps(keys[entity], separators=(",", ":"))))
+                for entity, part in call.parts.items():
+                    if entity in sids:
+                        self._ack(entity, (tenant, *part.key), sids[entity], part.hash, part.body, now)
+                        self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
+                                          (tenant, entity, json.dumps(list(part.key), separators=(",", ":"))))
 
     def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
              body: dict[str, Any], now: str) -> None:
@@ -867,8 +820,9 @@ courses_left AS (SELECT d.source_id FROM desired_courses d WHERE d.tenant = ? AN
 """
 
 CALLS = """
-SELECT p.seq, p.course_id, dc.body, ac.sid, dc.hash,
-       p.user_id, du.body, au.sid, du.hash,
+SELECT p.seq, p.course_id, p.user_id,
+       dc.source_id, dc.body, ac.sid, dc.hash,
+       du.source_id, du.body, au.sid, du.hash,
        de.source_id, de.body, ae.sid, de.hash
 FROM plan_calls p
 JOIN desired_courses dc ON dc.tenant = p.tenant AND dc.source_id = p.course_id
@@ -884,14 +838,16 @@ WHERE p.tenant = ? AND p.seq > ? ORDER BY p.seq LIMIT ?
 
 
 def _call(row: tuple[Any, ...], with_sids: bool) -> Call:
-    (seq, course_id, course_body, course_sid, course_hash, user_id, user_body, user_sid, user_hash,
-     enrollment_id, enrollment_body, enrollment_sid, enrollment_hash) = row
-    sid = (lambda value: value) if with_sids else (lambda value: None)
-    return Call(
-        seq=seq, course_id=course_id, course_body=json.loads(course_body), course_sid=sid(course_sid),
-        course_hash=course_hash, user_id=user_id,
-        user_body=json.loads(user_body) if user_body else None, user_sid=sid(user_sid), user_hash=user_hash,
-        enrollment_source_id=enrollment_id,
-        enrollment_body=json.loads(enrollment_body) if enrollment_body else None,
-        enrollment_sid=sid(enrollment_sid), enrollment_hash=enrollment_hash,
-    )
+    """A row of CALLS: the seq, then (key, source id, body, sid, hash) per entity; a part whose
+    body is NULL is not carried by this call."""
+    seq, course_id, user_id = row[0], row[1], row[2]
+    keys: dict[Entity, tuple[str, ...]] = {"course": (course_id,), "user": (user_id,),
+                                           "enrollment": (course_id, user_id)}
+    parts: dict[Entity, Part] = {}
+    for i, entity in enumerate(SPECS):
+        source_id, body, sid, digest = row[3 + 4 * i: 7 + 4 * i]
+        if body is None or (entity != "course" and user_id is None):
+            break
+        parts[entity] = Part(keys[entity], json.loads(body), sid if with_sids else None, digest,
+                             source_id if entity == "enrollment" else None)
+    return Call(seq, parts)

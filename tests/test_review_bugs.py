@@ -12,8 +12,9 @@ from test_sync_end_to_end import expected
 
 from syncd import config as configuration
 from syncd import engine, target
+from syncd.entities import Call, Part
 from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
-from syncd.store import Call, Store
+from syncd.store import Store
 
 
 class _ExplodingSource:
@@ -66,8 +67,7 @@ def test_a_target_that_already_holds_part_of_the_roster_acknowledges_everything(
 
 
 def test_found_existing_acknowledges_the_object():
-    call = Call(seq=1, course_id="c1", course_body={"ids": {"external": "c1"}, "title": "Art"}, course_sid=None,
-                course_hash="h")
+    call = Call(seq=1, parts={"course": Part(("c1",), {"ids": {"external": "c1"}, "title": "Art"}, hash="h")})
     response = requests.Response()
     response.status_code = 200
     response._content = json.dumps({"course": {"sid": "CU1", "result": "Found Existing"}}).encode()
