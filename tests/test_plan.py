@@ -10,7 +10,7 @@ from test_sync_end_to_end import minimal_calls
 
 from syncd import plan
 from syncd.model import Course, Enrollment, User
-from syncd.store import Store
+from syncd.store import Store, TenantStore
 
 ROLES = {"student": "learner", "teacher": "instructor"}
 COURSES = [f"c{i}" for i in range(5)]
@@ -39,35 +39,36 @@ def mapping(roster: dict) -> dict:
     return {"courses": dict(roster["courses"]), "users": users, "enrollments": enrollments}
 
 
-def plan_for(store: Store, roster: dict, pages: int = 1) -> int:
-    store.reset_stage("t")
+def plan_for(store: TenantStore, roster: dict, pages: int = 1) -> int:
+    store.reset_stage()
     batch = records(roster)
     for i in range(pages):  # staged in several pages, in another order
-        store.stage("t", batch[i::pages][::-1])
-    store.build_desired("t", ROLES, None)
-    store.classify("t", force=False)
-    return plan.build(store, "t")
+        store.stage(batch[i::pages][::-1])
+    store.build_desired(ROLES, None)
+    store.classify(force=False)
+    return plan.build(store)
 
 
-def acknowledge_everything(store: Store) -> None:
-    for call in store.calls("t"):
+def acknowledge_everything(store: TenantStore) -> None:
+    for call in store.calls():
         sids = {"course": "CU" + call.course_id}
         if call.user_id:
             sids |= {"user": "US" + call.user_id, "enrollment": f"EN{call.course_id}{call.user_id}"}
-        store.acknowledge("t", [(call, sids)])
+        store.acknowledge([(call, sids)])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=rosters, after=rosters, pages=st.integers(1, 3))
 def test_the_plan_uses_the_minimum_number_of_calls_and_then_none(tmp_path_factory, before, after, pages):
-    store = Store.open(Path(tmp_path_factory.mktemp("state")))
+    state_file = Store.open(Path(tmp_path_factory.mktemp("state")))
+    store = state_file.tenant("t")
     try:
         plan_for(store, before)
         acknowledge_everything(store)
         calls = plan_for(store, after, pages)
         assert calls == minimal_calls(mapping(before), mapping(after))
         covered = {"courses": set(), "users": set(), "enrollments": set()}
-        for call in store.calls("t"):
+        for call in store.calls():
             covered["courses"].add(call.course_id)
             if call.user_id:
                 assert "enrollment" in call.parts, "a user always travels with an enrollment"
@@ -80,7 +81,7 @@ def test_the_plan_uses_the_minimum_number_of_calls_and_then_none(tmp_path_factor
         acknowledge_everything(store)
         assert plan_for(store, after) == 0
     finally:
-        store.close()
+        state_file.close()
 
 
 def test_matching_covers_courses_a_greedy_choice_would_miss():
@@ -89,30 +90,32 @@ def test_matching_covers_courses_a_greedy_choice_would_miss():
 
 
 def test_duplicate_ids_are_record_errors_and_the_first_one_wins(tmp_path):
-    store = Store.open(tmp_path)
+    state_file = Store.open(tmp_path)
+    store = state_file.tenant("t")
     try:
         first = User("u1", "First", "Read", True)
-        errors = store.stage("t", [first, User("u1", "Second", "Read", True)])
-        errors += store.stage("t", [User("u1", "Third", "Read", True)])
+        errors = store.stage([first, User("u1", "Second", "Read", True)])
+        errors += store.stage([User("u1", "Third", "Read", True)])
         assert [(e.entity, e.source_id) for e in errors] == [("user", "u1"), ("user", "u1")]
         name = store.conn.execute("SELECT first_name FROM stage_users WHERE source_id = 'u1'").fetchone()[0]
         assert name == "First"
     finally:
-        store.close()
+        state_file.close()
 
 
 def test_the_role_listed_first_wins_when_a_user_has_two_in_one_course(tmp_path):
-    store = Store.open(tmp_path)
+    state_file = Store.open(tmp_path)
+    store = state_file.tenant("t")
     try:
         plan_for(store, {"courses": {"c1": "Art"}, "users": {"u1": "Ann"}, "enrollments": {}})
-        store.reset_stage("t")
-        store.stage("t", [Course("c1", "Art", True), User("u1", "Ann", "Smith", True),
+        store.reset_stage()
+        store.stage([Course("c1", "Art", True), User("u1", "Ann", "Smith", True),
                           Enrollment("e1", "c1", "u1", "teacher", True), Enrollment("e2", "c1", "u1", "student", True)])
-        store.build_desired("t", ROLES, None)
+        store.build_desired(ROLES, None)
         rows = store.conn.execute("SELECT body, source_id FROM desired_enrollments").fetchall()
         assert rows == [('{"role":"learner"}', "e2")]
     finally:
-        store.close()
+        state_file.close()
 
 
 def test_the_state_file_is_owner_only(tmp_path):
