@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
+from conftest import summary, syncd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_sync_end_to_end import minimal_calls
 
 from syncd import plan
-from syncd.model import Course, Enrollment, User
+from syncd.model import Course, Enrollment, User, body_hash, canonical_json
 from syncd.store import Store, TenantStore
 
 ROLES = {"student": "learner", "teacher": "instructor"}
@@ -122,3 +125,40 @@ def test_the_state_file_is_owner_only(tmp_path):
     Store.open(tmp_path / "state").close()
     assert (tmp_path / "state" / "syncd.db").stat().st_mode & 0o077 == 0
     assert (tmp_path / "state").stat().st_mode & 0o077 == 0
+
+
+def test_a_state_file_from_before_canonical_hashes_sends_nothing_after_the_upgrade(sandbox, tmp_path):
+    """tests/fixtures/state-before-canonical-hash.sql is the state file that the code before
+    canonical hashes left after a first sync of the conftest roster (seed 11): the migration
+    re-hashes what was acknowledged, so the same roster is still unchanged."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with sqlite3.connect(state / "syncd.db") as conn:
+        conn.executescript((Path(__file__).parent / "fixtures" / "state-before-canonical-hash.sql").read_text())
+    (state / "syncd.db").chmod(0o600)
+    config = sandbox.write_config(tmp_path / "syncd.toml", state)
+    result = syncd(config, "sync", "lincoln", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary(result)["calls"] == 0
+    assert summary(result)["counts"]["users"]["unchanged"] == 147
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=20))
+def test_the_body_sqlite_builds_is_its_canonical_json(tmp_path_factory, text):
+    """The hash is defined over canonical JSON; the SQLite store hashes the text it built, so that
+    text must be exactly the canonical form, whatever the characters."""
+    state_file = Store.open(Path(tmp_path_factory.mktemp("state")))
+    store = state_file.tenant("t")
+    try:
+        store.reset_stage()
+        store.stage([Course("c1", text, True, code=text, external_id="c1"),
+                     User("u1", text, text, True, email=text, external_id="u1", lms_id="7"),
+                     Enrollment("e1", "c1", "u1", "student", True)])
+        store.build_desired(ROLES, "Europe/Paris")
+        for table in ("desired_courses", "desired_users", "desired_enrollments"):
+            for body, digest in store.conn.execute(f"SELECT body, hash FROM {table}"):
+                assert body == canonical_json(json.loads(body))
+                assert digest == body_hash(json.loads(body))
+    finally:
+        state_file.close()

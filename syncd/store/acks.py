@@ -3,11 +3,11 @@ returned calls, before anything is sent again on their behalf; tombstones restor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity
+from syncd.model import canonical_json
 from syncd.store.base import Scoped, join, key_json, utcnow
 
 
@@ -36,7 +36,7 @@ class Acknowledgements(Scoped):
             f"VALUES ({','.join('?' * len(columns))}, ?, ?, ?, ?, NULL) "
             f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET sid = excluded.sid, hash = excluded.hash, "
             "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL",
-            (*key, sid, digest, json.dumps(stored, separators=(",", ":")), now))
+            (*key, sid, digest, canonical_json(stored), now))
 
     def users_to_disable(self) -> list[tuple[str, str]]:
         return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL "

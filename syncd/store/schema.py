@@ -14,8 +14,12 @@ released (existing state files are upgraded by the ones they have not run yet).
 
 from __future__ import annotations
 
+import json
+
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from syncd.model import body_hash
 
 migrations = Migrations("syncd")
 
@@ -121,3 +125,15 @@ def m004_plan_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_canonical_hashes(db: sqlite_utils.Database) -> None:
+    """The content hash is now taken over a body's canonical JSON (keys sorted), not over the
+    text SQLite happened to build: re-hash what the target acknowledged, so that nothing looks
+    changed after the upgrade (and a store of another kind computes the same hashes)."""
+    db.conn.create_function("canonical_digest", 1, _canonical_digest, deterministic=True)
+    for table in ("acked_courses", "acked_users", "acked_enrollments"):
+        db.execute(f"UPDATE {table} SET hash = canonical_digest(body) WHERE body IS NOT NULL")
+
+
+def _canonical_digest(body: str) -> str:
+    return body_hash(json.loads(body))

@@ -99,12 +99,14 @@ def _stage_row(tenant: str, record: Record) -> tuple[Any, ...]:
 
 
 # json_patch('{}', …) drops every null member (RFC 7396), so an empty field is omitted, not null.
+# Keys are written in sorted order, nested ones too: the body text is then its canonical JSON
+# (model.canonical_json), the text the content hash is defined over.
 DESIRED_COURSES = """
 INSERT INTO desired_courses (tenant, source_id, body, hash)
 SELECT tenant, source_id, body, digest(body) FROM (
     SELECT c.tenant, c.source_id, json_patch('{}', json_object(
-        'ids', json_object('external', c.external_id, 'lms', c.lms_id),
-        'title', c.title, 'code', coalesce(c.code, cc.code))) AS body
+        'code', coalesce(c.code, cc.code), 'ids', json_object('external', c.external_id, 'lms', c.lms_id),
+        'title', c.title)) AS body
     FROM stage_courses c
     LEFT JOIN stage_course_codes cc ON cc.tenant = c.tenant AND cc.source_id = c.parent_id
     WHERE c.tenant = ? AND c.active = 1)
@@ -130,9 +132,9 @@ DESIRED_USERS = """
 INSERT INTO desired_users (tenant, source_id, body, hash)
 SELECT tenant, source_id, body, digest(body) FROM (
     SELECT u.tenant, u.source_id, json_patch('{}', json_object(
+        'email', u.email, 'firstName', u.first_name,
         'ids', json_object('external', u.external_id, 'lms', u.lms_id),
-        'firstName', u.first_name, 'lastName', u.last_name, 'email', u.email,
-        'timeZone', ?)) AS body
+        'lastName', u.last_name, 'timeZone', ?)) AS body
     FROM stage_users u
     WHERE u.tenant = ? AND u.active = 1 AND EXISTS (
         SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id))
