@@ -21,6 +21,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from syncd.errors import AdminNeeded
+
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 DEPROVISION = ("report", "disable")
 SAFETY_KEYS = {"max_removals_percent", "max_removals", "max_updates_percent", "freeze", "degraded_after"}
@@ -37,7 +39,7 @@ DEFAULT_SCOPE = {
 SECRET_KEYS = ("client_secret", "token", "refresh_token", "access_token")
 
 
-class ConfigError(Exception):
+class ConfigError(AdminNeeded):
     """A config that cannot be used; ``errors`` holds one ``key.path: message`` per problem."""
 
     def __init__(self, errors: list[str]):

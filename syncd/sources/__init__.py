@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from syncd.errors import RunStopped
 from syncd.model import Record
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def text_field(item: dict[str, Any], key: str) -> str | None:
     return text or None
 
 
-class SourceError(Exception):
+class SourceError(RunStopped):
     """The extract cannot go on (bad page, pagination loop, dead credentials); safe to log."""
 
 
@@ -47,14 +48,33 @@ class Source(Protocol):
     def extract(self) -> Iterator[list[Record]]: ...
 
 
-def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
-    if tenant.source.type == "canvas":
-        from syncd.sources.canvas import CanvasSource
+# How to open a source of each ``type`` (the ``[tenants.X.source]`` key). A new source is a module
+# of its own with a class that meets :class:`Source`, one entry here, and its keys in config.py.
+# The imports wait until a tenant uses the source: a OneRoster tenant never loads Canvas code.
+Opener = Callable[["TenantConfig", Path, date], Source]
 
-        return CanvasSource(tenant, state_dir)
+
+def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     from syncd.sources.oneroster import OneRosterSource
 
     return OneRosterSource(tenant.source, today)
 
 
-__all__ = ["MAX_TEXT", "Record", "Source", "SourceError", "open_source", "text_field"]
+def _canvas(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
+    from syncd.sources.canvas import CanvasSource
+
+    return CanvasSource(tenant, state_dir)
+
+
+SOURCES: dict[str, Opener] = {"oneroster": _oneroster, "canvas": _canvas}
+
+
+def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
+    """The source of a tenant, by its configured ``type``."""
+    opener = SOURCES.get(tenant.source.type)
+    if opener is None:  # config.py accepts only registered types; this is a programming error
+        raise SourceError(f"no source of type {tenant.source.type!r} (known: {', '.join(SOURCES)})")
+    return opener(tenant, state_dir, today)
+
+
+__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceError", "open_source", "text_field"]
