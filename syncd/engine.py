@@ -33,6 +33,9 @@ COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed", "held")
 
 # (phase, done, total or None): extract counts records read, plan the calls planned, push calls sent.
 Progress = Callable[[str, int, int | None], None]
+# Receives what a person may want to read while the run goes on, as data: a line of `--only`'s
+# narrative, or an item of a dry run's plan. syncd.render turns either into text.
+Show = Callable[[str | dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Run:
     planned_calls: int = 0
     counts: dict[Entity, dict[str, int]] = field(default_factory=dict)
     progress: Progress | None = None
-    show: Callable[[str], None] | None = None
+    show: Show | None = None
     held: dict[Entity, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
     held_reasons: list[str] = field(default_factory=list)
     breaker: bool = False  # a safety threshold held something: status "held"
@@ -106,7 +109,7 @@ def new_run_id() -> str:
 
 
 def run(tenant: TenantConfig, state_file: Store, options: Options = Options(),
-        show: Callable[[str], None] | None = None, source: Source | None = None,
+        show: Show | None = None, source: Source | None = None,
         client: ProvisionClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines,
     ``progress`` the phase counters (for a progress bar on a terminal)."""
@@ -129,7 +132,7 @@ def run(tenant: TenantConfig, state_file: Store, options: Options = Options(),
 
 
 def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClient,
-          show: Callable[[str], None] | None) -> None:
+          show: Show | None) -> None:
     try:
         source.check()
     except (http.HttpError, SourceError) as exc:
@@ -461,40 +464,35 @@ def _describe(exc: BaseException) -> str:
 # --- dry-run plan --------------------------------------------------------------------------
 
 
-def _show_plan(state: Run, store: TenantStore, show: Callable[[str], None] | None) -> None:
-    """The dry-run plan: lines for an admin (``show``), or data for ``--json`` (``state.plan_data``)."""
-    tenant = state.tenant.name
+def _show_plan(state: Run, store: TenantStore, show: Show | None) -> None:
+    """The dry-run plan as data: streamed item by item to ``show`` (the CLI renders each), or
+    gathered in ``state.plan_data`` for ``--json``."""
     data: list[dict[str, Any]] = []
     if show:
-        show(f"plan for {tenant}: {state.planned_calls} provision call(s)")
+        show({"plan_for": state.tenant.name, "calls": state.planned_calls})
     for call in store.calls(with_sids=not state.options.force):
-        changes = [_change(store, entity, part.key, "/".join(part.key), part.body)
-                   for entity, part in call.parts.items()]
+        item = {"call": call.seq, "objects": [_change(store, entity, part.key, "/".join(part.key), part.body)
+                                              for entity, part in call.parts.items()]}
         if show:
-            prefix = f"  call {call.seq}:"
-            for change in changes:
-                show(f"{prefix:<13} {_describe_change(change)}")
-                prefix = ""
+            show(item)
         else:
-            data.append({"call": call.seq, "objects": changes})
+            data.append(item)
     state.plan_data = None if show else data
 
 
 def show_removals(state: Run, store: TenantStore) -> None:
     """After a dry run's removal step: what would be removed, and what the breaker would hold."""
-    removals = store.pending_removals()
-    held = store.held_keys(state.run_id)
+    removals = [{"entity": e, "source_id": "/".join(k)} for e, k in store.pending_removals()]
+    held = [{"entity": e, "kind": kind, "source_id": "/".join(k)} for e, kind, k in store.held_keys(state.run_id)]
     if state.show:
-        for entity, key in removals:
-            state.say(f"  remove {entity} {'/'.join(key)} (left scope: tombstoned, nothing is deleted in the target)")
-        for entity, kind, key in held:
-            state.say(f"  HOLD {kind} of {entity} {'/'.join(key)} (a safety threshold; `syncd approve` releases it)")
+        for removal in removals:
+            state.show({"remove": removal})
+        for hold in held:
+            state.show({"hold": hold})
         for reason in state.held_reasons:
-            state.say(f"  held: {reason}")
+            state.show({"held": reason})
     elif state.plan_data is not None:
-        state.removal_data = {"removals": [{"entity": e, "source_id": "/".join(k)} for e, k in removals],
-                              "held_objects": [{"entity": e, "kind": kind, "source_id": "/".join(k)}
-                                               for e, kind, k in held]}
+        state.removal_data = {"removals": removals, "held_objects": held}
 
 
 def _change(store: TenantStore, entity: Entity, key: tuple[str, ...], label: str,
@@ -508,16 +506,6 @@ def _change(store: TenantStore, entity: Entity, key: tuple[str, ...], label: str
     changed = {k: [old_fields.get(k), new_fields.get(k)] for k in sorted(set(old_fields) | set(new_fields))
                if old_fields.get(k) != new_fields.get(k)}
     return {"entity": entity, "source_id": label, "action": "update" if changed else "carried", "changes": changed}
-
-
-def _describe_change(change: dict[str, Any]) -> str:
-    entity, label = change["entity"], change["source_id"]
-    if change["action"] == "create":
-        return f"create {entity} {label}: " + " ".join(f"{k}={v!r}" for k, v in change["fields"].items())
-    if change["action"] == "carried":
-        return f"(unchanged {entity} {label}, carried by this call)"
-    return f"update {entity} {label}: " + "; ".join(f"{k}: {old!r} -> {new!r}"
-                                                     for k, (old, new) in change["changes"].items())
 
 
 def _flatten(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
