@@ -187,5 +187,5 @@ class Approvals(Connected):
                               (run_id, tenant, utcnow()))
         return run_id, self.tenant(tenant).held_counts(run_id)
 
-    def tenant(self, name: str) -> Holds:
+    def tenant(self, name: str) -> Holds:  # Store gives the TenantStore
         raise NotImplementedError
