@@ -111,7 +111,8 @@ def new_run_id() -> str:
 def run(tenant: TenantConfig, state_file: Store, options: Options = Options(),
         show: Show | None = None, source: Source | None = None,
         client: ProvisionClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines,
+    """Sync one tenant once; return the summary. ``show`` receives, as data, the dry-run plan
+    item by item and `--only`'s narrative lines (``render.printer`` makes text of them);
     ``progress`` the phase counters (for a progress bar on a terminal)."""
     state = Run(tenant, new_run_id(), options, progress=progress, show=show)
     store = state_file.tenant(tenant.name)
