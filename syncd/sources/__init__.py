@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.errors import RunStopped
-from syncd.model import Record
+from syncd.model import Entity, Record, RecordError
 
 if TYPE_CHECKING:
     from syncd.config import TenantConfig
@@ -33,6 +33,18 @@ def text_field(item: dict[str, Any], key: str) -> str | None:
     if len(text) > MAX_TEXT:
         raise ValueError(f"{key} is {len(text):,} characters long (at most {MAX_TEXT:,})")
     return text or None
+
+
+def map_record(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any,
+               source_id_of: Callable[[dict[str, Any]], str | None]) -> Record:
+    """One vendor object mapped to a record, or a RecordError that fails it alone: the object is
+    not a JSON object, or ``mapper`` raised ValueError (named by ``source_id_of`` where it can)."""
+    if not isinstance(item, dict):
+        return RecordError(entity, "", f"record is not an object: {type(item).__name__}")
+    try:
+        return mapper(item)
+    except ValueError as exc:
+        return RecordError(entity, source_id_of(item) or "", str(exc))
 
 
 class SourceError(RunStopped):
@@ -77,4 +89,4 @@ def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     return opener(tenant, state_dir, today)
 
 
-__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceError", "open_source", "text_field"]
+__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceError", "map_record", "open_source", "text_field"]
