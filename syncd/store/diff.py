@@ -63,12 +63,12 @@ class Diff(Scoped):
 
     def describe_object(self, entity: str, source_id: str) -> str:
         """What the source said of one object this run, for `--only`."""
-        table = {"course": "courses", "user": "users"}[entity]
-        staged = self.conn.execute(f"SELECT active FROM stage_{table} WHERE tenant = ? AND source_id = ?",
+        spec = SPECS["user" if entity == "user" else "course"]
+        staged = self.conn.execute(f"SELECT active FROM {spec.stage} WHERE tenant = ? AND source_id = ?",
                                    (self.name, source_id)).fetchone()
         if staged is None:
             return f"the source has no {entity} {source_id}"
-        desired = self.conn.execute(f"SELECT change FROM desired_{table} WHERE tenant = ? AND source_id = ?",
+        desired = self.conn.execute(f"SELECT change FROM {spec.desired} WHERE tenant = ? AND source_id = ?",
                                     (self.name, source_id)).fetchone()
         if desired is None:
             why = "inactive" if not staged[0] else "without an in-scope enrollment"
