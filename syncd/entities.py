@@ -33,6 +33,14 @@ def _enrollment_name(bodies: Mapping[str, dict[str, Any]]) -> str | None:
     return f"{person} in {title}" if person and title else person or title
 
 
+# The OpenAPI schema's three results (SPEC §4) all acknowledge the object: "Found Existing" is what
+# a real install answers for the people its own LMS integration created. The others are accepted
+# as acknowledgements when a sid comes back. Anything else is not trusted: the object stays
+# pending and the answer is reported.
+KNOWN_RESULTS = {"created", "found existing", "updated", "unchanged", "existing", "exists", "enrolled", "ok",
+                 "success"}
+
+
 def parse_answer(entity: str, answer: Any) -> str:
     """The sid in the target's answer for one object, or ValueError saying why it acknowledges
     nothing. Every ``result`` the target documents (SPEC §4) acknowledges; see ``KNOWN_RESULTS``."""
@@ -43,14 +51,6 @@ def parse_answer(entity: str, answer: Any) -> str:
     if result is not None and (not isinstance(result, str) or result.lower() not in KNOWN_RESULTS):
         raise ValueError(f"the response carries an unknown {entity} result {result!r}")
     return sid
-
-
-# The OpenAPI schema's three results (SPEC §4) all acknowledge the object: "Found Existing" is what
-# a real install answers for the people its own LMS integration created. The others are accepted
-# as acknowledgements when a sid comes back. Anything else is not trusted: the object stays
-# pending and the answer is reported.
-KNOWN_RESULTS = {"created", "found existing", "updated", "unchanged", "existing", "exists", "enrolled", "ok",
-                 "success"}
 
 
 @dataclass(frozen=True)
