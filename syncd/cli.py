@@ -14,7 +14,9 @@ from importlib import resources
 from typing import Any
 
 from syncd import config as configuration
-from syncd import engine, lock, logs
+from syncd import engine, lock, logs, render
+from syncd.render import render_summary
+from syncd.startup import warn_if_exposed
 from syncd.store import Store
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
@@ -150,21 +152,6 @@ def _load(args: argparse.Namespace) -> configuration.Config:
     return config
 
 
-def warn_if_exposed(config: configuration.Config) -> None:
-    """A config that holds a secret in plain text must be readable by its owner only."""
-    import structlog
-
-    try:
-        mode = config.path.stat().st_mode
-    except OSError:
-        return
-    if config.plain_secrets and mode & 0o077:
-        structlog.get_logger("syncd.config").warning(
-            "config.secret_readable_by_others", config=str(config.path), mode=oct(mode & 0o777),
-            keys=list(config.plain_secrets),
-            fix=f"chmod 600 {config.path}, or use env:, file: or credential: references")
-
-
 # --- sync ----------------------------------------------------------------------------------
 
 
@@ -200,7 +187,7 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
     def waiting(message: str) -> None:
         print(f"syncd: {message}", file=sys.stderr, flush=True)
 
-    show = None if args.json else (lambda line: print(line, flush=True))
+    show = None if args.json else render.printer(lambda line: print(line, flush=True))
     if args.only and not args.json:
         print(f"{name}: syncing only {args.only[0]} {args.only[1]}", flush=True)
     bar = ProgressBar(name) if sys.stderr.isatty() and not args.json else None
@@ -257,18 +244,6 @@ class ProgressBar:
         if self.phase:
             sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-def render_summary(summary: dict[str, Any]) -> str:
-    planned = f", {summary['planned_calls']} planned" if summary["dry_run"] else ""
-    head = (f"{summary['tenant']}: {summary['status']}{' (dry run)' if summary['dry_run'] else ''} · "
-            f"run {summary['run_id']} · {summary['calls']} call(s) sent{planned} · "
-            f"{summary['duration_s']:.2f}s")
-    columns = ("created", "updated", "unchanged", "removed", "failed")
-    lines = [head, f"  {'':<12}" + "".join(f"{c:>11}" for c in columns)]
-    for entity, counts in summary["counts"].items():
-        lines.append(f"  {entity:<12}" + "".join(f"{counts.get(c, 0):>11}" for c in columns))
-    return "\n".join(lines)
 
 
 # --- status and errors ---------------------------------------------------------------------

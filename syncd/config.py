@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import exams_config
+from syncd.errors import AdminNeeded
 
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 DEPROVISION = ("report", "disable")
@@ -39,7 +40,7 @@ DEFAULT_SCOPE = {
 SECRET_KEYS = ("client_secret", "token", "refresh_token", "access_token")
 
 
-class ConfigError(Exception):
+class ConfigError(AdminNeeded):
     """A config that cannot be used; ``errors`` holds one ``key.path: message`` per problem."""
 
     def __init__(self, errors: list[str]):

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import summary, syncd
+from conftest import SYNCD, summary, syncd
 from test_sync_end_to_end import expected
 
 from syncd import config as configuration
 from syncd import engine, target
+from syncd.entities import Call, Part
 from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
-from syncd.store import Call, Store
+from syncd.store import Store
 
 
 class _ExplodingSource:
@@ -66,8 +70,7 @@ def test_a_target_that_already_holds_part_of_the_roster_acknowledges_everything(
 
 
 def test_found_existing_acknowledges_the_object():
-    call = Call(seq=1, course_id="c1", course_body={"ids": {"external": "c1"}, "title": "Art"}, course_sid=None,
-                course_hash="h")
+    call = Call(seq=1, parts={"course": Part(("c1",), {"ids": {"external": "c1"}, "title": "Art"}, hash="h")})
     response = requests.Response()
     response.status_code = 200
     response._content = json.dumps({"course": {"sid": "CU1", "result": "Found Existing"}}).encode()
@@ -135,3 +138,25 @@ def test_a_refused_student_does_not_hold_back_its_course(sandbox: Sandbox, roste
     assert summary(second)["counts"]["courses"] | {"updated": 1, "failed": 0} == summary(second)["counts"]["courses"]
     errors = json.loads(syncd(config, "errors", "--json").stdout)
     assert all(e["entity"] != "course" for e in errors)
+
+
+def test_ctrl_c_during_a_sync_says_interrupted_and_records_the_run_as_failed(tmp_path: Path):
+    roster = Roster.generate(seed=4, users=100, classes=10, enrollments=400)
+    with Sandbox(roster) as box:
+        box.provision.latency_s = 0.02
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", target_extra="concurrency = 1")
+        process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while box.provision.applied < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "syncd: interrupted" in stderr
+    store = Store.open(tmp_path / "state")
+    try:
+        [last] = store.runs("lincoln", limit=1)
+    finally:
+        store.close()
+    assert last["status"] == "failed" and last["message"] == "interrupted"

@@ -30,7 +30,7 @@ import structlog
 
 from syncd import http
 from syncd.model import Course, Enrollment, Entity, Record, RecordError, User
-from syncd.sources import SourceError, text_field
+from syncd.sources import SourceError, map_record, text_field
 from syncd.sources.canvas_auth import CanvasToken
 
 if TYPE_CHECKING:
@@ -351,15 +351,8 @@ class _EmailWatch:
 # --- mapping (SPEC §4, Canvas column) -------------------------------------------------------
 
 
-def _map(entity: Entity, mapper: Callable[[dict[str, Any]], Record | None], item: Any) -> Record:
-    if not isinstance(item, dict):
-        return RecordError(entity, "", f"record is not an object: {type(item).__name__}")
-    try:
-        record = mapper(item)
-    except ValueError as exc:
-        return RecordError(entity, _sid(item.get("id")) or "", str(exc))
-    assert record is not None
-    return record
+def _map(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any) -> Record:
+    return map_record(entity, mapper, item, lambda fields: _sid(fields.get("id")))
 
 
 def _course(item: dict[str, Any]) -> Record:
