@@ -139,8 +139,8 @@ def cmd_state_copy(args: argparse.Namespace) -> int:
 
 def _only(value: str) -> tuple[str, str]:
     kind, _, source_id = value.partition(":")
-    if kind not in ("user", "course") or not source_id:
-        raise argparse.ArgumentTypeError("expected user:ID or course:ID")
+    if kind not in ("user", "course", "exam") or not source_id:
+        raise argparse.ArgumentTypeError("expected user:ID, course:ID or exam:ID (exam:quiz:123)")
     return kind, source_id
 
 

@@ -24,9 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.plan import max_matching
-
-SEAT = "\x1f"  # joins a course id and a seat number: never in a source id (control characters are cleaned)
+from syncd.plan import SEAT, max_matching
 
 
 @dataclass(frozen=True)

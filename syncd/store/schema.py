@@ -137,3 +137,12 @@ def m005_canonical_hashes(db: sqlite_utils.Database) -> None:
 
 def _canonical_digest(body: str) -> str:
     return body_hash(json.loads(body))
+
+
+@migrations()
+def m007_exams(db: sqlite_utils.Database) -> None:
+    """Exams (SPEC §7): staged, desired and acknowledged (exam and configuration sids), and the
+    plan's exam column. m006 is left to another change (explain)."""
+    from syncd.store.exams import PLAN_COLUMN, SCHEMA
+
+    db.executescript(SCHEMA + PLAN_COLUMN)

@@ -1,9 +1,9 @@
-"""Exams in the state store, ready to be wired in once the store is a package (issues 10 and 12).
+"""Exams in the state store (SPEC §7): the migration, the staging row, the desired and planning SQL.
 
 ``SCHEMA`` is the migration, ``stage_row`` the staging of one mapped :class:`~syncd.exams.Exam`
 (its password only as a keyed digest), and ``DESIRED_EXAMS`` the SQL that builds the exam bodies
 in scope, equal (tests/test_exams_store.py) to :func:`syncd.exams.stored_body` of
-:func:`syncd.exams.exam_body`. Nothing here runs yet: store.py is left to the engine's owner.
+:func:`syncd.exams.exam_body`; ``PLAN_EXAM_RIDES`` / ``PLAN_EXAM_CALLS`` are the planner's last steps.
 """
 
 from __future__ import annotations

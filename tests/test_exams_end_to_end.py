@@ -1,0 +1,228 @@
+"""Exams (SPEC §7) through the real `syncd` command against the sandbox: the target ends with the
+expected exams, a resync sends nothing, one change is one call, the window guard holds, the
+password is nowhere, and a kill mid-push converges without a duplicate exam."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SYNCD, log_events, summary, syncd
+
+from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import oneroster_lineitems as lineitems
+from syncd.sandbox.provision_exams import snapshot
+
+TS = "TS4b894875a1b24f4e9b2e1c9d0f8a7b6c"
+TEMPLATE = "https://lms.example.edu/classes/{class_id}/items/{id}"
+PASSWORD = "Or-Exam-Pw-7741"
+EXAMS = (f'[tenants.lincoln.exams]\nselect = "title"\ntitle_pattern = "^Unit Exam"\n'
+         f'proctor_types = {{ "{TS}" = {{}} }}\ndefault_duration_min = 45\n'
+         f'default_password = "{PASSWORD}"\nurl_template = "{TEMPLATE}"\n')
+
+
+def write_config(box: Sandbox, tmp_path: Path, exams: str = EXAMS, **tenant: Any) -> Path:
+    path = tmp_path / "syncd.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\n\n'
+                    + box.tenant_toml(**tenant) + exams, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def expected(box: Sandbox, roster: Roster) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    return lineitems.expected_exams(box.oneroster.line_items, roster, url_template=TEMPLATE, duration=45,
+                                    password=PASSWORD, proctor_types={TS: {}}, title_pattern="^Unit Exam")
+
+
+def in_target(box: Sandbox) -> dict[str, dict[str, Any]]:
+    return {k: {f: v for f, v in body.items() if f != "course"} for k, body in snapshot(box.provision).items()}
+
+
+def run(config: Path, *args: str) -> dict[str, Any]:
+    result = syncd(config, "sync", "lincoln", "--json", *args)
+    assert result.returncode in (0, 1, 3), result.stderr[-3000:]
+    return summary(result)
+
+
+@pytest.fixture
+def roster() -> Roster:
+    return Roster.generate(seed=7, users=60, classes=10, enrollments=200)
+
+
+@pytest.fixture
+def box(roster: Roster):
+    with Sandbox(roster) as sandbox:
+        sandbox.oneroster.line_items = lineitems.generate(roster, per_class=3)
+        yield sandbox
+
+
+def _first_exam(box: Sandbox, roster: Roster, opened: bool) -> dict[str, Any]:
+    """A synced lineItem whose window has (or has not) opened."""
+    exams, _ = expected(box, roster)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for external, body in sorted(exams.items()):
+        if (body["configuration"]["access"]["open"] <= now) == opened:
+            return box.oneroster.line_items[external.removeprefix("lineitem:")]
+    raise AssertionError("the seed has no such exam")
+
+
+def test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    first = run(config)
+    exams, failed = expected(box, roster)
+    assert exams and failed, "the seed must have exams and unmappable ones"
+    assert in_target(box) == exams
+    assert box.provision.exam_book.duplicates() == 0
+    assert first["status"] == "completed_with_errors"
+    assert first["counts"]["exams"]["created"] == len(exams)
+    assert first["counts"]["exams"]["failed"] == len(failed)
+    # Exams ride on the calls their courses needed anyway: never more calls than objects need.
+    courses = len(box.provision.courses)
+    assert first["calls"] < courses + len(exams) + first["counts"]["enrollments"]["created"]
+    errors = json.loads(syncd(config, "errors", "lincoln", "--json").stdout)
+    exam_errors = {e["source_id"] for e in errors if e["entity"] == "exam"}
+    assert exam_errors == failed, "a lineItem without a window is a record error on that exam alone"
+    second = run(config)
+    assert second["calls"] == 0 and second["counts"]["exams"]["unchanged"] == len(exams)
+
+
+def test_a_tenant_without_exams_reads_and_counts_none(box, roster, tmp_path):
+    box.oneroster.gradebook = False  # were lineItems asked for, the run would report it
+    config = write_config(box, tmp_path, exams="")
+    first = run(config)
+    assert first["status"] == "completed"
+    assert set(first["counts"]) == {"courses", "users", "enrollments"}
+    assert not snapshot(box.provision)
+
+
+def test_one_changed_exam_is_one_call_riding_on_its_course_call(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    run(config)
+    item = _first_exam(box, roster, opened=False)
+    item["title"] = "Unit Exam renamed"
+    result = run(config)
+    assert result["calls"] == 1 and result["counts"]["exams"]["updated"] == 1
+    assert in_target(box) == expected(box, roster)[0]
+    # The course changes too: still one call, the exam rides on the course's.
+    class_id = item["class"]["sourcedId"]
+    roster.classes[class_id]["title"] = "Renamed class"
+    item["description"] = "new chapters"
+    result = run(config)
+    assert result["calls"] == 1
+    assert result["counts"]["courses"]["updated"] == 1 and result["counts"]["exams"]["updated"] == 1
+    assert in_target(box) == expected(box, roster)[0]
+    # --only exam:ID sends that exam's call alone.
+    item["title"] = "Unit Exam only"
+    other = _first_exam(box, roster, opened=True)
+    other["description"] = "not now"
+    only = syncd(config, "sync", "lincoln", "--only", f"exam:lineitem:{item['sourcedId']}")
+    assert only.returncode == 1, only.stderr[-2000:]  # the unmappable lineItems are record errors
+    assert f"exam lineitem:{item['sourcedId']} is in scope (changed)" in only.stdout
+    assert run(config)["calls"] == 1  # the other exam, left for the next run
+
+
+def test_a_moved_window_after_opening_is_held_until_approved(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    run(config)
+    item = _first_exam(box, roster, opened=True)
+    external = f"lineitem:{item['sourcedId']}"
+    moved = datetime.now(UTC) + timedelta(days=40)
+    item["dueDate"] = moved.strftime("%Y-%m-%dT%H:%M:%SZ")
+    dry = syncd(config, "sync", "lincoln", "--dry-run")
+    assert dry.returncode == 3 and f"exam {external} held" in dry.stdout
+    held = syncd(config, "sync", "lincoln", "--json")
+    assert held.returncode == 3, held.stderr[-2000:]
+    assert summary(held)["status"] == "held" and summary(held)["counts"]["exams"]["held"] == 1
+    lines = [e for e in log_events(held) if e.get("event") == "sync.exam_held"]
+    assert len(lines) == 1 and lines[0]["source_id"] == external and any("close" in c for c in lines[0]["changes"])
+    assert box.provision.exam_book.late_changes == []
+    assert in_target(box)[external]["configuration"]["access"]["close"] != moved.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert syncd(config, "approve", "lincoln").returncode == 0
+    released = run(config)
+    assert released["status"] in ("completed", "completed_with_errors") and released["calls"] == 1
+    assert box.provision.exam_book.late_changes == [external]
+    assert in_target(box) == expected(box, roster)[0]
+    assert run(config)["calls"] == 0
+
+
+def test_a_dry_run_shows_exam_fields_and_only_says_the_password_changed(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    dry = syncd(config, "sync", "lincoln", "--dry-run")
+    assert "create exam lineitem:" in dry.stdout and "configuration.password='(secret)'" in dry.stdout
+    run(config)
+    # Every exam changes: above the update breaker's default, which would hold them all.
+    config = write_config(box, tmp_path, exams=EXAMS.replace(PASSWORD, "Another-Pw-9932")
+                          + "[tenants.lincoln.safety]\nmax_updates_percent = 100\n")
+    dry = syncd(config, "sync", "lincoln", "--dry-run")
+    assert "configuration.password: changed" in dry.stdout
+    assert "hmac-sha256" not in dry.stdout and "Another-Pw-9932" not in dry.stdout
+    plan = summary(syncd(config, "sync", "lincoln", "--dry-run", "--json"))["plan"]
+    exams = [o for call in plan for o in call["objects"] if o["entity"] == "exam"]
+    assert exams and all(o["changes"] == {"configuration.password": "changed"} for o in exams)
+
+
+def test_the_password_is_nowhere_but_in_the_target(box, roster, tmp_path):
+    config = write_config(box, tmp_path, log_level="debug")
+    outputs = [syncd(config, "sync", "lincoln", "--json"), syncd(config, "sync", "lincoln", "--dry-run", "--force"),
+               syncd(config, "status", "--json"), syncd(config, "errors", "lincoln", "--json")]
+    assert any(e["configuration"]["password"] == PASSWORD for e in snapshot(box.provision).values())
+    for result in outputs:
+        assert PASSWORD not in result.stdout and PASSWORD not in result.stderr
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_a_gradebook_the_provider_does_not_serve_keeps_the_roster_going(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    run(config)
+    box.oneroster.gradebook = False
+    result = run(config)
+    assert result["status"] == "completed_with_errors" and result["counts"]["exams"]["removed"] == 0
+    assert in_target(box) == expected(box, roster)[0], "no exam is removed when the exams were not read"
+    box.oneroster.gradebook = True
+    gone = sorted(expected(box, roster)[0])[0]
+    del box.oneroster.line_items[gone.removeprefix("lineitem:")]
+    result = run(config)
+    assert result["counts"]["exams"]["removed"] == 1 and gone in in_target(box)  # on_removed = "report"
+
+
+def test_removed_exams_are_deleted_in_the_target_when_asked(box, roster, tmp_path):
+    config = write_config(box, tmp_path, exams=EXAMS + 'on_removed = "delete"\n')
+    run(config)
+    gone = sorted(expected(box, roster)[0])[0]
+    item = box.oneroster.line_items.pop(gone.removeprefix("lineitem:"))
+    result = run(config)
+    assert result["counts"]["exams"]["removed"] == 1 and gone not in in_target(box)
+    assert box.provision.exam_book.puts == 1
+    box.oneroster.line_items[item["sourcedId"]] = item  # back: the same exam, reactivated
+    result = run(config)
+    assert result["calls"] == 1 and in_target(box) == expected(box, roster)[0]
+    assert box.provision.exam_book.duplicates() == 0
+
+
+def test_kill_during_push_then_rerun_converges_with_no_duplicate_exam(tmp_path):
+    roster = Roster.generate(seed=4, users=120, classes=40, enrollments=400)
+    with Sandbox(roster) as box:
+        box.oneroster.line_items = lineitems.generate(roster, per_class=6)
+        box.provision.latency_s = 0.01
+        config = write_config(box, tmp_path, target_extra="concurrency = 2")
+        process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(box.provision.exam_book.exams) < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        exams, _ = expected(box, roster)
+        assert 20 <= len(box.provision.exam_book.exams) < len(exams), "the kill came mid-push"
+        assert run(tmp_path / "syncd.toml")["status"] == "completed_with_errors"
+        assert in_target(box) == exams
+        assert box.provision.exam_book.duplicates() == 0
+        assert run(config)["calls"] == 0
