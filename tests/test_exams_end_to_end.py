@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from conftest import SYNCD, log_events, summary, syncd
 
-from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
 from syncd.sandbox import oneroster_lineitems as lineitems
+from syncd.sandbox.canvas_quizzes import CanvasQuizzes
+from syncd.sandbox.canvas_quizzes import expected_exams as canvas_expected
 from syncd.sandbox.provision_exams import snapshot
 
 TS = "TS4b894875a1b24f4e9b2e1c9d0f8a7b6c"
@@ -27,7 +29,7 @@ EXAMS = (f'[tenants.lincoln.exams]\nselect = "title"\ntitle_pattern = "^Unit Exa
          f'default_password = "{PASSWORD}"\nurl_template = "{TEMPLATE}"\n')
 
 
-def write_config(box: Sandbox, tmp_path: Path, exams: str = EXAMS, **tenant: Any) -> Path:
+def write_config(box: Sandbox | CanvasSandbox, tmp_path: Path, exams: str = EXAMS, **tenant: Any) -> Path:
     path = tmp_path / "syncd.toml"
     path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\n\n'
                     + box.tenant_toml(**tenant) + exams, encoding="utf-8")
@@ -226,3 +228,74 @@ def test_kill_during_push_then_rerun_converges_with_no_duplicate_exam(tmp_path):
         assert in_target(box) == exams
         assert box.provision.exam_book.duplicates() == 0
         assert run(config)["calls"] == 0
+
+
+# --- Canvas: classic and New Quizzes, crawl and report paths --------------------------------
+
+
+@pytest.fixture
+def canvas_roster() -> CanvasRoster:
+    return CanvasRoster.generate(seed=5, users=60, courses=12, enrollments=200)
+
+
+def canvas_config(box: CanvasSandbox, tmp_path: Path, mode: str, exams: str = "") -> Path:
+    table = f'[tenants.stateu.exams]\nproctor_types = {{ "{TS}" = {{}} }}\n{exams}'
+    return write_config(box, tmp_path, exams=table, source_extra=f'mode = "{mode}"\n')
+
+
+def canvas_target(box: CanvasSandbox) -> dict[str, dict[str, Any]]:
+    return {k: {f: v for f, v in body.items() if f != "course"} for k, body in snapshot(box.provision).items()}
+
+
+def canvas_run(config: Path) -> dict[str, Any]:
+    result = syncd(config, "sync", "stateu", "--json")
+    assert result.returncode in (0, 1, 3), result.stderr[-3000:]
+    return summary(result)
+
+
+@pytest.mark.parametrize("mode", ["api", "report"])
+def test_canvas_exams_equal_the_expected_mapping_on_both_paths(canvas_roster, tmp_path, mode):
+    book = CanvasQuizzes.generate(canvas_roster.courses, seed=5, per_course=5)
+    with CanvasSandbox(canvas_roster, quizzes=book) as box:
+        config = canvas_config(box, tmp_path, mode)
+        first = canvas_run(config)
+        exams, failed = canvas_expected(book, canvas_roster.courses, box.source_url, proctor_types={TS: {}})
+        assert len(exams) > 10 and failed
+        assert canvas_target(box) == exams
+        assert first["counts"]["exams"]["created"] == len(exams)
+        errors = json.loads(syncd(config, "errors", "stateu", "--json").stdout)
+        assert {e["source_id"] for e in errors if e["entity"] == "exam"} == failed
+        assert canvas_run(config)["calls"] == 0
+        # One change, one call (a rename is not a window change: never held).
+        quiz = next(q for q in book.published_classic() if f"quiz:{q}" in exams)
+        book.rename(quiz)
+        result = canvas_run(config)
+        assert result["calls"] == 1 and result["counts"]["exams"]["updated"] == 1
+        assert canvas_target(box) == canvas_expected(book, canvas_roster.courses, box.source_url,
+                                                     proctor_types={TS: {}})[0]
+        # Every access code the source holds is in the target, and nowhere on this machine.
+        codes = {q["access_code"] for q in book.quizzes.values() if q.get("access_code")}
+        codes |= {n["student_access_code"] for n in book.new_quizzes.values() if n.get("student_access_code")}
+        assert any(e["configuration"]["password"] in codes for e in exams.values())
+        outputs = [syncd(config, "sync", "stateu", "--json", "--force"), syncd(config, "sync", "stateu", "--dry-run"),
+                   syncd(config, "errors", "stateu", "--json"), syncd(config, "status", "--json")]
+        text = "".join(r.stdout + r.stderr for r in outputs)
+        data = b"".join(p.read_bytes() for p in (tmp_path / "state").rglob("*") if p.is_file())
+        for code in codes:
+            assert code not in text and code.encode() not in data, code
+
+
+def test_a_quiz_without_a_time_limit_and_no_default_fails_alone(canvas_roster, tmp_path):
+    book = CanvasQuizzes.generate(canvas_roster.courses, seed=5, per_course=5)
+    with CanvasSandbox(canvas_roster, quizzes=book) as box:
+        config = canvas_config(box, tmp_path, "api")
+        canvas_run(config)
+        quiz = next(q for q in book.published_classic() if book.quizzes[q].get("access_code"))
+        book.quizzes[quiz]["time_limit"] = None
+        result = canvas_run(config)
+        assert result["status"] == "completed_with_errors" and result["calls"] == 0
+        assert result["counts"]["exams"]["failed"] >= 1 and result["counts"]["exams"]["removed"] == 0
+        errors = json.loads(syncd(config, "errors", "stateu", "--json").stdout)
+        [error] = [e for e in errors if e["source_id"] == f"quiz:{quiz}"]
+        assert "time limit" in error["message"]
+        assert f"quiz:{quiz}" in canvas_target(box), "an exam that fails to map is not removed"
