@@ -423,8 +423,11 @@ def cmd_auth(args: argparse.Namespace) -> int:
                          "(source.client_id and source.client_secret)")
     stdin = _StdinLines()
     try:
+        from syncd.sources.canvas_exams import scopes as exam_scopes
+
         canvas_auth.authorize(args.tenant, tenant.source, config.daemon.state_dir,
-                              lambda line: print(line, flush=True), stdin.line, args.timeout)
+                              lambda line: print(line, flush=True), stdin.line, args.timeout,
+                              exam_scopes(tenant.exams))
     except SourceError as exc:
         print(f"syncd: {args.tenant}: {exc}", file=sys.stderr)
         return EXIT_ERRORS

@@ -299,3 +299,26 @@ def test_a_quiz_without_a_time_limit_and_no_default_fails_alone(canvas_roster, t
         [error] = [e for e in errors if e["source_id"] == f"quiz:{quiz}"]
         assert "time limit" in error["message"]
         assert f"quiz:{quiz}" in canvas_target(box), "an exam that fails to map is not removed"
+
+
+def test_syncd_auth_asks_for_the_exam_scopes_only_when_exams_are_on(canvas_roster, tmp_path):
+    from syncd.sources.canvas_auth import SCOPES
+    from syncd.sources.canvas_exams import scopes
+
+    with CanvasSandbox(canvas_roster) as box:
+        redirect = 'redirect_uri = "https://proctoring.example.edu/oauth/callback"\n'
+        printed = {}
+        for name, table in (("off", ""), ("on", f'[tenants.stateu.exams]\nproctor_types = {{ "{TS}" = {{}} }}\n')):
+            (tmp_path / name).mkdir()
+            config = write_config(box, tmp_path / name, exams=table, auth="none", source_extra=redirect)
+            result = syncd(config, "auth", "stateu", "--timeout", "0.5")
+            printed[name] = {line.strip() for line in result.stdout.splitlines() if line.startswith("  url:")}
+        extra = set(scopes(write_exams_config()))
+        assert extra and printed["off"] == set(SCOPES)
+        assert printed["on"] == set(SCOPES) | extra
+
+
+def write_exams_config() -> Any:
+    from syncd.exams_config import ExamsConfig
+
+    return ExamsConfig(proctor_types={TS: {}})
