@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
     gg4l_cli.register(commands)
+    from syncd import exams_cli  # `syncd exams TENANT`
+
+    exams_cli.register(commands)
     return parser
 
 

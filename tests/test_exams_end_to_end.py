@@ -322,3 +322,26 @@ def write_exams_config() -> Any:
     from syncd.exams_config import ExamsConfig
 
     return ExamsConfig(proctor_types={TS: {}})
+
+
+def test_syncd_exams_lists_each_exam_with_its_state(box, roster, tmp_path):
+    config = write_config(box, tmp_path)
+    run(config)
+    exams, failed = expected(box, roster)
+    item = _first_exam(box, roster, opened=True)
+    item["dueDate"] = (datetime.now(UTC) + timedelta(days=50)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert syncd(config, "sync", "lincoln").returncode == 3
+    rows = {r["source_id"]: r for r in json.loads(syncd(config, "exams", "lincoln", "--json").stdout)}
+    assert set(rows) == set(exams) | failed
+    held = f"lineitem:{item['sourcedId']}"
+    assert rows[held]["state"] == "held"
+    assert {r["state"] for k, r in rows.items() if k in failed} == {"failed"}
+    synced = [r for k, r in rows.items() if k in exams and k != held]
+    assert synced and all(r["state"] == "synced" and r["sid"].startswith("EX") for r in synced)
+    one = synced[0]
+    body = exams[one["source_id"]]["configuration"]
+    assert (one["open"], one["close"], one["duration_min"], one["attempts"]) == (
+        body["access"]["open"], body["access"]["close"], 45, 1)
+    table = syncd(config, "exams", "lincoln")
+    assert table.returncode == 0 and "1 held" in table.stdout and PASSWORD not in table.stdout
+    assert syncd(config, "exams", "nobody").returncode == 2
