@@ -167,7 +167,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     store.classify(state.options.force)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
-    if state.tenant.exams is not None and state.tenant.exams.window_guard and not state.options.force:
+    if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake
         _window_guard(state, store, approved)
     if not state.options.only:
         _defer_escrowed(state, store)
