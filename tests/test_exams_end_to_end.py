@@ -345,3 +345,21 @@ def test_syncd_exams_lists_each_exam_with_its_state(box, roster, tmp_path):
     table = syncd(config, "exams", "lincoln")
     assert table.returncode == 0 and "1 held" in table.stdout and PASSWORD not in table.stdout
     assert syncd(config, "exams", "nobody").returncode == 2
+
+
+def test_an_exam_moved_to_another_course_is_sent_again_with_it(box, roster, tmp_path):
+    # A URL without the class: nothing in the exam's own body changes, only its course.
+    config = write_config(box, tmp_path, exams=EXAMS.replace(TEMPLATE, "https://lms.example.edu/items/{id}"))
+    run(config)
+    item = _first_exam(box, roster, opened=False)
+    external = f"lineitem:{item['sourcedId']}"
+    before = snapshot(box.provision)[external]["course"]
+    other = next(c for c, v in sorted(roster.classes.items())
+                 if c != item["class"]["sourcedId"] and v["status"] == "active")
+    item["class"] = {**item["class"], "sourcedId": other}
+    result = run(config)
+    assert result["calls"] == 1 and result["counts"]["exams"]["updated"] == 1
+    after = snapshot(box.provision)[external]["course"]
+    assert after != before and after is not None
+    assert box.provision.exam_book.duplicates() == 0
+    assert run(config)["calls"] == 0

@@ -22,12 +22,13 @@ class Diff(Scoped):
                     f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
                     (self.name,),
                 )
-            # An exam deleted in the target (on_removed = "delete") that is back in scope is sent
-            # again even with the same body: the target reactivates it only when provisioned.
+            # An exam is sent again with the same body when the target deleted it (on_removed =
+            # "delete": provisioning reactivates it) or when it moved to another course (the course
+            # is not in the exam's body, but the call that carries it is the course's).
             self.conn.execute(
                 "UPDATE desired_exams AS d SET change = 'update' WHERE d.tenant = ? AND d.change = 'none' "
                 "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
-                "AND a.deleted_at IS NOT NULL)", (self.name,))
+                "AND (a.deleted_at IS NOT NULL OR a.course_id IS NOT d.course_id))", (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
