@@ -363,3 +363,18 @@ def test_an_exam_moved_to_another_course_is_sent_again_with_it(box, roster, tmp_
     assert after != before and after is not None
     assert box.provision.exam_book.duplicates() == 0
     assert run(config)["calls"] == 0
+
+
+def test_override_counts_are_read_when_asked_and_listed_by_syncd_exams(canvas_roster, tmp_path):
+    from syncd.sandbox.canvas_quizzes import expected_override_counts
+
+    book = CanvasQuizzes.generate(canvas_roster.courses, seed=5, per_course=5)
+    with CanvasSandbox(canvas_roster, quizzes=book) as box:
+        config = canvas_config(box, tmp_path, "api", exams="count_overrides = true\n")
+        canvas_run(config)
+        rows = {r["source_id"]: r for r in json.loads(syncd(config, "exams", "stateu", "--json").stdout)}
+        counts = expected_override_counts(book)
+        synced = [k for k, r in rows.items() if r["state"] == "synced"]
+        assert synced and {k: rows[k]["overrides"] for k in synced} == {k: counts[k] for k in synced}
+        assert any(rows[k]["overrides"] for k in synced)
+        assert "accommodations" in syncd(config, "exams", "stateu").stdout

@@ -129,7 +129,8 @@ class CanvasSource:
         zone = ZoneInfo(self.time_zone) if self.time_zone else None
 
         def chain(course_id: str, window: CourseWindow) -> Callable[[], Iterator[list[Any]]]:
-            return lambda: canvas_exams.course_exams(reader, course_id, window, config, zone)
+            return lambda: canvas_exams.course_exams(reader, course_id, window, config, zone,
+                                                     count_overrides=config.count_overrides)
 
         return [chain(c, CourseWindow(start, end)) for c, (start, end) in windows.items()]
 
