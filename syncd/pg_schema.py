@@ -113,6 +113,29 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
+# m005 re-hashed SQLite's acknowledged bodies over their canonical JSON; a PostgreSQL store only
+# ever receives state copied from an upgraded SQLite file, or hashes with model.body_hash itself.
+M005 = "SELECT 1;"
+
+# Exams (SPEC §7): syncd/store/exams.py's SCHEMA and PLAN_COLUMN, bodies as JSONB.
+M007 = """
+CREATE UNLOGGED TABLE stage_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, title TEXT, description TEXT, practice INTEGER,
+    published INTEGER, url TEXT, open_at TEXT, close_at TEXT, duration_min INTEGER, password_digest TEXT,
+    attempts INTEGER, override_count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, source_id));
+CREATE UNLOGGED TABLE desired_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, body JSONB, hash TEXT, change TEXT,
+    PRIMARY KEY (tenant, source_id));
+CREATE INDEX desired_exams_by_course ON desired_exams (tenant, course_id, change);
+CREATE TABLE acked_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, sid TEXT, configuration_sid TEXT, hash TEXT, body JSONB,
+    acked_at TEXT, removed_at TEXT, deleted_at TEXT,
+    PRIMARY KEY (tenant, source_id));
+ALTER TABLE plan_calls ADD COLUMN exam_id TEXT;
+CREATE INDEX plan_calls_by_exam ON plan_calls (tenant, exam_id);
+"""
+
 # In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -120,10 +143,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m003_safety", M003),
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
+    ("m005_canonical_hashes", M005),
+    ("m007_exams", M007),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
-STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments",
+STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments", "acked_exams",
                 "pending_removals", "held", "approvals", "escrow")
 JSONB_COLUMNS = {"body", "key"}
 
