@@ -153,6 +153,20 @@ def m004_plan_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_alerts(db: sqlite_utils.Database) -> None:
+    """The last state alerted per tenant and topic (syncd.alerts: one message per change, across
+    restarts), and the row /healthz writes to prove the store takes a write."""
+    db.executescript(
+        """
+        CREATE TABLE alert_state (
+            tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, topic)) WITHOUT ROWID;
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+        """
+    )
+
+
 # Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
 ESCROW_DELAYS_H = (1, 6, 24)
 
