@@ -43,7 +43,10 @@ SYNC, CREDENTIAL, GG4L = "sync", "credential", "gg4l"
 # Tries per channel and the pause before each retry.
 RETRY_DELAYS_S = (2.0, 10.0)
 QUEUE_LIMIT = 1000  # messages waiting; beyond, new ones are dropped (and logged), never blocking a run
-AUTH_FAILURES = ("source authorization failed", "the target refused the token", "reauthoriz")
+# A failed run's message that says a credential was refused (not a network fault): the admin
+# must act, and says so differently than for an outage.
+AUTH_FAILURES = ("the target refused the token", "http 401", "http 403", "syncd auth", "invalid_client",
+                 "invalid_grant")
 
 TITLES = {
     "held": "{tenant} is held: a safety threshold stopped changes",

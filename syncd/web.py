@@ -90,7 +90,8 @@ class App:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
                    ("Cache-Control", "no-store"), *response.headers]
         start_response(f"{response.status} {REASONS.get(response.status, 'Unknown')}", headers)
-        level = "debug" if response.status < 400 else ("warning" if response.status >= 500 else "info")
+        # Debug below 500: a flood of bad requests must not become a flood of log lines.
+        level = "warning" if response.status >= 500 else "debug"
         getattr(log, level)("http.request", method=method[:16], path=path[:200], status=response.status,
                             remote=environ.get("REMOTE_ADDR"))
         return [] if method == "HEAD" else [response.body]
