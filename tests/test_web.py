@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -135,6 +136,9 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert value(m2, "syncd_source_requests_total", tenant="lincoln") \
         == 2 * value(m, "syncd_source_requests_total", tenant="lincoln")
     assert value(m2, "syncd_last_success_timestamp_seconds", tenant="lincoln") > last_success
+    dashboard = (Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text()
+    used = set(re.findall(r"syncd_[a-z_]+", dashboard))
+    assert used and used <= {name for name, _ in m2}, used - {name for name, _ in m2}
     assert daemon.stop() == 0
 
     # A restart: counters start again, what is state comes from the store.
