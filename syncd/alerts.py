@@ -5,7 +5,12 @@ A tenant's state is kept per *topic*, so that independent facts do not cancel ea
 - ``sync`` (set by the daemon after each real run): ``ok``, ``held``, ``failed``, ``degraded``
   (``safety.degraded_after`` failed runs in a row), ``credential_refused``;
 - ``credential``: ``ok`` / ``expiring`` (a credential's known end is near);
-- ``gg4l``: ``ok`` / ``expiring`` / ``revoked`` (a district's lifecycle; helper code in ``syncd.gg4l``).
+- ``gg4l``: ``ok`` / ``expiring`` / ``revoked`` (a district's lifecycle).
+
+Code outside a run (GG4L discovery, a credential check) reports through the running daemon's
+dispatcher: ``daemon.alerts.notify_state("gg4l-abc", "revoked", "absent from 3 discoveries",
+topic=alerts.GG4L)``, and ``notify_state(tenant, alerts.OK, "listed again", topic=alerts.GG4L)`` when it
+is over (the "recovered" message).
 
 :func:`notify_state` compares the new state with the last one alerted for (tenant, topic), kept
 in the state store (table ``alert_state``), and queues one message only when it changed: a tenant

@@ -230,7 +230,8 @@ class Daemon:
         try:
             if self.metrics is not None:
                 self.metrics.observe(tenant.name, summary, probe)
-            if self.config.alerts.urls:
+            # A run cut short by SIGTERM says nothing about the tenant: no "failed" then "recovered".
+            if self.config.alerts.urls and not self.stopping.is_set():
                 last = store.runs(tenant.name, limit=1)
                 message = last[0]["message"] if last else None
                 self.alerts.after_run(tenant.name, summary, message, store.failed_in_a_row(tenant.name),

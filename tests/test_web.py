@@ -155,6 +155,22 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert again.stop() == 0
 
 
+def test_the_listener_keeps_serving_across_a_reload(sandbox, tmp_path, start_daemon):
+    port = free_port()
+    config = with_listener(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), port)
+    daemon = start_daemon(config)
+    wait_healthy(daemon, port)
+    daemon.wait_for(lambda: value(scrape(port), "syncd_runs_total", tenant="lincoln", status="completed") == 1,
+                    what="the first run in /metrics")
+    config.write_text(config.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"))
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: daemon.has("daemon.reloaded"), what="the reload")
+    assert daemon.has("daemon.http_unchanged")  # a new address takes effect on restart
+    assert get(port, "/healthz")[0] == 200
+    assert value(scrape(port), "syncd_runs_total", tenant="lincoln", status="completed") == 1  # same process
+    assert daemon.stop() == 0
+
+
 def test_healthz_is_503_with_the_reason_while_the_store_cannot_take_a_write(sandbox, tmp_path, start_daemon):
     port = free_port()
     config = with_listener(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), port)
