@@ -327,3 +327,45 @@ def test_a_bare_port_listens_on_loopback_and_secret_alert_urls_are_never_shown(s
     assert (parsed.daemon.http.host, parsed.daemon.http.port) == ("127.0.0.1", 8470)
     assert parsed.alerts.urls == (secret,) and parsed.alerts.digest == (7, 0)
     assert secret in parsed.secrets and secret not in repr(parsed)
+
+
+def test_a_registered_handler_gets_the_request_and_errors_stay_inside():
+    """The contract other endpoints (the GG4L webhook) rely on: one register() line."""
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from syncd import web
+
+    seen: list[web.Request] = []
+
+    def echo(request: web.Request) -> web.Response:
+        seen.append(request)
+        if request.query.get("fail"):
+            raise RuntimeError("secret-ish internal detail")
+        return web.json_response(200, {"got": len(request.body)})
+
+    def call(method: str, path: str, body: bytes = b"", query: str = "", **headers: str) -> tuple[str, dict, bytes]:
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+                   "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json",
+                   "wsgi.input": io.BytesIO(body), **{f"HTTP_{k.upper()}": v for k, v in headers.items()}}
+        setup_testing_defaults(environ)
+        answer: dict = {}
+        chunks = app(environ, lambda status, hs: answer.update(status=status, headers=dict(hs)))
+        return answer["status"], answer["headers"], b"".join(chunks)
+
+    app = web.App(context="the daemon", max_body_bytes=64)
+    web.register("POST", "/test/echo", echo)
+    try:
+        status, _, body = call("POST", "/test/echo", b'{"districtGUID": "x"}', "a=1&a=2", x_syncd_key="k")
+        assert status == "200 OK" and json.loads(body) == {"got": 21}
+        request = seen[-1]
+        assert request.context == "the daemon" and request.query == {"a": ["1", "2"]}
+        assert request.headers["x-syncd-key"] == "k" and request.headers["content-type"] == "application/json"
+        status, headers, _ = call("GET", "/test/echo")
+        assert status.startswith("405") and headers["Allow"] == "POST"
+        status, _, body = call("POST", "/test/echo", b"x" * 65)
+        assert status.startswith("413") and len(seen) == 1  # the handler never saw it
+        status, _, body = call("POST", "/test/echo", query="fail=1")
+        assert status.startswith("500") and b"secret-ish" not in body
+    finally:
+        web.ROUTES.pop(("POST", "/test/echo"))
