@@ -105,9 +105,12 @@ def free_port() -> int:
 def scrape_forever(port: int, stop: threading.Event, counts: dict[str, int]) -> None:
     while not stop.wait(5.0):
         for path in ("/metrics", "/healthz"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-                response.read()
-            counts[path] = counts.get(path, 0) + 1
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                    response.read()
+                counts[path] = counts.get(path, 0) + 1
+            except OSError as exc:  # a 503 is an answer too; count it, keep scraping
+                counts[f"{path} {exc}"] = counts.get(f"{path} {exc}", 0) + 1
 
 
 def main() -> None:
@@ -159,7 +162,8 @@ def main() -> None:
         "",
         f"`bench/overhead.py{' --quick' if args.quick else ''}`: {users:,} users, {classes:,} classes, "
         f"{enrollments:,} enrollments; no-change resync, {args.rounds} runs each, interleaved off/on/on/off; "
-        f"/metrics and /healthz scraped every 5 s during the runs ({scrapes.get('/metrics', 0)} scrapes).",
+        f"/metrics and /healthz scraped every 5 s during the runs ({scrapes.get('/metrics', 0)} scrapes"
+        f"{'; failures: ' + str({k: v for k, v in scrapes.items() if ' ' in k}) if len(scrapes) > 2 else ''}).",
         "",
         "| daemon | median | min | max |",
         "| --- | --- | --- | --- |",

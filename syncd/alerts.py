@@ -132,6 +132,12 @@ class Alerts:
     def _swap_state(self, tenant: str, topic: str, state: str, detail: str) -> tuple[str, str] | None:
         conn = sqlite3.connect(self.path, timeout=60)
         try:
+            # The common case, the same state as last time, is one read and no write lock.
+            row = conn.execute("SELECT state, changed_at FROM alert_state WHERE tenant = ? AND topic = ?",
+                               (tenant, topic)).fetchone()
+            if row and row[0] == state:
+                return row[0], row[1]
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute("SELECT state, changed_at FROM alert_state WHERE tenant = ? AND topic = ?",
                                (tenant, topic)).fetchone()

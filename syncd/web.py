@@ -183,35 +183,42 @@ def healthz(request: Request) -> Response:
     """200 while the scheduler runs and the store takes a write; 503 with the reasons otherwise."""
     daemon = request.context
     problems = list(daemon.health_problems())
-    problem = store_write_problem(daemon.config.daemon.state_dir)
+    store, problem = store_write_check(daemon.config.daemon.state_dir)
     if problem:
         problems.append(problem)
-    body: dict[str, Any] = {"status": "ok" if not problems else "unavailable",
+    body: dict[str, Any] = {"status": "ok" if not problems else "unavailable", "store": store,
                             "running": sorted(daemon.running), "tenants": len(daemon.config.tenants)}
     if problems:
         body["problems"] = problems
     return json_response(503 if problems else 200, body)
 
 
-def store_write_problem(state_dir: Path) -> str | None:
-    """None when one small write transaction on the state store commits within a short wait."""
+def store_write_check(state_dir: Path) -> tuple[str, str | None]:
+    """("writable", None) when one small write transaction commits; ("busy", None) when another
+    writer holds the lock (a run staging a page, a CLI sync: the store works, someone is using it);
+    ("failed", why) when SQLite refuses the write (read-only, disk full, I/O error, corrupt file)."""
     path = state_dir / "syncd.db"
     if not path.exists():
-        return f"state store {path} does not exist"
+        return "failed", f"state store {path} does not exist"
     try:
         conn = sqlite3.connect(path, timeout=HEALTH_LOCK_TIMEOUT_S)
     except sqlite3.Error as exc:
-        return f"state store cannot be opened: {exc}"
+        return "failed", f"state store cannot be opened: {exc}"
     try:
+        conn.execute("PRAGMA synchronous=NORMAL")  # as the store itself: WAL, no fsync per commit
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
                      "ON CONFLICT (id) DO UPDATE SET at = excluded.at")
         conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return "busy", None
+        return "failed", f"state store is not writable: {exc}"
     except sqlite3.Error as exc:
-        return f"state store is not writable: {exc}"
+        return "failed", f"state store is not writable: {exc}"
     finally:
         conn.close()
-    return None
+    return "writable", None
 
 
 def metrics_endpoint(request: Request) -> Response:

@@ -127,6 +127,7 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert abs(last_success - time.time()) < 120
 
     # SIGUSR1: a second run, with nothing to change: runs move, calls do not.
+    daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first job to end")
     daemon.process.send_signal(signal.SIGUSR1)
     daemon.wait_for(lambda: value(scrape(port), "syncd_runs_total", tenant="lincoln", status="completed") == 2,
                     what="the second run in /metrics")
@@ -175,19 +176,32 @@ def test_healthz_is_503_with_the_reason_while_the_store_cannot_take_a_write(sand
     port = free_port()
     config = with_listener(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), port)
     daemon = start_daemon(config)
-    wait_healthy(daemon, port)
-    daemon.wait_for(lambda: finished(tmp_path / "state"), what="the first run")
-    blocker = sqlite3.connect(tmp_path / "state" / "syncd.db", timeout=1)
-    blocker.execute("BEGIN EXCLUSIVE")  # a stuck writer: nothing else can write
+    assert wait_healthy(daemon, port)["store"] == "writable"
+    daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first run")
+    db = tmp_path / "state" / "syncd.db"
+
+    # Another writer holding the lock (a long run, a CLI sync) is use, not failure.
+    blocker = sqlite3.connect(db, timeout=1)
+    blocker.execute("BEGIN EXCLUSIVE")
     try:
         status, _, body = get(port, "/healthz")
     finally:
         blocker.rollback()
         blocker.close()
+    assert status == 200 and json.loads(body)["store"] == "busy"
+
+    # A store that refuses writes (here SQLite raises an I/O error on the write, as a full or
+    # read-only disk would) is a 503 that says why. (Tests run as root: chmod cannot do it.)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON heartbeat BEGIN "
+                     "SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END")
+    status, _, body = get(port, "/healthz")
     assert status == 503
     answer = json.loads(body)
-    assert answer["status"] == "unavailable"
-    assert any("not writable" in p and "locked" in p for p in answer["problems"])
+    assert answer["status"] == "unavailable" and answer["store"] == "failed"
+    assert answer["problems"] == ["state store is not writable: disk I/O error (simulated)"]
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse")
     assert get(port, "/healthz")[0] == 200
     assert daemon.stop() == 0
 
