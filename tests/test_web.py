@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import syncd
 from prometheus_client.parser import text_string_to_metric_families
+from test_alerts import run_now
 from test_daemon import Daemon, finished
 
 from syncd.sandbox import Roster, Sandbox
@@ -127,8 +128,7 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert abs(last_success - time.time()) < 120
 
     # SIGUSR1: a second run, with nothing to change: runs move, calls do not.
-    daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first job to end")
-    daemon.process.send_signal(signal.SIGUSR1)
+    run_now(daemon, 2)
     daemon.wait_for(lambda: value(scrape(port), "syncd_runs_total", tenant="lincoln", status="completed") == 2,
                     what="the second run in /metrics")
     m2 = scrape(port)
