@@ -9,12 +9,14 @@ Adding an endpoint is one line::
 
     web.register("POST", "/webhooks/gg4l", gg4l.handle_webhook)
 
-A handler is ``handler(request: web.Request) -> web.Response``. ``request.context`` is the running
-daemon (``syncd.daemon.Daemon``: ``.config``, ``.trigger(...)``-style methods); ``request.body`` is
-the whole body as bytes (already capped); ``request.query`` maps each parameter to its values;
-``request.headers`` has lower-case names. A handler must answer fast (it runs on one of
-``threads`` workers): queue slow work for a daemon thread. An exception becomes a 500 and one
-``http.handler_failed`` log line; the message is never sent to the client.
+A handler is ``handler(request: web.Request) -> web.Response`` (``web.json_response(status, dict)``
+builds the usual one). ``request.context`` is the running daemon (``syncd.daemon.Daemon``:
+``.config``, ``.alerts``, ``.scheduler``, ``.running``); ``request.body`` is the whole body as bytes
+(already capped at ``max_body_bytes``); ``request.query`` maps each parameter to its values;
+``request.headers`` has lower-case names; ``request.remote`` is the peer address. A handler must
+answer fast (it runs on one of ``threads`` workers): hand slow work to a daemon thread or a
+scheduler job. An exception becomes a 500 and one ``http.handler_failed`` log line; its message is
+never sent to the client. Routes are exact paths: no patterns, no trailing-slash folding.
 """
 
 from __future__ import annotations
