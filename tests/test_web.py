@@ -153,6 +153,17 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert value(m3, "syncd_records", tenant="lincoln", entity="user", state="synced") == acked(state, "acked_users")
     assert value(m3, "syncd_last_success_timestamp_seconds", tenant="lincoln") \
         == value(m2, "syncd_last_success_timestamp_seconds", tenant="lincoln")
+
+    # A sync from the CLI, beside the daemon, shows in the state read at the next scrape.
+    made = sandbox.roster.mutate(seed=4, fraction=0.05)
+    assert syncd(config, "sync", "lincoln").returncode == 0
+    m4 = scrape(port)
+    assert value(m4, "syncd_records", tenant="lincoln", entity="enrollment", state="synced") \
+        == acked(state, "acked_enrollments") \
+        == value(m3, "syncd_records", tenant="lincoln", entity="enrollment", state="synced") \
+        + made["new_enrollments"] - made["dropped"]
+    assert value(m4, "syncd_records", tenant="lincoln", entity="enrollment", state="removed") == made["dropped"] > 0
+    assert value(m4, "syncd_runs_total", tenant="lincoln", status="completed") == 0  # not the daemon's run
     assert again.stop() == 0
 
 
