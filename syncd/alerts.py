@@ -100,8 +100,9 @@ class Alerts:
         if status == "held":
             reasons = "; ".join(summary.get("held_because", [])) if summary else ""
             run = summary["run_id"] if summary else ""
-            return self.notify_state(tenant, "held", f"{reasons}\nRelease once with: syncd approve {tenant} "
-                                                     f"--run {run}" if run else reasons)
+            # Later runs stay held (and may hold more) until approved: point at the latest, not this one.
+            return self.notify_state(tenant, "held", f"{reasons} (run {run}).\nReview with: syncd sync {tenant} "
+                                                     f"--dry-run\nRelease once with: syncd approve {tenant}")
         if status == "failed":
             detail = message or "the run failed"
             if any(marker in detail.lower() for marker in AUTH_FAILURES):

@@ -214,7 +214,7 @@ def test_held_and_credential_states_alert_once_each_across_restarts(tmp_path, ho
     assert sent == [True, False, True, False, True, False]
     assert hook.titles() == ["syncd: lincoln is held: a safety threshold stopped changes",
                              "syncd: lincoln: credentials refused", "syncd: lincoln recovered"]
-    assert "syncd approve lincoln --run r1" in hook.received[0]["message"]
+    assert "(run r1)" in hook.received[0]["message"] and "syncd approve lincoln" in hook.received[0]["message"]
 
     # Another topic (a GG4L district's lifecycle) does not disturb the sync state.
     dispatcher = fresh()
@@ -286,4 +286,32 @@ def test_the_daemon_schedules_the_digest(sandbox, tmp_path, hook, start_daemon):
     daemon.wait_for(lambda: daemon.has("alerts.digest_scheduled"), what="the digest job")
     scheduled = next(e for e in daemon.events() if e["event"] == "alerts.digest_scheduled")
     assert scheduled["at"] == "07:00" and scheduled["time_zone"] == "America/Chicago"
+    assert daemon.stop() == 0
+
+
+def test_a_held_tenant_alerts_once_with_the_approve_command_then_recovers(sandbox, tmp_path, hook, start_daemon):
+    state = tmp_path / "state"
+    config = with_alerts(sandbox.write_config(tmp_path / "syncd.toml", state), hook.url)
+    daemon = start_daemon(config)
+    daemon.wait_for(lambda: jobs_done(daemon) == 1, what="the first run")
+    made = sandbox.roster.mutate(seed=9, fraction=0.4)  # drops a fifth of the enrollments: over 10 %
+    assert made["dropped"] > 0
+    run_now(daemon, 2)
+    run_now(daemon, 3)  # held again: the same state, no second message
+    assert [r["status"] for r in finished(state)] == ["completed", "held", "held"]
+    wait(lambda: len(hook.received) == 1, what="the held message")
+    held = hook.received[0]
+    assert held["title"] == "syncd: lincoln is held: a safety threshold stopped changes"
+    last_run = finished(state)[-1]["run_id"]
+    assert "enrollments removals held" in held["message"]
+    assert f"(run {finished(state)[1]['run_id']})" in held["message"]  # the run that changed the state
+    assert held["message"].endswith("Release once with: syncd approve lincoln")  # the latest held run
+    approved = syncd(config, "approve", "lincoln")
+    assert approved.returncode == 0 and f"approved run {last_run}" in approved.stdout
+    run_now(daemon, 4)
+    assert finished(state)[-1]["status"] == "completed"
+    wait(lambda: len(hook.received) == 2, what="the recovery")
+    assert hook.titles()[1] == "syncd: lincoln recovered" and "It was held since" in hook.received[1]["message"]
+    time.sleep(0.5)
+    assert len(hook.received) == 2
     assert daemon.stop() == 0
