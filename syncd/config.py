@@ -258,6 +258,22 @@ def listen_address(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _apprise_accepts(url: str) -> bool:
+    """Whether Apprise can build a channel from ``url``; its own log lines (which may quote the URL,
+    a secret) are silenced meanwhile."""
+    import logging
+
+    import apprise
+
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return apprise.Apprise.instantiate(url) is not None
+    finally:
+        logger.setLevel(level)
+
+
 ALERT_KEYS = {"urls", "digest", "time_zone"}
 DIGEST_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -274,6 +290,9 @@ def _alerts(checker: _Checker, body: dict[str, Any]) -> AlertsConfig:
         elif url and "://" not in url:
             checker.error(key, "must be an Apprise URL such as mailtos://… or json://… (the value is not shown)")
         elif url:
+            if not _apprise_accepts(url):
+                checker.error(key, "Apprise cannot use this URL: unknown service or missing parts "
+                                   "(the value is not shown; see the Apprise wiki for its form)")
             urls.append(url)
     digest = None
     text = checker.get(body, "alerts.digest", str, None)

@@ -323,6 +323,7 @@ def test_a_port_already_taken_is_a_clear_error_and_nothing_runs(sandbox, tmp_pat
     ('[alerts]\nurls = ["env:SYNCD_TEST_UNSET_ALERT"]\n', "alerts.urls[0]: environment variable SYNCD_TEST_UNSET"),
     ('[alerts]\nurls = ["not a url"]\n', "alerts.urls[0]: must be an Apprise URL"),
     ('[alerts]\nurls = [3]\n', "alerts.urls[0]: must be a string"),
+    ('[alerts]\nurls = ["json://127.0.0.1:9/", "slack://not-enough-parts"]\n', "alerts.urls[1]: Apprise cannot use"),
     ('[alerts]\ndigest = "7am"\n', 'alerts.digest: must be a time of day HH:MM'),
     ('[alerts]\ntime_zone = "Mars/Olympus"\n', "alerts.time_zone: unknown time zone"),
     ('[alerts]\nemail = "x"\n', "alerts.email: unknown key"),
