@@ -113,6 +113,13 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
+M008 = """
+CREATE TABLE alert_state (
+    tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, topic));
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -120,6 +127,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m003_safety", M003),
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
+    ("m008_alerts", M008),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
