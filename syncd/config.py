@@ -86,10 +86,13 @@ class SourceConfig:
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
     version: str = "1.1"
+    auth: str = ""  # OneRoster: "oauth1" | "oauth2"; "" picks by version (1.1: oauth1, 1.2: oauth2)
     token_url: str = ""
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
+    # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
+    privacy_shield: bool = False
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
