@@ -13,16 +13,19 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
+from conftest import syncd
 from test_daemon import Daemon
 from test_web import free_port, get
 
 from syncd.gg4l import tenant_name
 from syncd.sandbox import Roster, expected_mapping
-from syncd.sandbox.gg4l import Gg4lSandbox, send_webhook
+from syncd.sandbox.gg4l import WEBHOOK_KEY, Gg4lSandbox, send_webhook
 
 ROLES = {"student": "learner", "teacher": "instructor"}
 G1 = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
@@ -177,3 +180,189 @@ def test_webhook_discovery_first_sync_then_a_resync_sending_nothing(gg4l):
     assert len(finished_runs(setup.state, T1)) == 2
     assert daemon.stop() == 0
     assert query(setup.state, "SELECT count(*) FROM districts") == [(1,)]
+
+
+def discoveries(daemon: Daemon) -> int:
+    return sum(e["event"] == "gg4l.discovered" for e in daemon.events())
+
+
+def discover(setup: Setup, daemon: Daemon, guid: str = G1) -> None:
+    """A webhook, then the discovery it triggers (the trigger keeps discoveries 2 s apart)."""
+    before = discoveries(daemon)
+    assert setup.hook(guid) == 200
+    wait(lambda: discoveries(daemon) > before, what="a discovery", daemon=daemon)
+
+
+# --- hostile and repeated webhooks ------------------------------------------------------------
+
+
+def test_bad_webhooks_are_refused_and_duplicates_create_nothing_twice(gg4l):
+    setup = gg4l()
+    box = setup.box
+    box.gg4l.add_district(G1, roster(12))
+    daemon = setup.start()
+    assert setup.hook(G1, headers={"X-Syncd-Key": "wrong-key-0000000000000"}) == 401
+    assert setup.hook(G1, headers={}) == 401
+    bad = send_webhook(setup.url, G1, body=b"{not json", headers={"X-Syncd-Key": WEBHOOK_KEY,
+                                                                   "Content-Type": "application/json"})
+    assert bad.status == 400
+    assert setup.hook("not a guid!") == 400
+    assert send_webhook(setup.url, G1, body=b"x" * (17 * 1024)).status == 413
+    assert requests.get(setup.url, timeout=5).status_code == 405
+    assert setup.hook("aaaaaaaa-0000-0000-0000-000000000000") == 200  # never listed: recorded, no tenant
+    assert setup.hook(G2, mode="test") == 200  # test mode: a connectivity check, no tenant, no target call
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(lambda _: setup.hook(G1), range(50)))
+    assert statuses == [200] * 50
+    wait(lambda: finished_runs(setup.state, T1), what="the first sync", daemon=daemon)
+    box.gg4l.add_district(G2, roster(13))  # GG4L lists the test-mode district only after its webhook
+    discover(setup, daemon)  # after the burst, one more discovery: still one of each
+    assert query(setup.state, "SELECT tenant, count(*) FROM districts GROUP BY tenant ORDER BY tenant") == \
+        sorted([(T2, 1), (T1, 1)])
+    assert district_state(setup.state, T2) == "recorded"
+    assert finished_runs(setup.state, T2) == []
+    outcomes = dict(query(setup.state, "SELECT guid_key, outcome FROM district_webhooks WHERE mode = 'standard'"))
+    assert outcomes["aaaaaaaa-0000-0000-0000-000000000000"] == "not_listed"
+    assert query(setup.state, "SELECT deliveries FROM district_webhooks WHERE guid_key = ? AND mode = 'standard'",
+                 G1.lower())[0][0] >= 51
+    assert len(finished_runs(setup.state, T1)) == 1
+    assert box.provision.duplicates() == 0
+    assert box.provision.snapshot() == expected_mapping(box.gg4l.districts[G1].roster, ROLES)
+    assert daemon.stop() == 0
+
+
+# --- a district's life: rotation, expiry, revocation, purge, restore ------------------------
+
+
+def test_rotation_expiry_revocation_purge_and_restore_with_the_old_sids(gg4l):
+    setup = gg4l()
+    box, state = setup.box, setup.state
+    district = box.gg4l.add_district(G1, roster(14))
+    daemon = setup.start()
+    wait(lambda: finished_runs(state, T1), what="the first sync", daemon=daemon)  # discovery at start
+    before = sids(state, T1)
+    assert before and all(before.values())
+    expected = expected_mapping(district.roster, ROLES)
+    assert box.provision.snapshot() == expected
+
+    # A rotated secret: the old one no longer gets a token; the next run uses the new one.
+    district.rotate_secret()
+    district.data_ts = datetime.now(UTC)
+    discover(setup, daemon)
+    assert setup.run_now(daemon, T1, 1)["status"] == "completed"
+
+    # Expired: not synced, nothing removed.
+    wait(lambda: done(daemon) == 2, what="the second run's end", daemon=daemon)
+    district.expiry = datetime.now(UTC) - timedelta(seconds=1)
+    district.data_ts = datetime.now(UTC)
+    discover(setup, daemon)
+    assert district_state(state, T1) == "expired"
+    daemon.process.send_signal(signal.SIGUSR1)  # no district job left to run
+    time.sleep(1.0)
+    assert len(finished_runs(state, T1)) == 2
+    assert box.provision.snapshot() == expected
+    assert query(state, "SELECT count(*) FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL", T1) == [(0,)]
+
+    # Extended, then gone from the list: missing for 3 polls and 3 hours (time moved in the store).
+    district.expiry = datetime.now(UTC) + timedelta(days=365)
+    discover(setup, daemon)
+    assert district_state(state, T1) == "active"
+    district.listed = False
+    discover(setup, daemon)
+    assert district_state(state, T1) == "missing"
+    move(state, "first_missing_at", hours=4)
+    discover(setup, daemon)
+    discover(setup, daemon)
+    assert district_state(state, T1) == "revoked"
+    assert any(e["event"] == "gg4l.district_revoked" for e in daemon.events())
+    assert box.provision.snapshot() == expected  # nothing removed in the target
+
+    # purge_after_days after revocation: the local roster goes, keys and sids stay.
+    move(state, "revoked_at", days=31)
+    discover(setup, daemon)
+    assert district_state(state, T1) == "purged"
+    for table in ("stage_users", "desired_users", "desired_enrollments", "stage_enrollments"):
+        assert query(state, f"SELECT count(*) FROM {table} WHERE tenant = ?", T1) == [(0,)], table
+    assert query(state, "SELECT count(*) FROM acked_users WHERE tenant = ? AND body != '{}'", T1) == [(0,)]
+    assert sids(state, T1) == before
+    assert query(state, "SELECT count(*) FROM runs WHERE tenant = ?", T1) == [(2,)]  # the audit stays
+
+    # Listed again: restored, and its first sync keeps every old sid (no duplicate in the target).
+    district.listed = True
+    district.data_ts = datetime.now(UTC)
+    discover(setup, daemon)
+    assert district_state(state, T1) == "active"
+    restored = setup.run_now(daemon, T1, 2)
+    assert restored["status"] == "completed", restored
+    assert sids(state, T1) == before
+    assert box.provision.duplicates() == 0
+    assert box.provision.snapshot() == expected
+    assert query(state, "SELECT count(*) FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL", T1) == [(0,)]
+    assert daemon.stop() == 0
+    assert_no_secret(setup, [district.client_secret])
+
+
+def move(state: Path, column: str, **back: float) -> None:
+    """Move a district's timestamp into the past, as if that much time had gone by."""
+    stamp = (datetime.now(UTC) - timedelta(**back)).isoformat()
+    with sqlite3.connect(state / "syncd.db", timeout=10) as conn:
+        conn.execute(f"UPDATE districts SET {column} = ?", (stamp,))
+
+
+def assert_no_secret(setup: Setup, extra: list[str]) -> None:
+    """No client secret (Partner or district) in the daemon's log or any state file."""
+    secrets = [setup.box.gg4l.client_secret, *extra,
+               *(d.client_secret for d in setup.box.gg4l.districts.values())]
+    texts = [d.log_path.read_bytes() for d in setup.daemons]
+    texts += [p.read_bytes() for p in setup.state.rglob("*") if p.is_file()]
+    for secret in secrets:
+        assert all(secret.encode() not in text for text in texts), "a client secret leaked"
+
+
+# --- side by side, the CLI, Privacy Shield ----------------------------------------------------
+
+
+def test_static_and_district_tenants_side_by_side_sync_status_and_no_secret(gg4l, sandbox):
+    setup = gg4l(static="\n" + sandbox.tenant_toml())
+    box, state = setup.box, setup.state
+    shielded = box.gg4l.add_district(G1, roster(15), privacy_shield=True, email_mode="random_each")
+    box.gg4l.add_district(G2, roster(16))
+    daemon = setup.start()
+    wait(lambda: finished_runs(state, "lincoln") and finished_runs(state, T1) and finished_runs(state, T2),
+         what="the static tenant and both districts", daemon=daemon)
+    assert all(r["status"] == "completed" for t in ("lincoln", T1, T2) for r in finished_runs(state, t))
+    # Privacy Shield: masked names are data, random e-mails are none; a resync sends nothing.
+    assert query(state, "SELECT count(*) FROM acked_users WHERE tenant = ? AND body LIKE '%@gg4l.com%'", T1) == [(0,)]
+    shielded.data_ts = datetime.now(UTC)
+    discover(setup, daemon)
+    wait(lambda: done(daemon) >= 3, what="three runs", daemon=daemon)
+    resync = setup.run_now(daemon, T1, 1)
+    assert resync["status"] == "completed" and resync["calls"] == 0, resync
+    # SIGHUP keeps both kinds of tenant.
+    daemon.process.send_signal(signal.SIGHUP)
+    wait(lambda: any(e["event"] == "daemon.reloaded" for e in daemon.events()), what="the reload", daemon=daemon)
+    wait(lambda: done(daemon) >= 4, what="the resync's end", daemon=daemon)
+    assert daemon.stop() == 0
+
+    # `syncd sync gg4l-…` like any tenant (its secret from a discovery of its own), --dry-run too.
+    box.gg4l.districts[G2].data_ts = datetime.now(UTC)
+    result = syncd(setup.config, "sync", T2, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["calls"] == 0
+    unknown = syncd(setup.config, "sync", "gg4l-nosuchdistrict")
+    assert unknown.returncode == 2 and "unknown tenant" in unknown.stderr
+    box.gg4l.districts[G2].expiry = datetime.now(UTC) - timedelta(seconds=1)
+    expired = syncd(setup.config, "sync", T2)
+    assert expired.returncode == 1 and f"{T2} is expired" in expired.stderr, expired.stderr[-2000:]
+    # `syncd status`: both kinds, the districts with their state and expiry.
+    status = syncd(setup.config, "status")
+    assert status.returncode == 0
+    assert "lincoln:" in status.stdout and f"{T1}: GG4L district" in status.stdout and "ACTIVE" in status.stdout
+    assert f"{T2}: GG4L district" in status.stdout and "EXPIRED" in status.stdout
+    rows = json.loads(syncd(setup.config, "status", "--json").stdout)
+    assert {r["tenant"] for r in rows} == {"lincoln", T1, T2}
+    assert all(r["expiry"] for r in rows if r.get("origin") == "gg4l")
+    outputs = [result.stdout, result.stderr, status.stdout, status.stderr, expired.stderr]
+    for secret in [box.gg4l.client_secret, *(d.client_secret for d in box.gg4l.districts.values())]:
+        assert all(secret not in text for text in outputs)
+    assert_no_secret(setup, [])
