@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import syncd
+from test_alerts import hook, with_alerts  # noqa: F401 - hook is a fixture
 from test_daemon import Daemon
 from test_web import free_port, get
 
@@ -366,3 +367,29 @@ def test_static_and_district_tenants_side_by_side_sync_status_and_no_secret(gg4l
     for secret in [box.gg4l.client_secret, *(d.client_secret for d in box.gg4l.districts.values())]:
         assert all(secret not in text for text in outputs)
     assert_no_secret(setup, [])
+
+
+# --- dry-run districts and the alerts ---------------------------------------------------------
+
+
+def test_a_dry_run_district_expiring_soon_is_alerted_once_and_changes_nothing(gg4l, hook):  # noqa: F811
+    setup = gg4l(on_new_district="dry_run")
+    with_alerts(setup.config, hook.url)
+    box, state = setup.box, setup.state
+    box.gg4l.add_district(G1, roster(17), expires_in=timedelta(days=10))
+    daemon = setup.start()
+    wait(lambda: finished_runs(state, T1), what="the dry run", daemon=daemon)
+    run = finished_runs(state, T1)[0]
+    assert run["dry_run"] and run["status"] == "completed", run
+    assert box.provision.snapshot() == {"courses": {}, "users": {}, "enrollments": {}}
+    assert district_state(state, T1) == "expiring"
+    discover(setup, daemon)
+    discover(setup, daemon)
+    wait(lambda: hook.received, what="the expiring alert")
+    time.sleep(1.0)  # a repeat would have arrived by now
+    assert hook.titles() == [f"syncd: {T1}: gg4l expiring soon"]
+    assert "Still syncing" in hook.received[0]["message"]
+    expiring = [e for e in daemon.events() if e["event"].startswith("gg4l.district_")
+                and "expiring" in (e.get("state"), e.get("to"))]
+    assert len(expiring) == 1 and expiring[0]["level"] == "warning", expiring  # logged once, as a warning
+    assert daemon.stop() == 0
