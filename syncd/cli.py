@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
-    demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
+    demo.add_argument("--source", choices=("oneroster", "canvas", "gg4l"), default="oneroster")
     demo.set_defaults(handler=cmd_demo)
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 

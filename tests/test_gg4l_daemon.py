@@ -393,3 +393,20 @@ def test_a_dry_run_district_expiring_soon_is_alerted_once_and_changes_nothing(gg
                 and "expiring" in (e.get("state"), e.get("to"))]
     assert len(expiring) == 1 and expiring[0]["level"] == "warning", expiring  # logged once, as a warning
     assert daemon.stop() == 0
+
+
+def test_demo_source_gg4l(tmp_path):
+    result = syncd(None, "demo", "--source", "gg4l", "--dir", str(tmp_path / "demo"), timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "POST /webhooks/gg4l" in out and "-> 200" in out
+    assert f"{T_DEMO} is ACTIVE" in out and "as the district says" in out
+    assert "the resync sends 0 calls" in out
+    assert "is PENDING_MAPPING" in out and "tenants map gg4l-" in out
+    tenants = syncd(tmp_path / "demo" / "syncd.toml", "tenants", "--json")
+    assert tenants.returncode == 0, tenants.stderr[-2000:]
+    states = {row["tenant"]: row["state"] for row in json.loads(tenants.stdout)}
+    assert sorted(states.values()) == ["active", "pending_mapping"]
+
+
+T_DEMO = tenant_name("6f9619ff-8b86-d011-b42d-00c04fc964ff")
