@@ -342,7 +342,11 @@ def test_static_and_district_tenants_side_by_side_sync_status_and_no_secret(gg4l
     # SIGHUP keeps both kinds of tenant.
     daemon.process.send_signal(signal.SIGHUP)
     wait(lambda: any(e["event"] == "daemon.reloaded" for e in daemon.events()), what="the reload", daemon=daemon)
-    wait(lambda: done(daemon) >= 4, what="the resync's end", daemon=daemon)
+    box.gg4l.districts[G2].data_ts = datetime.now(UTC)
+    discover(setup, daemon, G2)
+    after_reload = setup.run_now(daemon, T2, len(finished_runs(state, T2)))  # districts still run after SIGHUP
+    assert after_reload["status"] == "completed" and after_reload["calls"] == 0, after_reload
+    wait(lambda: not query(state, "SELECT 1 FROM runs WHERE finished_at IS NULL"), what="idle", daemon=daemon)
     assert daemon.stop() == 0
 
     # `syncd sync gg4l-…` like any tenant (its secret from a discovery of its own), --dry-run too.

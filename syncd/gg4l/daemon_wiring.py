@@ -59,6 +59,7 @@ class Gg4lDaemon:
         self.service = service
         self.conn = conn
         self._discovered_at = 0.0  # time.monotonic() of the last successful discovery
+        self._alerted: dict[str, str] = {}  # tenant -> alert state last handed to notify_state
 
     @classmethod
     def start(cls, daemon: Any) -> Gg4lDaemon:
@@ -123,14 +124,15 @@ class Gg4lDaemon:
             if job.id.startswith(JOB_PREFIX) and job.name not in wanted:
                 job.remove()
                 log.info("gg4l.unscheduled", tenant=job.name)
+        new = [name for name in sorted(wanted) if scheduler.get_job(JOB_PREFIX + name) is None]
+        if not new:
+            return  # the common case under a webhook storm: no store to open
         now = datetime.now(UTC)
         template = self.service.settings.tenant
         store = Store.open(self.daemon.config.daemon.state_dir)
         try:
             due = 0
-            for name in sorted(wanted):
-                if scheduler.get_job(JOB_PREFIX + name) is not None:
-                    continue
+            for name in new:
                 trigger = schedule.trigger(template.schedule, now)
                 first = None
                 if schedule.overdue(template.schedule, store.last_started(name), now):
@@ -147,6 +149,9 @@ class Gg4lDaemon:
         """One alert per change of a district's alerting state (the store remembers the last one)."""
         for record in records:
             state = record.state if record.state in ALERT_STATES else alerting.OK
+            if self._alerted.get(record.tenant) == state:
+                continue  # unchanged since the last discovery of this process: nothing to ask the store
+            self._alerted[record.tenant] = state
             try:
                 self.daemon.alerts.notify_state(record.tenant, state, _detail(record), topic=alerting.GG4L)
             except Exception:
