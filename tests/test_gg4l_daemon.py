@@ -414,3 +414,12 @@ def test_demo_source_gg4l(tmp_path):
 
 
 T_DEMO = tenant_name("6f9619ff-8b86-d011-b42d-00c04fc964ff")
+
+
+def test_privacy_shield_emails_are_none_and_others_kept():
+    from syncd.sources.oneroster import shielded_email
+
+    assert shielded_email("") is None and shielded_email(None) is None
+    assert shielded_email("qwhzkeprtbna@gg4l.com") is None and shielded_email("X@GG4L.COM ") is None
+    assert shielded_email("ana.lopez@riverside.k12.ca.us") == "ana.lopez@riverside.k12.ca.us"
+    assert shielded_email("someone@gg4l.com.evil.example") == "someone@gg4l.com.evil.example"
