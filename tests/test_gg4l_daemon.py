@@ -188,10 +188,13 @@ def discoveries(daemon: Daemon) -> int:
 
 
 def discover(setup: Setup, daemon: Daemon, guid: str = G1) -> None:
-    """A webhook, then the discovery it triggers (the trigger keeps discoveries 2 s apart)."""
-    before = discoveries(daemon)
+    """A webhook, then the end of a discovery that asked the Partner API after the webhook (so it
+    saw every change made to the fake before this call; the trigger keeps discoveries 2 s apart)."""
+    before = setup.box.gg4l.partner_requests
     assert setup.hook(guid) == 200
-    wait(lambda: discoveries(daemon) > before, what="a discovery", daemon=daemon)
+    wait(lambda: setup.box.gg4l.partner_requests > before, what="a Partner API list call", daemon=daemon)
+    asked = setup.box.gg4l.partner_requests
+    wait(lambda: discoveries(daemon) >= asked, what="that discovery's end", daemon=daemon)
 
 
 # --- hostile and repeated webhooks ------------------------------------------------------------
