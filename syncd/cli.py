@@ -250,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown tenant: {args.tenant}")
     store = Store.open(config.daemon.state_dir)
     try:
-        report = [_tenant_status(config, store, name) for name in names]
+        report = logs.redact([_tenant_status(config, store, name) for name in names])
     finally:
         store.close()
     if args.json:
@@ -322,7 +322,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
         else:
             names = [args.tenant] if args.tenant else list(config.tenants)
             run_ids = [r for r in (store.last_run_id(n) for n in names) if r]
-        rows = [r for r in store.errors(run_ids) if not args.tenant or r["tenant"] == args.tenant]
+        rows = logs.redact([r for r in store.errors(run_ids) if not args.tenant or r["tenant"] == args.tenant])
     finally:
         store.close()
     if args.json:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import http, plan, safety
+from syncd import http, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.model import ENTITIES, PLURAL, Entity, RecordError
 from syncd.sources import Source, SourceError, open_source
@@ -440,6 +440,7 @@ def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, sta
                    user_id: str | None = None, name: str | None = None, attempts: int | None = None,
                    first_seen: str | None = None, next_retry_at: str | None = None) -> None:
     state.errors += 1
+    message = logs.redact(message)  # a server may echo a secret back; it is never stored or shown
     attempts = store.record_error(state.run_id, state.tenant.name, entity, source_id, stage, message,
                                   http_status, course_id, user_id, name, attempts, first_seen, next_retry_at)
     log.warning("sync.record_failed", entity=entity, source_id=source_id, name=name, stage=stage,
@@ -453,8 +454,8 @@ def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, sta
 
 def _finish(state: Run, store: Store) -> dict[str, Any]:
     summary = state.summary()
-    store.finish_run(state.run_id, state.status, summary, state.failure or "; ".join(state.held_reasons) or None,
-                     state.complete)
+    store.finish_run(state.run_id, state.status, summary,
+                     logs.redact(state.failure or "; ".join(state.held_reasons) or None), state.complete)
     if state.failure and not state.options.dry_run:
         failures = store.failed_in_a_row(state.tenant.name)
         if failures == state.tenant.safety.degraded_after:
