@@ -65,6 +65,7 @@ class SourceConfig:
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
+    max_pages: int = 100_000  # per run, all collections together (syncd.limits)
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
@@ -277,10 +278,10 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
 
 
 ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s"}
+                  "page_size", "timeout_s", "max_pages"}
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
                "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
-               "concurrency", "report_min_courses", "report_timeout_s"}
+               "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
 CANVAS_MODES = ("auto", "api", "report")
 CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
 
@@ -298,6 +299,7 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         "page_size": checker.number(body, f"{key}.page_size", int, 1000 if kind == "oneroster" else 100,
                                     1, 100_000),
         "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
+        "max_pages": checker.number(body, f"{key}.max_pages", int, 100_000, 1, 100_000_000),
     }
     if kind == "oneroster":
         version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")

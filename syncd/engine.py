@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import http, logs, plan, safety
+from syncd import http, limits, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.model import ENTITIES, PLURAL, Entity, RecordError
 from syncd.sources import Source, SourceError, open_source
@@ -174,17 +174,20 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
 def _extract(state: Run, store: Store, source: Source) -> None:
     try:
         read = 0
+        guard = limits.ExtractGuard(state.tenant.source.max_pages)
         for page in source.extract():
             if http.stopping.is_set():
                 state.failure = "stopped by a signal during the extract"
                 return
             read += len(page)
             state.report("extract", read)
-            for error in store.stage(state.tenant.name, page):
+            staged = store.stage(state.tenant.name, page)
+            for error in staged:
                 if not error.message.startswith("duplicate id"):
                     state.unreadable += 1
                 _record_failed(state, store, error.entity, error.source_id, "extract", error.message)
                 state.failed_extract[error.entity] += 1
+            guard.page(len(page), sum(e.message.startswith("duplicate id") for e in staged))
         state.complete = source.complete
     except (http.HttpError, SourceError) as exc:
         state.failure = f"extract failed: {exc}"
@@ -441,6 +444,11 @@ def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, sta
                    first_seen: str | None = None, next_retry_at: str | None = None) -> None:
     state.errors += 1
     message = logs.redact(message)  # a server may echo a secret back; it is never stored or shown
+    if not limits.store_error_row(state.errors):
+        if state.errors == limits.MAX_ERROR_ROWS + 1:
+            log.warning("sync.error_rows_capped", stored=limits.MAX_ERROR_ROWS,
+                        consequence="further failures of this run are counted but not stored")
+        return
     attempts = store.record_error(state.run_id, state.tenant.name, entity, source_id, stage, message,
                                   http_status, course_id, user_id, name, attempts, first_seen, next_retry_at)
     log.warning("sync.record_failed", entity=entity, source_id=source_id, name=name, stage=stage,

@@ -55,6 +55,7 @@ MAX_BODY_BYTES = 64 << 20  # a decoded answer; a page of 1,000 records is well u
 MAX_DOWNLOAD_BYTES = 4 << 30  # a report file, spooled to disk
 MAX_RETRY_AFTER_S = 60.0
 MAX_REDIRECTS = 5
+BREAKER_FAILURES = 8  # requests in a row that failed for good: the server is down for this run
 _CHUNK = 1 << 14  # small reads: a compressed chunk decodes to at most this much at a time
 # Set when the process is asked to stop: backoff sleeps end early and no new attempt starts.
 # A session may carry its own (``session.stop``); this one is the default for all.
@@ -246,6 +247,7 @@ class _Session(requests.Session):
         self.auth = _no_auth
         self.stop = stop or stopping
         self.requests = 0  # attempts sent, for metrics
+        self.failures_in_a_row = 0  # requests that failed for good (see send's breaker)
         self._count_lock = threading.Lock()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -283,7 +285,27 @@ def _stop_of(session: requests.Session) -> threading.Event:
 # --- one request ---------------------------------------------------------------------------
 
 
-def send(
+def send(session: requests.Session, method: str, url: str, *, timeout: float, **kwargs: Any) -> requests.Response:
+    """:func:`_send`, behind the session's breaker: once ``BREAKER_FAILURES`` requests in a row have
+    failed for good (every retry spent), the server is taken to be down for this run and every
+    further request fails at once, so a dead or stalling server costs a run minutes, not hours."""
+    failing = getattr(session, "failures_in_a_row", None)
+    if failing is not None and failing >= BREAKER_FAILURES:
+        shown = redact_url(url)
+        raise TransientError(f"{method} {shown}: not sent: the server failed {failing} requests in a row",
+                             None, shown, 0, f"not sent: the server failed {failing} requests in a row this run")
+    try:
+        response = _send(session, method, url, timeout=timeout, **kwargs)
+    except TransientError:
+        if failing is not None:
+            session.failures_in_a_row += 1  # type: ignore[attr-defined]
+        raise
+    if failing is not None:
+        session.failures_in_a_row = 0  # type: ignore[attr-defined]
+    return response
+
+
+def _send(
     session: requests.Session,
     method: str,
     url: str,

@@ -1,0 +1,42 @@
+"""Bounds on one run, whatever a source sends: pages read, pages that only repeat records
+already read, and error rows stored.
+
+A server may page forever (new ids on every page) or ignore ``offset`` and send the same
+records again in a new order (which defeats a loop detector that compares pages). Both end the
+extract with a clear error instead of filling the store; the run then infers no removal.
+"""
+
+from __future__ import annotations
+
+from syncd.sources import SourceError
+
+# Pages in a row made only of ids already read this run: a server that ignores offset/paging.
+MAX_REPEATED_PAGES = 3
+# Error rows stored per run; past it, failures are still counted, and the log says how many
+# were not stored (tens of thousands of identical rows help nobody and fill the disk).
+MAX_ERROR_ROWS = 5_000
+
+
+class ExtractGuard:
+    """Counts the pages of one extract; raises :class:`SourceError` when a bound is crossed."""
+
+    def __init__(self, max_pages: int):
+        self.max_pages = max_pages
+        self.pages = 0
+        self.repeated = 0
+
+    def page(self, size: int, duplicates: int) -> None:
+        """One page of ``size`` records was staged, ``duplicates`` of them ids already read."""
+        self.pages += 1
+        if self.pages > self.max_pages:
+            raise SourceError(f"the source sent more than {self.max_pages} pages in one run; stopped "
+                              "(an endless listing? raise source.max_pages if the roster is that large)")
+        self.repeated = self.repeated + 1 if size and duplicates >= size else 0
+        if self.repeated >= MAX_REPEATED_PAGES:
+            raise SourceError(f"the source sent {self.repeated} pages in a row of records already read "
+                              "(it ignores paging?); stopped")
+
+
+def store_error_row(errors_so_far: int) -> bool:
+    """Whether the run's next error is stored as a row (it is counted either way)."""
+    return errors_so_far <= MAX_ERROR_ROWS
