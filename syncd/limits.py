@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from syncd.sources import SourceError
 
-# Pages in a row made only of ids already read this run: a server that ignores offset/paging.
+# Pages in a row made mostly (half or more) of ids already read this run: a server that ignores
+# offset/paging. A sound server repeats a record only when it moved during the listing.
 MAX_REPEATED_PAGES = 3
 # Error rows stored per run; past it, failures are still counted, and the log says how many
 # were not stored (tens of thousands of identical rows help nobody and fill the disk).
@@ -31,9 +32,9 @@ class ExtractGuard:
         if self.pages > self.max_pages:
             raise SourceError(f"the source sent more than {self.max_pages} pages in one run; stopped "
                               "(an endless listing? raise source.max_pages if the roster is that large)")
-        self.repeated = self.repeated + 1 if size and duplicates >= size else 0
+        self.repeated = self.repeated + 1 if size and 2 * duplicates >= size else 0
         if self.repeated >= MAX_REPEATED_PAGES:
-            raise SourceError(f"the source sent {self.repeated} pages in a row of records already read "
+            raise SourceError(f"the source sent {self.repeated} pages in a row mostly of records already read "
                               "(it ignores paging?); stopped")
 
 

@@ -216,18 +216,17 @@ def test_a_server_that_ignores_offset_and_shuffles_is_stopped_with_few_error_row
         shuffler = random.Random(5)
 
         def page(request, name, limit, offset):
+            if name != "users":
+                return original(request, name, limit, offset)
             response = original(request, name, 10_000, 0)  # the whole collection, whatever the offset
-            records = response.body[name]
-            response.body[name] = shuffler.sample(records, min(limit, len(records)))
-            if len(records) > limit:
-                response.headers.pop("Link", None)
+            response.body[name] = shuffler.sample(response.body[name], limit)  # a new order each time
             return response
 
         config = _config(box, tmp_path, source_extra=FAST + "page_size = 20\n")
         box.oneroster._page = page
         result, started = _sync(config)
         _clean(result, within=60, started=started)
-        assert result.returncode == 1 and "records already read" in result.stderr
+        assert result.returncode == 1 and "records already read" in result.stderr, result.stderr[-1500:]
         errors = syncd(config, "errors", "--json")
         import json
 
