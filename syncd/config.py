@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -131,18 +132,64 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SECRET_BYTES = 64 << 10
+
+
 def load(path: Path) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (at byte {exc.start}); TOML files are UTF-8"]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid TOML: arrays or tables nested too deeply"]) from None
     return parse(raw, path)
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file. A FIFO, a device (``/dev/zero``) or a directory is
+    refused at once (opened non-blocking, so a FIFO with no writer cannot hang us); a larger file is
+    refused rather than read into memory. Raises OSError, or ValueError with a message that never
+    quotes the content."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"larger than {limit >> 10} KiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path | str, what: str) -> str:
+    try:
+        data = read_regular(path, MAX_SECRET_BYTES)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot read {what}: {exc}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        # Never the decoder's message: it quotes the offending byte, a byte of the secret.
+        raise ValueError(f"{what} is not UTF-8 text") from None
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
@@ -544,10 +591,7 @@ def _from_env(name: str) -> str:
 
 
 def _from_file(name: str) -> str:
-    try:
-        return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {name}: {exc.strerror}") from None
+    return _read_secret(name, f"secret file {name}")
 
 
 def _from_credential(name: str) -> str:
@@ -557,10 +601,7 @@ def _from_credential(name: str) -> str:
     if not directory:
         raise ValueError(f"credential {name}: $CREDENTIALS_DIRECTORY is not set "
                          "(use LoadCredential= in the systemd unit)")
-    try:
-        return (Path(directory) / name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read credential {name}: {exc.strerror}") from None
+    return _read_secret(Path(directory) / name, f"credential {name}")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

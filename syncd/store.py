@@ -16,6 +16,7 @@ Tables per entity (``courses``, ``users``, ``enrollments``):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -153,6 +154,33 @@ def m004_plan_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Processes that open the store at the same moment (a daemon, cron'd syncs) set it up one at a
+    time: pragmas and migrations are not safe to run twice at once on a fresh file."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot use the state directory ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_schema(db: sqlite_utils.Database, path: Path) -> None:
+    """Refuse a state file written by a newer syncd: an older one would misread its tables."""
+    unknown = [m.name for m in migrations.applied(db) if not _registered(m.name)]
+    if unknown:
+        raise StateError(f"{path}: the state file was written by a newer syncd (schema step {unknown[-1]} "
+                         "is unknown to this version); upgrade syncd")
+
+
+def _registered(name: str) -> bool:
+    return any(m.name == name for m in migrations._migrations)
+
+
 # Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
 ESCROW_DELAYS_H = (1, 6, 24)
 
@@ -185,28 +213,49 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class StateError(Exception):
+    """The state directory or file cannot be used (missing rights, damaged, from a newer syncd);
+    the message says which and what to do."""
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = path
         conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power loss can
-        # roll back the last transactions, which are then re-pushed as idempotent upserts.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
-        conn.create_function("digest", 1, content_hash, deterministic=True)
-        migrations.apply(self.db)
+        try:
+            with _exclusive(path.with_name(f".{path.name}.lock")):
+                self._prepare()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _prepare(self) -> None:
+        conn = self.conn
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power loss can
+            # roll back the last transactions, which are then re-pushed as idempotent upserts.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
+            conn.create_function("digest", 1, content_hash, deterministic=True)
+            _check_schema(self.db, self.path)
+            migrations.apply(self.db)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: the state file cannot be used ({exc}). If it is damaged, move it "
+                             "away: the next run starts afresh and re-pushes every record as an upsert.") from None
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state_dir / DB_NAME
-        if not path.exists():
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Create it owner-only before SQLite does, so no moment exists where others can read it.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except OSError as exc:
+            raise StateError(f"{exc.filename or state_dir}: cannot use the state directory ({exc.strerror})") from None
         return cls(path)
 
     def close(self) -> None:
