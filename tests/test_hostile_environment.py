@@ -1,0 +1,163 @@
+"""A broken environment (issue 11, classes 5 and 8): damaged or foreign state, odd config and
+secret files, Ctrl-C, forty processes at once. Always one clear line and an exit code, never a
+traceback, and never a byte of a secret in the message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SYNCD, syncd
+
+from syncd.sandbox import Roster, Sandbox
+
+
+def _clean(result, code: int, *needles: str) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr[-2000:]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    for needle in needles:
+        assert needle in result.stderr, result.stderr[-2000:]
+
+
+@pytest.fixture
+def box():
+    with Sandbox(Roster.generate(seed=29, users=40, classes=4, enrollments=120)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def config(box, tmp_path):
+    return box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+
+
+# --- the state file and directory ------------------------------------------------------------
+
+
+def test_a_garbage_state_file_is_refused_with_a_clear_line(config, tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "syncd.db").write_bytes(os.urandom(8192))
+    for args in (("status",), ("sync", "lincoln")):
+        _clean(syncd(config, *args), 1, "state file cannot be used")
+
+
+def test_a_truncated_state_file_is_refused_with_a_clear_line(config, tmp_path):
+    assert syncd(config, "sync", "lincoln").returncode == 0
+    db = tmp_path / "state" / "syncd.db"
+    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    with db.open("r+b") as handle:
+        handle.truncate(6000)
+    for name in ("syncd.db-wal", "syncd.db-shm"):
+        (tmp_path / "state" / name).unlink(missing_ok=True)
+    result = syncd(config, "sync", "lincoln")
+    assert "Traceback" not in result.stderr and result.returncode in (1, 2)
+
+
+def test_a_state_file_from_a_newer_syncd_is_refused(config, tmp_path):
+    assert syncd(config, "status").returncode == 0
+    with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('syncd', 'm999_from_the_future', '2030-01-01')")
+    for args in (("status",), ("sync", "lincoln")):
+        _clean(syncd(config, *args), 1, "newer syncd")
+
+
+def test_a_state_dir_that_is_a_file_is_refused(box, tmp_path):
+    (tmp_path / "state").write_text("not a directory")
+    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    for args in (("status",), ("sync", "lincoln")):
+        result = syncd(config, *args)
+        _clean(result, 1, "state")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_state_dir_is_refused(box, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o500)
+    config = box.write_config(tmp_path / "syncd.toml", state)
+    _clean(syncd(config, "sync", "lincoln"), 1, "state")
+
+
+def test_forty_processes_opening_a_fresh_state_dir_at_once(config):
+    started = time.monotonic()
+    procs = [subprocess.Popen([SYNCD, "--config", str(config), "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for _ in range(40)]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    assert [r for r in results if r[0] != 0 or "Traceback" in r[2]] == []
+    assert time.monotonic() - started < 180
+
+
+def test_a_lock_file_that_is_a_symlink_is_not_followed(config, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    locks = tmp_path / "state" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "lincoln.lock").symlink_to(victim)
+    result = syncd(config, "sync", "lincoln")
+    _clean(result, 1, "lincoln.lock")
+    assert victim.read_text() == "keep me"
+
+
+# --- the config file and its secrets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"[daemon]\nstate_dir = \"/tmp/x\xff\xfe\"\n", id="not UTF-8"),
+    pytest.param(b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", id="nested 100k deep"),
+    pytest.param(b"a = " + b"{b = " * 50_000 + b"1" + b"}" * 50_000 + b"\n", id="inline tables 50k deep"),
+])
+def test_an_unreadable_config_exits_2_with_one_line(tmp_path, content):
+    path = tmp_path / "syncd.toml"
+    path.write_bytes(content)
+    _clean(syncd(path, "config", "validate"), 2, str(path))
+
+
+def _with_secret(box, tmp_path: Path, reference: str) -> Path:
+    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    config.write_text(config.read_text().replace(f'token = "{box.provision.token}"', f'token = "{reference}"'))
+    return config
+
+
+@pytest.mark.parametrize("where", ["/dev/zero", "fifo", "directory", "huge"])
+def test_a_secret_file_that_is_not_a_small_regular_file_is_refused_at_once(box, tmp_path, where):
+    path = {"/dev/zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "directory": tmp_path,
+            "huge": tmp_path / "huge"}[where]
+    if where == "fifo":
+        os.mkfifo(path)
+    if where == "huge":
+        path.write_bytes(b"x" * (1 << 20))
+    config = _with_secret(box, tmp_path, f"file:{path}")
+    started = time.monotonic()
+    result = syncd(config, "config", "validate", timeout=30)
+    _clean(result, 2, "target.token", "cannot read secret file")
+    assert time.monotonic() - started < 15
+
+
+def test_a_secret_file_that_is_not_utf8_is_reported_without_a_byte_of_it(box, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_bytes(b"abc\xe9\xfa-secret-token")
+    config = _with_secret(box, tmp_path, f"file:{secret}")
+    result = syncd(config, "config", "validate")
+    _clean(result, 2, "is not UTF-8 text")
+    for leak in ("\\xe9", "0xe9", "\\xfa", "0xfa", "secret-token", "abc"):
+        assert leak not in result.stderr
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_a_sync_exits_130_without_a_traceback(box, config):
+    box.provision.latency_s = 0.3  # slow enough to be interrupted mid-push
+    proc = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and proc.returncode == 130, (proc.returncode, err[-2000:])
+    box.provision.latency_s = 0
+    assert syncd(config, "sync", "lincoln").returncode == 0
+    assert box.provision.duplicates() == 0
