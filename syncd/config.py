@@ -53,6 +53,7 @@ class DaemonConfig:
     log_format: str = "auto"
     retention_days: int = 30
     stop_timeout_s: float = 60.0
+    max_run_s: float = 21_600.0  # a run longer than this is stuck: the watchdog stops pinging
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 
 
 def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
-    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s"})
+    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s",
+                                             "max_run_s"})
     state = checker.get(body, "daemon.state_dir", str, None)
     if state:
         # A relative state_dir is taken from the config file's folder, so that the same file
@@ -235,6 +237,7 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
         retention_days=checker.number(body, "daemon.retention_days", int, 30, 1, 3650),
         stop_timeout_s=checker.number(body, "daemon.stop_timeout_s", float, 60.0, 1, 3600),
+        max_run_s=checker.number(body, "daemon.max_run_s", float, 21_600.0, 1, 7 * 86_400),
     )
 
 

@@ -8,6 +8,9 @@ extract with a clear error instead of filling the store; the run then infers no 
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime, timedelta
+
 from syncd.sources import SourceError
 
 # Pages in a row made mostly (half or more) of ids already read this run: a server that ignores
@@ -16,6 +19,8 @@ MAX_REPEATED_PAGES = 3
 # Error rows stored per run; past it, failures are still counted, and the log says how many
 # were not stored (tens of thousands of identical rows help nobody and fill the disk).
 MAX_ERROR_ROWS = 5_000
+# Runs of a tenant that pruning keeps whatever their age (a clock far ahead must not erase them).
+KEEP_RUNS = 100
 
 
 class ExtractGuard:
@@ -41,3 +46,22 @@ class ExtractGuard:
 def store_error_row(errors_so_far: int) -> bool:
     """Whether the run's next error is stored as a row (it is counted either way)."""
     return errors_so_far <= MAX_ERROR_ROWS
+
+
+# --- time ----------------------------------------------------------------------------------
+
+_clock_lock = threading.Lock()
+_last_iso = [""]
+
+
+def monotonic_iso(now: str) -> str:
+    """``now`` (an ISO UTC string), or the latest one already handed out if the clock went back."""
+    with _clock_lock:
+        if now < _last_iso[0]:
+            return _last_iso[0]
+        _last_iso[0] = now
+        return now
+
+
+def iso_after(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds").replace("+00:00", "Z")

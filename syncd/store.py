@@ -29,6 +29,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from syncd import limits
 from syncd.model import (
     ENTITIES,
     PLURAL,
@@ -210,7 +211,9 @@ class Call:
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, never earlier than a time this process already wrote: a clock stepped back mid-run must
+    not make acknowledgements look older than the run that made them (syncd.limits.monotonic_iso)."""
+    return limits.monotonic_iso(datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
 class StateError(Exception):
@@ -318,7 +321,11 @@ class Store:
         cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
         cutoff = cutoff.replace("+00:00", "Z")
         with self._write():
-            old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
+            # The last KEEP_RUNS runs of a tenant stay whatever the clock says: one run with a clock
+            # years ahead must not prune the real history.
+            old = ("SELECT run_id FROM runs WHERE started_at < ? AND status != 'running' AND run_id NOT IN "
+                   f"(SELECT r.run_id FROM runs r WHERE r.tenant = runs.tenant ORDER BY r.started_at DESC "
+                   f"LIMIT {limits.KEEP_RUNS})")
             self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
             return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
 
@@ -704,21 +711,23 @@ class Store:
     def defer_escrowed(self, tenant: str) -> list[dict[str, Any]]:
         """Changes whose record waits in escrow are not planned this run; returns those records."""
         now = utcnow()
+        # A retry time further ahead than the longest delay was set by a clock that was ahead: due now.
+        horizon = limits.iso_after(max(ESCROW_DELAYS_H) * 3600.0)
         deferred: list[dict[str, Any]] = []
         with self._write():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 waiting = (f"FROM desired_{plural} d JOIN escrow x ON x.tenant = d.tenant AND x.entity = ? "
                            f"AND x.key = {key_sql('d', entity)} WHERE d.tenant = ? "
-                           "AND d.change IN ('create', 'update') AND x.next_retry_at > ?")
+                           "AND d.change IN ('create', 'update') AND x.next_retry_at > ? AND x.next_retry_at <= ?")
                 rows = self.conn.execute(
                     f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id, "
                     f"d.body {waiting}",
-                    (entity, tenant, now)).fetchall()
+                    (entity, tenant, now, horizon)).fetchall()
                 self.conn.execute(
                     f"UPDATE desired_{plural} SET change = 'deferred' WHERE tenant = ? AND "
                     f"({', '.join(KEYS[entity])}) IN (SELECT {', '.join('d.' + k for k in KEYS[entity])} {waiting})",
-                    (tenant, entity, tenant, now))
+                    (tenant, entity, tenant, now, horizon))
                 deferred += [{"entity": entity, "key": tuple(json.loads(r[0])), "attempts": r[1], "next_retry_at": r[2],
                               "http_status": r[3], "message": r[4], "first_seen": r[5], "source_id": r[6],
                               "body": json.loads(r[7])} for r in rows]
