@@ -4,8 +4,10 @@ traceback, and never a byte of a secret in the message."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -161,3 +163,38 @@ def test_ctrl_c_during_a_sync_exits_130_without_a_traceback(box, config):
     box.provision.latency_s = 0
     assert syncd(config, "sync", "lincoln").returncode == 0
     assert box.provision.duplicates() == 0
+
+
+# --- the watchdog -----------------------------------------------------------------------------
+
+
+def test_the_watchdog_stops_pinging_while_a_run_is_stuck(box, tmp_path):
+    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", target_extra="concurrency = 1\n")
+    config.write_text(config.read_text().replace('log_format = "json"\n', 'log_format = "json"\nmax_run_s = 2\n'))
+    box.provision.latency_s = 1.0  # a run of a hundred calls, one at a time: far past 2 s
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(0.2)
+    messages: list[tuple[float, str]] = []
+    daemon = subprocess.Popen([SYNCD, "--config", str(config), "run"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(m.startswith("STATUS=stuck") for _, m in messages):
+            with contextlib.suppress(TimeoutError):
+                messages.append((time.monotonic(), listener.recv(4096).decode()))
+        stuck_at = next(t for t, m in messages if m.startswith("STATUS=stuck"))
+        quiet_until = time.monotonic() + 2
+        while time.monotonic() < quiet_until:
+            with contextlib.suppress(TimeoutError):
+                messages.append((time.monotonic(), listener.recv(4096).decode()))
+        syncing_at = next(t for t, m in messages if m == "STATUS=syncing lincoln")
+        assert any(m == "WATCHDOG=1" for t, m in messages if t < syncing_at + 1)  # alive while the run is young
+        assert not any(m == "WATCHDOG=1" for t, m in messages if t > stuck_at)  # silent once it is stuck
+    finally:
+        daemon.kill()
+        _out, err = daemon.communicate(timeout=30)
+        listener.close()
+    assert "Traceback" not in err and "daemon.run_stuck" in err
