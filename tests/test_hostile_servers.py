@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import log_events, summary, syncd
-from hostile_servers import (
+
+from syncd.sandbox import CanvasSandbox, Roster, Sandbox
+from syncd.sandbox.hostile import (
     Hostile,
     drip,
     echo_credentials,
@@ -26,8 +28,6 @@ from hostile_servers import (
     redirect,
     respond,
 )
-
-from syncd.sandbox import CanvasSandbox, Roster, Sandbox
 
 FAST = "timeout_s = 1\n"
 
