@@ -287,3 +287,39 @@ def test_runtime_oneroster_tokens_are_redacted_when_echoed(tmp_path):
         assert files_holding(tmp_path, bearer) == []
         source.fault = None
         _converges(box, config, bearer)
+
+
+# --- 8. text in another encoding --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_latin1_bytes_are_decoded_by_their_charset_or_refused_never_garbled(tmp_path, declared):
+    import json
+
+    from syncd.sandbox.server import Response
+
+    with Sandbox(_roster()) as box:
+        victim = next(iter(box.roster.users.values()))
+        victim["givenName"] = "José"
+        original = box.oneroster._page
+
+        def page(request, name, limit, offset):
+            response = original(request, name, limit, offset)
+            if name != "users":
+                return response
+            kind = "application/json; charset=iso-8859-1" if declared else "application/json"
+            return Response(200, raw=json.dumps(response.body, ensure_ascii=False).encode("latin-1"),
+                            headers={**response.headers, "Content-Type": kind})
+
+        box.oneroster._page = page
+        config = _config(box, tmp_path)
+        result, started = _sync(config)
+        _clean(result, within=60, started=started)
+        names = {u["firstName"] for u in box.provision.users.values()}
+        assert "\ufffd" not in "".join(names) and "Jos\ufffd" not in result.stdout + result.stderr
+        if declared:
+            assert result.returncode == 0 and "José" in names
+        else:
+            assert result.returncode == 1 and "not UTF-8" in result.stderr
+            box.oneroster._page = original
+            _converges(box, config)
