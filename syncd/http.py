@@ -439,8 +439,12 @@ def _read_body(response: requests.Response, max_bytes: int) -> None:
 
 def _charset(response: requests.Response) -> None:
     """Text is decoded by its declared charset; without one it must be UTF-8 (RFC 8259 for JSON),
-    never guessed: Latin-1 bytes fail the request loudly instead of becoming U+FFFD silently."""
+    never guessed: Latin-1 bytes fail the request loudly instead of becoming U+FFFD silently.
+    (An error body is only read for its message, so it is decoded leniently.)"""
     if "charset=" in response.headers.get("Content-Type", "").lower():
+        return
+    if response.status_code >= 300:
+        response.encoding = "utf-8"
         return
     try:
         response.content.decode("utf-8")
@@ -480,13 +484,31 @@ def download(session: requests.Session, url: str, spool: IO[bytes], *, timeout: 
     ``credentials_origin`` (Canvas itself); a redirect to file storage elsewhere is followed
     without it. At most ``max_bytes``, within ``deadline_s``.
     """
-    allowed = origin(credentials_origin)
+    attempts = RetryPolicy().attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return _download_once(session, url, spool, timeout, origin(credentials_origin), auth, on_attempt,
+                                  max_bytes, deadline_s)
+        except TransientError:
+            if attempt >= attempts or _stop_of(session).is_set():
+                raise
+            spool.seek(0)
+            spool.truncate()
+            _stop_of(session).wait(RetryPolicy().delay(attempt, None))
+    raise AssertionError("unreachable")
+
+
+def _download_once(session: requests.Session, url: str, spool: IO[bytes], timeout: float,
+                   allowed: tuple[str, str, int | None], auth: Any, on_attempt: Callable[[], None] | None,
+                   max_bytes: int, deadline_s: float) -> int:
     with _deadline(deadline_s) as watch:
         try:
             for _hop in range(MAX_REDIRECTS + 1):
                 _check_download_url(url)
                 if on_attempt:
                     on_attempt()
+                if isinstance(session, _Session):
+                    session.count()
                 response = session.request("GET", url, timeout=timeout, stream=True, allow_redirects=False,
                                            auth=auth if origin(url) == allowed else None)
                 if response.is_redirect:
@@ -494,8 +516,11 @@ def download(session: requests.Session, url: str, spool: IO[bytes], *, timeout: 
                     url = urllib.parse.urljoin(url, response.headers.get("Location", ""))
                     continue
                 if response.status_code >= 300:
-                    raise RejectedError(f"GET {redact_url(url)}: HTTP {response.status_code}",
-                                        response.status_code, redact_url(url))
+                    response.close()
+                    status = response.status_code
+                    kind = TransientError if status == 429 or status >= 500 else RejectedError
+                    raise kind(f"GET {redact_url(url)}: HTTP {response.status_code}", response.status_code,
+                               redact_url(url))
                 return _spool(response, spool, max_bytes, url)
             raise RejectedError(f"GET {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
