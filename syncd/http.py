@@ -256,13 +256,14 @@ class _Session(requests.Session):
             self.requests += 1
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if proxies or stream is not None or verify is not None or cert is not None:
+        if proxies or verify is not None or cert is not None:
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         key = tuple(urllib.parse.urlsplit(url)[:2])
         if key not in self._environment:
             self._environment[key] = super().merge_environment_settings(url, {}, None, None, None)
         settings = self._environment[key]
-        return {**settings, "proxies": dict(settings["proxies"])}
+        # ``stream`` (always set by send) only passes through: it does not depend on the environment.
+        return {**settings, "proxies": dict(settings["proxies"]), "stream": stream}
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
