@@ -8,8 +8,13 @@ extract with a clear error instead of filling the store; the run then infers no 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from syncd.sources import SourceError
 
@@ -19,8 +24,9 @@ MAX_REPEATED_PAGES = 3
 # Error rows stored per run; past it, failures are still counted, and the log says how many
 # were not stored (tens of thousands of identical rows help nobody and fill the disk).
 MAX_ERROR_ROWS = 5_000
-# Runs of a tenant that pruning keeps whatever their age (a clock far ahead must not erase them).
-KEEP_RUNS = 100
+# How far the wall clock may move beyond real (monotonic) time between two checks before it is
+# taken to have jumped; NTP slews by far less.
+CLOCK_JUMP_S = 3600.0
 
 
 class ExtractGuard:
@@ -65,3 +71,35 @@ def monotonic_iso(now: str) -> str:
 
 def iso_after(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def clock_trusted(state_dir: Path) -> bool:
+    """Whether the wall clock moved like real time since the last check in this boot.
+
+    ``state_dir/clock.json`` keeps a reference (boot id, monotonic and wall time). A wall clock
+    that moved more than ``CLOCK_JUMP_S`` beyond the monotonic clock has jumped: the reference is
+    kept, and the caller does not act on the time (pruning) until the clock is right again.
+    Across a reboot there is nothing to compare with, and the clock is taken as it is.
+    """
+    path = state_dir / "clock.json"
+    now = {"boot": _boot_id(), "mono": time.monotonic(), "wall": datetime.now(UTC).timestamp()}
+    try:
+        last = json.loads(path.read_text(encoding="utf-8"))
+        if last.get("boot") == now["boot"] and now["boot"]:
+            jump = (now["wall"] - float(last["wall"])) - (now["mono"] - float(last["mono"]))
+            if abs(jump) > CLOCK_JUMP_S:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    with contextlib.suppress(OSError):
+        tmp = path.with_name(f".clock.{os.getpid()}.json")
+        tmp.write_text(json.dumps(now), encoding="utf-8")
+        os.replace(tmp, path)
+    return True
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""

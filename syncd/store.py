@@ -318,14 +318,12 @@ class Store:
 
     def prune(self, keep_days: int) -> int:
         """Forget runs and their errors older than ``keep_days``; returns the runs removed."""
+        if not limits.clock_trusted(self.path.parent):
+            return 0  # a clock that jumped ahead must not prune the real history
         cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
         cutoff = cutoff.replace("+00:00", "Z")
         with self._write():
-            # The last KEEP_RUNS runs of a tenant stay whatever the clock says: one run with a clock
-            # years ahead must not prune the real history.
-            old = ("SELECT run_id FROM runs WHERE started_at < ? AND status != 'running' AND run_id NOT IN "
-                   f"(SELECT r.run_id FROM runs r WHERE r.tenant = runs.tenant ORDER BY r.started_at DESC "
-                   f"LIMIT {limits.KEEP_RUNS})")
+            old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
             self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
             return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
 

@@ -58,12 +58,15 @@ def test_a_clock_stepped_back_mid_run_does_not_turn_acknowledgements_into_failur
         assert all(c["failed"] == 0 for c in outcome["counts"].values())
 
 
-def test_pruning_under_a_clock_years_ahead_keeps_the_latest_runs(tmp_path, monkeypatch):
+def test_pruning_under_a_clock_years_ahead_keeps_the_real_history(tmp_path, monkeypatch):
+    from syncd import limits
+
     store = Store.open(tmp_path / "state")
     try:
         for n in range(5):
             store.start_run(f"run-{n}", "lincoln", dry_run=False, force=False)
             store.finish_run(f"run-{n}", "completed", {"calls": 0, "duration_s": 0.1}, None, True)
+        assert store.prune(30) == 0  # the clock is right: nothing is old yet
 
         class Ahead(datetime):
             @classmethod
@@ -71,7 +74,8 @@ def test_pruning_under_a_clock_years_ahead_keeps_the_latest_runs(tmp_path, monke
                 return super().now(tz) + timedelta(seconds=TWO_YEARS_S)
 
         monkeypatch.setattr(store_module, "datetime", Ahead)
-        store.prune(30)
+        monkeypatch.setattr(limits, "datetime", Ahead)
+        assert store.prune(30) == 0  # the clock jumped two years in a second: not trusted
         assert len(store.runs("lincoln", limit=100)) == 5
     finally:
         store.close()
