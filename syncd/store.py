@@ -170,9 +170,12 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_schema(db: sqlite_utils.Database, path: Path) -> None:
-    """Refuse a state file written by a newer syncd: an older one would misread its tables."""
-    unknown = [m.name for m in migrations.applied(db) if not _registered(m.name)]
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a state file written by a newer syncd: an older one would misread its tables.
+    (A newer file has every step this version knows, so the migrations above changed nothing.)"""
+    applied = conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+                           (migrations.name,)).fetchall()
+    unknown = [name for (name,) in applied if not _registered(name)]
     if unknown:
         raise StateError(f"{path}: the state file was written by a newer syncd (schema step {unknown[-1]} "
                          "is unknown to this version); upgrade syncd")
@@ -224,7 +227,10 @@ class StateError(Exception):
 class Store:
     def __init__(self, path: Path):
         self.path = path
-        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        try:
+            conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the state file ({exc})") from None
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
         try:
@@ -244,8 +250,8 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
             conn.create_function("digest", 1, content_hash, deterministic=True)
-            _check_schema(self.db, self.path)
             migrations.apply(self.db)
+            _check_schema(conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: the state file cannot be used ({exc}). If it is damaged, move it "
                              "away: the next run starts afresh and re-pushes every record as an upsert.") from None
@@ -255,10 +261,19 @@ class Store:
         path = state_dir / DB_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Create it owner-only before SQLite does, so no moment exists where others can read it.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+            if not state_dir.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(state_dir))
         except OSError as exc:
             raise StateError(f"{exc.filename or state_dir}: cannot use the state directory ({exc.strerror})") from None
+        try:
+            # Create it owner-only before SQLite does, so no moment exists where others can read it.
+            # O_EXCL: never open (and close) a file SQLite may already use in this process, since
+            # closing any descriptor of a file drops every POSIX lock the process holds on it.
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"{exc.filename or path}: cannot use the state directory ({exc.strerror})") from None
         return cls(path)
 
     def close(self) -> None:
