@@ -11,9 +11,9 @@ from pathlib import Path
 
 from conftest import summary, syncd
 
-from syncd import store as store_module
 from syncd.sandbox import Roster, Sandbox
 from syncd.store import Store
+from syncd.store import runs as store_module
 
 CLOCK = str(Path(__file__).parent / "clock")
 TWO_YEARS_S = 2 * 365 * 86_400
@@ -63,9 +63,10 @@ def test_pruning_under_a_clock_years_ahead_keeps_the_real_history(tmp_path, monk
 
     store = Store.open(tmp_path / "state")
     try:
+        tenant = store.tenant("lincoln")
         for n in range(5):
-            store.start_run(f"run-{n}", "lincoln", dry_run=False, force=False)
-            store.finish_run(f"run-{n}", "completed", {"calls": 0, "duration_s": 0.1}, None, True)
+            tenant.start_run(f"run-{n}", dry_run=False, force=False)
+            tenant.finish_run(f"run-{n}", "completed", {"calls": 0, "duration_s": 0.1}, None, True)
         assert store.prune(30) == 0  # the clock is right: nothing is old yet
 
         class Ahead(datetime):
