@@ -56,6 +56,7 @@ class Daemon:
         self.config = config
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.running: dict[str, str] = {}  # tenant -> run_id ("" until the run has an id)
+        self._started: dict[str, float] = {}  # tenant -> monotonic start of its run
         self._running_changed = threading.Condition()
         self.stopping = threading.Event()
         # GG4L districts share a few more workers (their runs queue beyond that).
@@ -277,8 +278,10 @@ class Daemon:
         with self._running_changed:
             if running:
                 self.running[name] = ""
+                self._started[name] = time.monotonic()
             else:
                 self.running.pop(name, None)
+                self._started.pop(name, None)
             self._running_changed.notify_all()
         if not self.stopping.is_set():
             notify(f"STATUS={self._status()}")
@@ -325,6 +328,14 @@ class Daemon:
         notify(f"STATUS={self._status()}")
 
     def _watchdog(self) -> None:
+        # A run past daemon.max_run_s is stuck (every request and page is bounded, so this is a
+        # bug or a hang): stop pinging, and systemd restarts the service.
+        limit = self.config.daemon.max_run_s
+        stuck = sorted(n for n, t in self._started.items() if time.monotonic() - t > limit)
+        if stuck:
+            log.error("daemon.run_stuck", tenants=stuck, max_run_s=limit, consequence="no watchdog ping")
+            notify(f"STATUS=stuck: {', '.join(stuck)} running for more than {limit:g} s")
+            return
         notify("WATCHDOG=1")
 
     def _prune(self) -> None:
