@@ -158,3 +158,45 @@ def test_a_collection_that_ends_short_of_its_total_count_is_not_complete():
         records = [r for page in source.extract() for r in page]
         assert len(records) > len(roster.users)  # everything there was is read
         assert source.complete is False and source.short == ["users"]
+
+
+def test_the_text_fast_path_cleans_exactly_like_the_slow_path():
+    """text_field returns most values untouched without cleaning them; a seeded fuzz of the
+    characters that cleaning changes proves the shortcut never skips a needed change."""
+    import random
+    import unicodedata
+
+    from syncd.sources import CONTROL, MAX_TEXT, text_field
+
+    def slow(value: str) -> str | None:
+        text = " ".join(unicodedata.normalize("NFC", CONTROL.sub(" ", value)).split())
+        if len(text) > MAX_TEXT:
+            return "too long"
+        return text or None
+
+    def fast(value: str) -> str | None:
+        try:
+            return text_field({"k": value}, "k")
+        except ValueError:
+            return "too long"
+
+    pieces = ["a", "B", " ", "  ", "\t", "\n", "\x00", "\x7f", "\x85", "\xa0", "é", "e\u0301", "\u2028", "\u3000",
+              "\u200b", "ß", "ﬁ", "\u1680", "\x1c", "\x9f", "\ufeff", "😀", "A\u030a", "O'Brien"]
+    rng = random.Random(7)
+    for _ in range(30_000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert fast(value) == slow(value), repr(value)
+    for value in ("x" * MAX_TEXT, "x" * (MAX_TEXT + 1), " " + "x" * MAX_TEXT):
+        assert fast(value) == slow(value)
+
+
+def test_a_number_too_large_for_orjson_fails_its_record_and_utf16_pages_are_read(roster):
+    roster.classes["cls-00002"]["classCode"] = 123456789012345678901234567890
+    with Sandbox(roster) as box:
+        records = read_all(source_for(box))
+    errors = [r for r in records if isinstance(r, RecordError)]
+    assert [(e.source_id, e.message) for e in errors] == [
+        ("cls-00002", "classCode is a number too large to read exactly (send it as a string)")]
+    from syncd.sources.oneroster import _decode
+
+    assert _decode('{"users": [{"sourcedId": "ü"}]}'.encode("utf-16")) == {"users": [{"sourcedId": "ü"}]}
