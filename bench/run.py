@@ -115,7 +115,7 @@ def peer_rows(label: str, figures: dict[str, dict[str, float]], target: str) -> 
 
 def scale(users: int, classes: int, enrollments: int, workdir: Path, **target: str) -> tuple[Roster, Sandbox, Path]:
     roster = Roster.generate(seed=42, users=users, classes=classes, enrollments=enrollments)
-    box = Sandbox(roster)
+    box = Sandbox(roster, cache_pages=True)
     extra = "\n".join(f"{k} = {v}" for k, v in target.items())
     config = box.write_config(workdir / "syncd.toml", workdir / "state", log_level="info",
                               source_extra="page_size = 1000", target_extra=extra)

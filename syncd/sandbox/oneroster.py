@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
@@ -60,6 +61,9 @@ class OneRosterApp:
     link_style: str = "rfc"  # "rfc" | "gg4l"
     auth: str = ""  # "oauth1" | "oauth2"; "": by version
     latency_s: float = 0.0  # per collection page: the time a real server takes to build it
+    # Serve each page's JSON from a cache (per roster revision): a real server builds pages in
+    # parallel, this one has one GIL, so the benchmarks keep its own CPU out of the way.
+    cache_pages: bool = False
     token_ttl: float = 3600.0
     ignore_offset: bool = False
     expire_tokens_at_request: int | None = None  # revoke every token when this request arrives
@@ -73,6 +77,7 @@ class OneRosterApp:
     _nonces: set[tuple[str, str]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _order: dict[str, tuple[tuple[int, int], list[str]]] = field(default_factory=dict)
+    _cache: dict[tuple[Any, ...], tuple[bytes, dict[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prefix:
@@ -116,6 +121,8 @@ class OneRosterApp:
         try:
             if self.latency_s:
                 time.sleep(self.latency_s)
+            if self.cache_pages:
+                return self._cached_page(request, collection, limit, offset)
             return self._page(request, collection, limit, offset)
         finally:
             with self._lock:
@@ -148,6 +155,14 @@ class OneRosterApp:
         if self.link and start + size < len(ids):
             headers["Link"] = self._link(request.url.split("?")[0], limit, start, size)
         return Response(200, {collection: page}, headers)
+
+    def _cached_page(self, request: Request, collection: str, limit: int, offset: int) -> Response:
+        key = (collection, limit, offset, self.roster.revision, len(self.roster.collection(collection)))
+        cached = self._cache.get(key)
+        if cached is None:
+            response = self._page(request, collection, limit, offset)
+            cached = self._cache[key] = (json.dumps(response.body).encode(), response.headers)
+        return Response(200, raw=cached[0], headers=dict(cached[1]))
 
     def _link(self, url: str, limit: int, start: int, size: int) -> str:
         if self.link_style == "gg4l":
