@@ -18,10 +18,11 @@ from conftest import summary, syncd
 from syncd import config as configuration
 from syncd.config import SourceConfig
 from syncd.model import RecordError, User
-from syncd.sandbox import Fault, Roster, Sandbox
+from syncd.sandbox import Fault, Roster, Sandbox, expected_mapping
 from syncd.sources.oneroster import OneRosterSource, SourceError
 
 TODAY = date.today()  # noqa: DTZ011
+ROLES = {"student": "learner", "teacher": "instructor"}
 
 
 def source_for(box: Sandbox, *, page_size: int = 50, concurrency: int = 4, auth: str = "") -> OneRosterSource:
@@ -256,6 +257,19 @@ def test_the_gg4l_link_header_is_what_the_documentation_shows():
     link = box.oneroster._link("http://x/users", 100, 0, 100).encode("latin-1").decode()
     assert link == ("http://x/users?limit=100&offset=0; rel=\u201cprev\u201d, "
                     "http://x/users?limit=100&offset=101; rel=\u201cnext\u201d")
+
+
+def test_a_token_revoked_mid_run_is_refreshed_once_for_all_requests_in_flight(tmp_path):
+    roster = Roster.generate(seed=11, users=150, classes=15, enrollments=600)
+    with Sandbox(roster, version="1.2", expire_tokens_at_request=4, latency_s=0.02) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state",
+                                  source_extra="page_size = 50\nconcurrency = 4")
+        result = syncd(config, "sync", "lincoln", "--json")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert box.oneroster.token_requests == 2  # the first token, and one refresh for all
+        assert 1 <= box.oneroster.rejected_auth <= 4
+        assert box.oneroster.peak_in_flight > 1
+        assert box.provision.snapshot() == expected_mapping(roster, ROLES)
 
 
 # --- config: source.auth, source.concurrency ----------------------------------------------------

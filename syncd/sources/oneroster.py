@@ -349,9 +349,12 @@ class _OAuth2Token(requests.auth.AuthBase):
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = threading.Lock()
+        self._sent = threading.local()
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.token()}"
+        token = self.token()
+        self._sent.token = token  # what this thread's request carries, for refresh()
+        request.headers["Authorization"] = f"Bearer {token}"
         return request
 
     def token(self) -> str:
@@ -362,8 +365,12 @@ class _OAuth2Token(requests.auth.AuthBase):
             return self._token
 
     def refresh(self) -> None:
+        """A 401: fetch a new token, unless another thread already replaced the one refused
+        (several requests in flight see the same revoked token; one refresh serves them all)."""
         with self._lock:
-            self._fetch()
+            refused = getattr(self._sent, "token", None)
+            if refused is None or refused == self._token:
+                self._fetch()
 
     def _fetch(self) -> None:
         quote = urllib.parse.quote
