@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
-    demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
+    demo.add_argument("--source", choices=("oneroster", "canvas", "gg4l"), default="oneroster")
     demo.set_defaults(handler=cmd_demo)
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
@@ -166,6 +166,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.all:
         names = [n for n, t in config.tenants.items() if t.enabled]
     elif args.tenants:
+        from syncd import gg4l_cli  # GG4L district tenants (gg4l-…) live in the state store
+
+        try:
+            config = gg4l_cli.with_districts(config, args.tenants)
+        except gg4l_cli.NotRunnable as exc:
+            print(f"syncd: {exc}", file=sys.stderr)
+            return EXIT_ERRORS
         unknown = [n for n in args.tenants if n not in config.tenants]
         if unknown:
             raise UsageError(f"unknown tenant(s): {', '.join(unknown)} (configured: {', '.join(config.tenants)})")
@@ -263,9 +270,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = [_tenant_status(config, store, name) for name in names]
     finally:
         store.close()
+    from syncd import gg4l_cli
+
+    districts = [] if args.tenant else gg4l_cli.status_rows(config)  # GG4L districts: state and expiry
     if args.json:
-        print(json.dumps(report if not args.tenant else report[0]))
+        print(json.dumps(report + districts if not args.tenant else report[0]))
         return EXIT_OK
+    for row in districts:
+        print(gg4l_cli.status_line(row))
     for entry in report:
         upcoming = f" · next run {entry['next_run']}" if entry["next_run"] else ""
         if entry["degraded"]:

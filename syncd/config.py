@@ -91,6 +91,8 @@ class SourceConfig:
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
+    # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
+    privacy_shield: bool = False
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)

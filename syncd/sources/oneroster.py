@@ -208,7 +208,7 @@ class OneRosterSource:
             first_name=first or "",
             last_name=last or "",
             active=active,
-            email=_text(item, "email"),
+            email=shielded_email(_text(item, "email")) if self.config.privacy_shield else _text(item, "email"),
             external_id=source_id,
         )
 
@@ -447,6 +447,14 @@ def _status(item: dict[str, Any]) -> str:
     if not isinstance(value, str) or value.strip().lower() not in STATUSES:
         raise ValueError(f"unknown status {value!r}")
     return STATUSES[value.strip().lower()]
+
+
+def shielded_email(value: str | None) -> str | None:
+    """Under GG4L's Privacy Shield an e-mail is empty or random letters @gg4l.com, maybe new at every
+    sync: never a change and never an identity, so it counts as none (gg4l.md §3, §9 step 8)."""
+    if not value or value.strip().lower().endswith("@gg4l.com"):
+        return None
+    return value
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:
