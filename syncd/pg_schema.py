@@ -136,6 +136,13 @@ ALTER TABLE plan_calls ADD COLUMN exam_id TEXT;
 CREATE INDEX plan_calls_by_exam ON plan_calls (tenant, exam_id);
 """
 
+M008 = """
+CREATE TABLE alert_state (
+    tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, topic));
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -145,6 +152,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", M005),
     ("m007_exams", M007),
+    ("m008_alerts", M008),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
