@@ -378,3 +378,15 @@ def test_override_counts_are_read_when_asked_and_listed_by_syncd_exams(canvas_ro
         assert synced and {k: rows[k]["overrides"] for k in synced} == {k: counts[k] for k in synced}
         assert any(rows[k]["overrides"] for k in synced)
         assert "accommodations" in syncd(config, "exams", "stateu").stdout
+
+
+def test_oneroster_1_2_exams_come_from_the_gradebook_service(tmp_path):
+    roster = Roster.generate(seed=7, users=40, classes=8, enrollments=120)
+    with Sandbox(roster, version="1.2") as box:
+        box.oneroster.line_items = lineitems.generate(roster, per_class=3)
+        config = write_config(box, tmp_path)
+        first = run(config)
+        exams, failed = expected(box, roster)
+        assert exams and in_target(box) == exams
+        assert first["counts"]["exams"]["failed"] == len(failed)
+        assert run(config)["calls"] == 0
