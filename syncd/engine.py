@@ -20,7 +20,7 @@ from syncd import http, plan, safety
 from syncd.config import TenantConfig
 from syncd.model import ENTITIES, PLURAL, Entity, RecordError
 from syncd.sources import Source, SourceError, open_source
-from syncd.store import Call, Store, utcnow
+from syncd.store import Call, CallLog, Store, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -361,6 +361,7 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
     """Collect the calls that returned and acknowledge them together (one transaction)."""
     done, _ = wait(list(in_flight), return_when=how)
     acks: list[tuple[Call, Outcome]] = []
+    answers: list[CallLog] = []  # for `syncd explain`: the last call of each object and its answer
     for future in done:
         call = in_flight.pop(future)
         try:
@@ -368,11 +369,15 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
         except http.AuthError as exc:
             state.failure = f"the target refused the token: {exc}"
             log.error("sync.target_auth_failed", error=str(exc))
+            answers.append(CallLog(state.run_id, call, "failed", exc.status, f"the target refused the token: {exc}"))
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
+            rejected = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+            answers.append(CallLog(state.run_id, call, "rejected" if rejected else "failed", exc.status, exc.detail))
             if state.options.only:
                 state.say(f"push: call {call.seq} ({_label(call)}) failed: HTTP {exc.status or '-'}: {exc.detail}")
-    store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks))
+    answers += [_answered(state.run_id, call, outcome) for call, outcome in acks]
+    store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks), answers)
     for call, outcome in acks:
         if state.options.only:
             acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
@@ -381,6 +386,12 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
             _record_failed(state, store, entity, _source_id(call, entity), "push",
                            f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id,
                            name=_name(call, entity))
+
+
+def _answered(run_id: str, call: Call, outcome: Outcome) -> CallLog:
+    problems = {entity: f"not acknowledged: {problem}" for entity, problem in outcome.problems.items()}
+    return CallLog(run_id, call, "acknowledged", 200, sids=outcome.sids, answers={**outcome.results, **problems},
+                   outcomes=dict.fromkeys(problems, "not_acknowledged"))
 
 
 def _label(call: Call) -> str:

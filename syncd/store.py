@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,26 @@ def m004_plan_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_explain(db: sqlite_utils.Database) -> None:
+    """What `syncd explain` needs: the raw fields that decided scope (the source's status, an
+    enrollment's endDate), and the last call that carried each object with the target's answer
+    (one row per object, replaced by the next call; pruned with its run)."""
+    db.executescript(
+        """
+        ALTER TABLE stage_courses ADD COLUMN status TEXT;
+        ALTER TABLE stage_users ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
+        CREATE TABLE call_log (
+            tenant TEXT, entity TEXT, key TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+            carried TEXT, outcome TEXT NOT NULL, http_status INTEGER, sid TEXT, answer TEXT,
+            PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+        CREATE INDEX call_log_by_run ON call_log (run_id);
+        """
+    )
+
+
 # Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
 ESCROW_DELAYS_H = (1, 6, 24)
 
@@ -179,6 +199,21 @@ class Call:
     enrollment_body: dict[str, Any] | None = None
     enrollment_sid: str | None = None
     enrollment_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class CallLog:
+    """One returned (or failed) call, as `syncd explain` shows it: per object carried, whether the
+    target acknowledged it (its ``sid`` and answer) or what went wrong (``message``)."""
+
+    run_id: str
+    call: Call
+    outcome: str  # acknowledged | rejected | failed
+    http_status: int | None = None
+    message: str | None = None
+    sids: dict[Entity, str] = field(default_factory=dict)
+    answers: dict[Entity, str] = field(default_factory=dict)
+    outcomes: dict[Entity, str] = field(default_factory=dict)  # per object, where it differs from outcome
 
 
 def utcnow() -> str:
@@ -271,6 +306,7 @@ class Store:
         with self._write():
             old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
             self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
+            self.conn.execute(f"DELETE FROM call_log WHERE run_id IN ({old})", (cutoff,))
             return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
 
     def last_run_id(self, tenant: str | None = None) -> str | None:
@@ -743,11 +779,14 @@ class Store:
 
     # --- acknowledgement -----------------------------------------------------------------
 
-    def acknowledge(self, tenant: str, acks: Iterable[tuple[Call, dict[Entity, str]]]) -> None:
+    def acknowledge(self, tenant: str, acks: Iterable[tuple[Call, dict[Entity, str]]],
+                    call_log: Iterable[CallLog] = ()) -> None:
         """Record what the target acknowledged for the calls that just returned, in one
-        transaction, before any further call is sent on their behalf."""
+        transaction, before any further call is sent on their behalf; ``call_log`` is each
+        returned call's answer, kept for `syncd explain`."""
         now = utcnow()
         with self._write():
+            self._log_calls(tenant, call_log, now)
             for call, sids in acks:
                 if "course" in sids:
                     self._ack("course", (tenant, call.course_id), sids["course"], call.course_hash,
@@ -758,6 +797,26 @@ class Store:
                     self._ack("enrollment", (tenant, call.course_id, call.user_id), sids["enrollment"],
                               call.enrollment_hash, call.enrollment_body, now)
                 self._clear_escrow(tenant, call, sids)
+
+    def _log_calls(self, tenant: str, entries: Iterable[CallLog], now: str) -> None:
+        """The last call that carried each object and the target's answer for that object."""
+        rows = []
+        for entry in entries:
+            call = entry.call
+            keys: dict[Entity, list[str]] = {"course": [call.course_id]}
+            if call.user_id and call.user_body is not None:
+                keys["user"] = [call.user_id]
+                if call.enrollment_body is not None:
+                    keys["enrollment"] = [call.course_id, call.user_id]
+            carried = json.dumps(list(keys))
+            for entity, key in keys.items():
+                answer = entry.answers.get(entity, entry.message)
+                rows.append((tenant, entity, json.dumps(key, separators=(",", ":")), entry.run_id, call.seq, now,
+                             carried, entry.outcomes.get(entity, entry.outcome), entry.http_status,
+                             entry.sids.get(entity), answer))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO call_log (tenant, entity, key, run_id, seq, at, carried, outcome, http_status, "
+            "sid, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _clear_escrow(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
         keys = {"course": [call.course_id], "user": [call.user_id], "enrollment": [call.course_id, call.user_id]}
@@ -805,14 +864,15 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
 def _stage_row(tenant: str, record: Record) -> tuple[Any, ...]:
     if isinstance(record, Course):
         return (tenant, record.source_id, record.title, record.code, record.external_id, record.lms_id,
-                record.parent_id, int(record.active))
+                record.parent_id, int(record.active), record.status)
     if isinstance(record, CourseCode):
         return (tenant, record.source_id, record.code)
     if isinstance(record, User):
         return (tenant, record.source_id, record.first_name, record.last_name, record.email,
-                record.external_id, record.lms_id, int(record.active))
+                record.external_id, record.lms_id, int(record.active), record.status)
     assert isinstance(record, Enrollment)
-    return (tenant, record.source_id, record.course_id, record.user_id, record.role, int(record.active))
+    return (tenant, record.source_id, record.course_id, record.user_id, record.role, int(record.active),
+            record.status, record.end_date)
 
 
 def _join(left: str, right: str, entity: Entity) -> str:

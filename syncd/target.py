@@ -33,6 +33,7 @@ class Outcome:
 
     sids: dict[Entity, str] = field(default_factory=dict)
     problems: dict[Entity, str] = field(default_factory=dict)
+    results: dict[Entity, str] = field(default_factory=dict)  # the target's word: Created, Updated, …
 
 
 class InvalidResponse(http.HttpError):
@@ -109,6 +110,8 @@ def parse(response: requests.Response, call: Call) -> Outcome:
             outcome.problems[entity] = f"the response carries an unknown {entity} result {result!r}"
         else:
             outcome.sids[entity] = sid
+            if isinstance(result, str):
+                outcome.results[entity] = result
     return outcome
 
 
