@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from syncd import cli, engine, logs
 from syncd import config as configuration
-from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, canvas_roster, expected_mapping
+from syncd.sandbox import (
+    CanvasRoster,
+    CanvasSandbox,
+    ProvisionApp,
+    Roster,
+    Sandbox,
+    Serving,
+    canvas_roster,
+    expected_mapping,
+    route_installs,
+)
 from syncd.store import Store
 
 
@@ -38,11 +51,12 @@ def _student_to_refuse(mapping: dict[str, Any]) -> str:
     return min(u for u, body in mapping["users"].items() if body.get("email") and enrolled.get(u) == 1)
 
 
-def main(directory: str, source: str = "oneroster") -> int:
+def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
     base = Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     logs.configure("error", "console")
     sandbox, roster, expect, about = _sandbox(source)
+    progress = _progress(sandbox.default_tenant, quiet)
     with sandbox:
         path = sandbox.write_config(base / "syncd.toml", base / "state")
         config = configuration.load(path)
@@ -56,7 +70,7 @@ def main(directory: str, source: str = "oneroster") -> int:
         try:
             print(f"{about}\n         provision API at {sandbox.target_url}\n")
             print("1. first sync: everything in scope is created")
-            first = engine.run(tenant, store)
+            first = engine.run(tenant, store, progress=progress())
             print(cli.render_summary(first), "\n")
             made = roster.mutate(seed=8, fraction=0.02)
             roster.touch_unmapped(seed=9)
@@ -65,11 +79,11 @@ def main(directory: str, source: str = "oneroster") -> int:
                   f"{_many(made['retitled'], 'course')} retitled, and 10 users changed only in fields "
                   "syncd does not map")
             calls_before = sandbox.provision.calls
-            second = engine.run(tenant, store)
+            second = engine.run(tenant, store, progress=progress())
             print(cli.render_summary(second))
             print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls\n")
             print("3. nothing changes: a resync sends nothing (the refused record waits in escrow, see below)")
-            third = engine.run(tenant, store)
+            third = engine.run(tenant, store, progress=progress())
             print(cli.render_summary(third), "\n")
             expected = expect(roster, tenant.roles)
             expected["users"].pop(refused, None)
@@ -97,6 +111,108 @@ def main(directory: str, source: str = "oneroster") -> int:
           f"  syncd --config {path} errors --csv    the same for a spreadsheet\n"
           f"  syncd config example                 an annotated config for your own institution")
     return 0 if engine.FAILED not in (first["status"], second["status"], third["status"]) else 1
+
+
+def _progress(tenant: str, quiet: bool) -> Callable[[], engine.Progress | None]:
+    """A fresh progress bar per run on a terminal (none with --quiet, none into a pipe)."""
+    def bar() -> engine.Progress | None:
+        if quiet or not sys.stderr.isatty():
+            return None
+        drawn = cli.ProgressBar(tenant)
+
+        def update(phase: str, done: int, total: int | None) -> None:
+            drawn.update(phase, done, total)
+            if phase == "removals":
+                drawn.close()  # the last phase: its line ends before the summary is printed
+        return update
+    return bar
+
+
+# --- demo --serve: a sandbox that stays up -----------------------------------------------------
+
+# Offsets from --port-base. GG4L School Passport (its Partner API and the districts' Data APIs)
+# joins the sandbox on the fourth port when it exists: serve() reserves it and says so.
+PORTS = {"oneroster": 0, "canvas": 1, "provision": 2, "gg4l": 3}
+
+
+def serve(directory: str, port_base: int) -> int:
+    """Keep the sandbox up on fixed loopback ports with a config pointing at it, until SIGINT/SIGTERM."""
+    base = Path(directory).resolve()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logs.configure("error", "console")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
+    installs = [ProvisionApp(install_sid="AI" + "0" * 31 + "1"), ProvisionApp(install_sid="AI" + "0" * 31 + "2")]
+    servers: list[Any] = []
+    try:
+        target = Serving(route_installs(installs), port_base + PORTS["provision"])
+        servers.append(target)
+        lincoln = Sandbox(roster, port=port_base + PORTS["oneroster"], target=(installs[0], target.url))
+        servers.append(lincoln)
+        stateu = CanvasSandbox(CanvasRoster.generate(seed=7, users=120, courses=12, enrollments=500),
+                               port=port_base + PORTS["canvas"], target=(installs[1], target.url))
+        servers.append(stateu)
+    except OSError as exc:
+        for server in servers:
+            server.stop()
+        print(f"syncd: cannot listen on 127.0.0.1 ports {port_base}-{port_base + len(PORTS) - 1}: {exc.strerror}; "
+              "choose others with --port-base", file=sys.stderr)
+        return 1
+    try:
+        path = _write_serve_config(base, lincoln, stateu)
+        refused = _student_to_refuse(expected_mapping(roster, configuration.load(path).tenants["lincoln"].roles))
+        installs[0].reject = lambda body: (
+            (422, "user.email is already used by another account")
+            if body.get("user", {}).get("ids", {}).get("external") == refused else None)
+        _say_what_to_try(path, port_base, lincoln, stateu, refused, roster)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    print("sandbox stopped", flush=True)
+    return 0
+
+
+def _write_serve_config(base: Path, lincoln: Sandbox, stateu: CanvasSandbox) -> Path:
+    path = base / "syncd.toml"
+    path.write_text(
+        f'# Written by `syncd demo --serve`: it points at the sandbox while that runs.\n'
+        f'[daemon]\nstate_dir = "{base / "state"}"\nlog_level = "info"\nlog_format = "auto"\n\n'
+        + lincoln.tenant_toml() + "\n" + stateu.tenant_toml(), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def _say_what_to_try(path: Path, port_base: int, lincoln: Sandbox, stateu: CanvasSandbox, refused: str,
+                     roster: Roster) -> None:
+    inactive = next((u for u, v in roster.users.items() if v["status"] != "active"), None)
+    ended = next((e for e in roster.enrollments.values() if e.get("endDate")), None)
+    lines = [
+        "sandbox running on loopback (Ctrl-C to stop):",
+        f"  OneRoster 1.1   {lincoln.source_url}   tenant lincoln",
+        f"  Canvas          {stateu.source_url}   tenant stateu",
+        f"  provision API   {lincoln.target_url}",
+        f"  GG4L            127.0.0.1:{port_base + PORTS['gg4l']} (reserved; not in the sandbox yet)",
+        f"config: {path} (state in {path.parent / 'state'})",
+        "",
+        "try, in another terminal:",
+        f"  export SYNCD_CONFIG={path}",
+        "  syncd sync lincoln                   one sync now (the target refuses one student on purpose)",
+        "  syncd run                            the daemon: every tenant every 15 minutes, until Ctrl-C",
+        "  syncd status                         last runs and counts",
+        "  syncd errors lincoln                 what failed, and why",
+        f"  syncd explain lincoln user:{refused}    why that student is not in the target (escrow)",
+    ]
+    if inactive:
+        lines.append(f"  syncd explain lincoln user:{inactive}    a student the SIS marks inactive")
+    if ended:
+        pair = f"{ended['class']['sourcedId']}/{ended['user']['sourcedId']}"
+        lines.append(f"  syncd explain lincoln enrollment:{pair}    an enrollment that ended")
+    lines.append("  curl http://127.0.0.1:8470/metrics   once the daemon serves HTTP ([daemon.http] listen)")
+    print("\n".join(lines), flush=True)
 
 
 def _many(count: int, noun: str) -> str:

@@ -136,6 +136,7 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
         return
     store.reset_stage(tenant)
     _extract(state, store, source)
+    state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
     store.build_desired(tenant, state.tenant.roles, state.tenant.time_zone)
     if state.complete:
         for source_id, course_id, user_id, missing in store.dangling_enrollments(tenant):
@@ -166,6 +167,7 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
     if state.options.only:
         log.info("sync.removals_skipped", reason="--only syncs one object: nothing is inferred removed")
     else:
+        state.report("removals", 0, None)
         _removals(state, store, client, approved)
     for entity in ENTITIES:
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
