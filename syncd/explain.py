@@ -110,7 +110,8 @@ def _extract_section(reader: _Reader, subject: Subject, run: dict[str, Any] | No
     for error in errors:
         code = DUPLICATE if error["message"].startswith("duplicate id") else (
             DANGLING if "refers to a" in error["message"] else UNREADABLE)
-        rules.append({"rule": code, "source_id": error["source_id"], "reason": error["message"]})
+        if code != DANGLING or not records:  # the staged record's own rules name the missing id
+            rules.append({"rule": code, "source_id": error["source_id"], "reason": error["message"]})
     if desired is None:
         if subject.kind == "enrollment":
             rules += [r for record in records for r in _enrollment_rules(reader, record, roles)]
