@@ -507,7 +507,10 @@ def render_explain(report: dict[str, Any]) -> str:
         lines.append(f"  {record['source_id']}: {fields}")
     if scope["in_scope"]:
         won = f" (source enrollment {scope['won']} wins: its role is listed first in roles)" if scope["won"] else ""
-        lines.append(f"  in scope{won}; provision body: {json.dumps(report['body'])}")
+        kept = " (the target's, kept while the update is held)" if report["state"] == "held" else ""
+        lines.append(f"  in scope{won}; provision body{kept}: {json.dumps(report['body'])}")
+    for field, (old, new) in report.get("held_changes", {}).items():
+        lines.append(f"  held change: {field} {old!r} -> {new!r}")
     for i, rule in enumerate(scope["rules"]):
         lines.append(f"  {'out of scope' if i == 0 and not scope['in_scope'] else 'also'}: "
                      f"[{rule['rule']}] {rule['reason']}")

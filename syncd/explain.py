@@ -93,6 +93,7 @@ def explain(store: Store, tenant: str, kind: str, ident: str, roles: dict[str, s
     report["pending_removal"] = reader.one("SELECT 1 AS pending FROM pending_removals WHERE tenant = ? "
                                            "AND entity = ? AND key = ?", (tenant, kind, subject.encoded)) is not None
     report["state"], report["verdict"] = _verdict(report, run, desired_hash)
+    report["held_changes"] = _held_changes(report) if report["state"] == "held" else {}
     report["events"] = _events(report, run)
     return report
 
@@ -250,6 +251,21 @@ def _verdict(report: dict[str, Any], run: dict[str, Any] | None, desired_hash: s
     tail = (" It is still in the target: its removal waits (incomplete extract, or a safety threshold)."
             if target["sid"] else "")
     return "out_of_scope", f"not in scope: {rule}.{tail}"
+
+
+# Staged columns and the provision fields they map to one to one (the rest needs the store's SQL).
+DIRECT_FIELDS = {"user": {"first_name": "firstName", "last_name": "lastName", "email": "email"},
+                 "course": {"title": "title"}}
+
+
+def _held_changes(report: dict[str, Any]) -> dict[str, list[Any]]:
+    """A held update: the fields the source changed, [what the target keeps, what the source says]."""
+    fields = DIRECT_FIELDS.get(report["entity"], {})
+    records, acked = report["extract"]["records"], report["target"]["acked_body"] or {}
+    if not records:
+        return {}
+    return {field: [acked.get(field), records[0].get(column)] for column, field in fields.items()
+            if acked.get(field) != records[0].get(column)}
 
 
 def _events(report: dict[str, Any], run: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -140,6 +140,7 @@ def test_explain_a_student_whose_rename_the_update_breaker_held(sandbox, config,
     # The source's new name is in the extract; the target keeps the old one until approved.
     assert report["extract"]["records"][0]["last_name"] == roster.users[student]["familyName"]
     assert report["target"]["acked_body"]["lastName"] != roster.users[student]["familyName"]
+    assert report["held_changes"]["lastName"][1] == roster.users[student]["familyName"]
     assert "held" in [e["event"] for e in report["events"]]
 
 
