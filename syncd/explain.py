@@ -190,11 +190,7 @@ def _status_words(record: dict[str, Any], noun: str) -> str:
 
 def _target_section(reader: _Reader, subject: Subject) -> dict[str, Any]:
     acked = reader.acked(subject)
-    last_call = reader.one("SELECT run_id, seq, at, carried, outcome, http_status, sid, answer FROM call_log "
-                           "WHERE tenant = ? AND entity = ? AND key = ?",
-                           (reader.tenant, subject.kind, subject.encoded))
-    if last_call:
-        last_call["carried"] = json.loads(last_call["carried"] or "[]")
+    last_call = reader.last_call(subject)
     body = json.loads(acked["body"]) if acked and acked.get("body") else None
     return {"known": bool(acked or last_call), "name": _body_name(subject.kind, body),
             "sid": acked["sid"] if acked else None, "acked_at": acked["acked_at"] if acked else None,
@@ -470,6 +466,21 @@ class _Reader:
                             "(e.entity = 'enrollment' AND e.user_id = ?))" + order,
                             (self.tenant, subject.key[0], subject.key[0]))
         return self.all(select + "e.entity = 'course' AND e.source_id = ?" + order, (self.tenant, subject.key[0]))
+
+    def last_call(self, subject: Subject) -> dict[str, Any] | None:
+        """The last call that carried the record, and the target's answer for it."""
+        where = {"enrollment": "course_id = ? AND user_id = ?", "course": "course_id = ?",
+                 "user": "user_id = ?"}[subject.kind]  # a user's: a scan, fine for one manual question
+        row = self.one(f"SELECT run_id, seq, at, http_status, message, answers FROM call_log WHERE tenant = ? "
+                       f"AND {where} ORDER BY at DESC LIMIT 1", (self.tenant, *subject.key))
+        if row is None:
+            return None
+        answers = json.loads(row.pop("answers"))
+        outcome, sid, answer = answers.get(subject.kind, [None, None, None])
+        if outcome is None:
+            return None
+        return {**row, "carried": list(answers), "outcome": outcome, "sid": sid,
+                "answer": answer or row["message"]}
 
     def split_enrollment(self, ident: str) -> tuple[str, str]:
         """CLASS_ID/USER_ID, where an id may itself hold a "/": the split the store knows, else the first."""

@@ -156,8 +156,9 @@ def m004_plan_indexes(db: sqlite_utils.Database) -> None:
 @migrations()
 def m005_explain(db: sqlite_utils.Database) -> None:
     """What `syncd explain` needs: the raw fields that decided scope (the source's status, an
-    enrollment's endDate), and the last call that carried each object with the target's answer
-    (one row per object, replaced by the next call; pruned with its run)."""
+    enrollment's endDate), and the last call for each (course, user) pair with the target's answer
+    per object carried (one row per call, not per object: one more write per call, not three;
+    replaced by the next call of the pair; pruned with its run)."""
     db.executescript(
         """
         ALTER TABLE stage_courses ADD COLUMN status TEXT;
@@ -165,9 +166,9 @@ def m005_explain(db: sqlite_utils.Database) -> None:
         ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
         ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
         CREATE TABLE call_log (
-            tenant TEXT, entity TEXT, key TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
-            carried TEXT, outcome TEXT NOT NULL, http_status INTEGER, sid TEXT, answer TEXT,
-            PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+            tenant TEXT, course_id TEXT, user_id TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+            outcome TEXT NOT NULL, http_status INTEGER, message TEXT, answers TEXT NOT NULL,
+            PRIMARY KEY (tenant, course_id, user_id)) WITHOUT ROWID;
         CREATE INDEX call_log_by_run ON call_log (run_id);
         """
     )
@@ -799,24 +800,23 @@ class Store:
                 self._clear_escrow(tenant, call, sids)
 
     def _log_calls(self, tenant: str, entries: Iterable[CallLog], now: str) -> None:
-        """The last call that carried each object and the target's answer for that object."""
+        """The last call of each (course, user) pair ("" for a course alone) and, per object it
+        carried, the target's answer: [outcome, sid, answer]."""
         rows = []
         for entry in entries:
             call = entry.call
-            keys: dict[Entity, list[str]] = {"course": [call.course_id]}
+            carried: list[Entity] = ["course"]
             if call.user_id and call.user_body is not None:
-                keys["user"] = [call.user_id]
+                carried.append("user")
                 if call.enrollment_body is not None:
-                    keys["enrollment"] = [call.course_id, call.user_id]
-            carried = json.dumps(list(keys))
-            for entity, key in keys.items():
-                answer = entry.answers.get(entity, entry.message)
-                rows.append((tenant, entity, json.dumps(key, separators=(",", ":")), entry.run_id, call.seq, now,
-                             carried, entry.outcomes.get(entity, entry.outcome), entry.http_status,
-                             entry.sids.get(entity), answer))
+                    carried.append("enrollment")
+            answers = {e: [entry.outcomes.get(e, entry.outcome), entry.sids.get(e), entry.answers.get(e)]
+                       for e in carried}
+            rows.append((tenant, call.course_id, call.user_id or "", entry.run_id, call.seq, now, entry.outcome,
+                         entry.http_status, entry.message, json.dumps(answers, separators=(",", ":"))))
         self.conn.executemany(
-            "INSERT OR REPLACE INTO call_log (tenant, entity, key, run_id, seq, at, carried, outcome, http_status, "
-            "sid, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "INSERT OR REPLACE INTO call_log (tenant, course_id, user_id, run_id, seq, at, outcome, http_status, "
+            "message, answers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _clear_escrow(self, tenant: str, call: Call, sids: dict[Entity, str]) -> None:
         keys = {"course": [call.course_id], "user": [call.user_id], "enrollment": [call.course_id, call.user_id]}
