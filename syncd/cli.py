@@ -243,6 +243,7 @@ class ProgressBar:
         self.phase = ""
         self.drawn = 0.0
         self.open = False  # a line is drawn and not yet ended
+        self.width = 0
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         import time
@@ -260,15 +261,16 @@ class ProgressBar:
         else:
             unit = self.UNITS.get(phase, "done")
             line = f"{self.tenant} {phase:<8} {done:,} {unit}" if unit else f"{self.tenant} {phase:<8} …"
-        sys.stderr.write(f"\r{line}")
+        # Padded to the last line drawn, so that a shorter line leaves nothing of the longer one behind.
+        sys.stderr.write(f"\r{line:<{self.width}}")
         sys.stderr.flush()
-        self.open = True
+        self.open, self.width = True, len(line)
 
     def interrupt(self) -> None:
         if self.open:
             sys.stderr.write("\n")
             sys.stderr.flush()
-            self.open = False
+            self.open, self.width = False, 0
             self.drawn = 0.0  # redraw at once after the interruption
 
     def close(self) -> None:

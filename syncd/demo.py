@@ -109,6 +109,9 @@ def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
           f"  syncd --config {path} status          last runs, counts, errors per run\n"
           f"  syncd --config {path} errors          what failed, and why\n"
           f"  syncd --config {path} errors --csv    the same for a spreadsheet\n"
+          f"  syncd --config {path} explain {sandbox.default_tenant} user:{refused}    why the refused student "
+          "is not in the target\n"
+          f"  syncd demo --serve                   keep a sandbox up to try `syncd run` and the rest on it\n"
           f"  syncd config example                 an annotated config for your own institution")
     return 0 if engine.FAILED not in (first["status"], second["status"], third["status"]) else 1
 
@@ -154,6 +157,8 @@ def serve(directory: str, port_base: int) -> int:
         stateu = CanvasSandbox(CanvasRoster.generate(seed=7, users=120, courses=12, enrollments=500),
                                port=port_base + PORTS["canvas"], target=(installs[1], target.url))
         servers.append(stateu)
+        # GG4L (another issue): serve its Partner API here on port_base + PORTS["gg4l"], append it to
+        # `servers`, and add its [gg4l] table to the config _write_serve_config writes.
     except OSError as exc:
         for server in servers:
             server.stop()
@@ -190,28 +195,29 @@ def _say_what_to_try(path: Path, port_base: int, lincoln: Sandbox, stateu: Canva
                      roster: Roster) -> None:
     inactive = next((u for u, v in roster.users.items() if v["status"] != "active"), None)
     ended = next((e for e in roster.enrollments.values() if e.get("endDate")), None)
-    lines = [
-        "sandbox running on loopback (Ctrl-C to stop):",
-        f"  OneRoster 1.1   {lincoln.source_url}   tenant lincoln",
-        f"  Canvas          {stateu.source_url}   tenant stateu",
-        f"  provision API   {lincoln.target_url}",
-        f"  GG4L            127.0.0.1:{port_base + PORTS['gg4l']} (reserved; not in the sandbox yet)",
-        f"config: {path} (state in {path.parent / 'state'})",
-        "",
-        "try, in another terminal:",
-        f"  export SYNCD_CONFIG={path}",
-        "  syncd sync lincoln                   one sync now (the target refuses one student on purpose)",
-        "  syncd run                            the daemon: every tenant every 15 minutes, until Ctrl-C",
-        "  syncd status                         last runs and counts",
-        "  syncd errors lincoln                 what failed, and why",
-        f"  syncd explain lincoln user:{refused}    why that student is not in the target (escrow)",
+    tries = [
+        ("syncd sync lincoln", "one sync now (the target refuses one student on purpose)"),
+        ("syncd run", "the daemon: every tenant every 15 minutes, until Ctrl-C"),
+        ("syncd status", "last runs and counts"),
+        ("syncd errors lincoln", "what failed, and why"),
+        (f"syncd explain lincoln user:{refused}", "why that student is not in the target (after a sync)"),
     ]
     if inactive:
-        lines.append(f"  syncd explain lincoln user:{inactive}    a student the SIS marks inactive")
+        tries.append((f"syncd explain lincoln user:{inactive}", "a student the SIS marks inactive"))
     if ended:
         pair = f"{ended['class']['sourcedId']}/{ended['user']['sourcedId']}"
-        lines.append(f"  syncd explain lincoln enrollment:{pair}    an enrollment that ended")
-    lines.append("  curl http://127.0.0.1:8470/metrics   once the daemon serves HTTP ([daemon.http] listen)")
+        tries.append((f"syncd explain lincoln enrollment:{pair}", "an enrollment that ended"))
+    tries.append(("curl http://127.0.0.1:8470/metrics", "once the daemon serves HTTP ([daemon.http] listen)"))
+    width = max(len(command) for command, _ in tries) + 3
+    servers = [("OneRoster 1.1", f"{lincoln.source_url}  (tenant lincoln)"),
+               ("Canvas", f"{stateu.source_url}  (tenant stateu)"),
+               ("provision API", lincoln.target_url),
+               ("GG4L", f"127.0.0.1:{port_base + PORTS['gg4l']}  (reserved: not in the sandbox yet)")]
+    lines = ["sandbox running on loopback (Ctrl-C to stop):"]
+    lines += [f"  {name:<15} {where}" for name, where in servers]
+    lines += [f"config: {path} (state in {path.parent / 'state'})", "", "try, in another terminal:",
+              f"  export SYNCD_CONFIG={path}"]
+    lines += [f"  {command:<{width}}{what}" for command, what in tries]
     print("\n".join(lines), flush=True)
 
 
