@@ -45,8 +45,11 @@ class Subject:
         return "/".join(self.key)
 
     @property
-    def encoded(self) -> str:
-        return json.dumps(list(self.key), separators=(",", ":"))  # the form of SQLite's json_array()
+    def encoded(self) -> tuple[str, str]:
+        """The key as the store writes it: SQLite's json_array() keeps non-ASCII characters as they
+        are (held, pending_removals), Python's json.dumps escapes them (escrow). Both are asked."""
+        return (json.dumps(list(self.key), separators=(",", ":"), ensure_ascii=False),
+                json.dumps(list(self.key), separators=(",", ":")))
 
 
 def parse_subject(text: str) -> tuple[str, str]:
@@ -84,14 +87,16 @@ def explain(store: Store, tenant: str, kind: str, ident: str, roles: dict[str, s
     report["target"] = {k: v for k, v in target.items() if k not in ("known", "name")}
     report["errors"] = _errors(reader, subject, extract["source_ids"])
     report["escrow"] = reader.one("SELECT attempts, next_retry_at, http_status, message, first_seen, run_id "
-                                  "FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
-                                  (tenant, kind, subject.encoded))
+                                  "FROM escrow WHERE tenant = ? AND entity = ? AND key IN (?, ?)",
+                                  (tenant, kind, *subject.encoded))
     report["held"] = reader.all(
         "SELECT h.run_id, h.kind, r.started_at, r.message, a.approved_at, a.spent_by FROM held h "
         "JOIN runs r ON r.run_id = h.run_id LEFT JOIN approvals a ON a.run_id = h.run_id "
-        "WHERE h.tenant = ? AND h.entity = ? AND h.key = ? ORDER BY r.started_at", (tenant, kind, subject.encoded))
-    report["pending_removal"] = reader.one("SELECT 1 AS pending FROM pending_removals WHERE tenant = ? "
-                                           "AND entity = ? AND key = ?", (tenant, kind, subject.encoded)) is not None
+        "WHERE h.tenant = ? AND h.entity = ? AND h.key IN (?, ?) ORDER BY r.started_at",
+        (tenant, kind, *subject.encoded))
+    pending = reader.one("SELECT 1 AS pending FROM pending_removals WHERE tenant = ? AND entity = ? "
+                         "AND key IN (?, ?)", (tenant, kind, *subject.encoded))
+    report["pending_removal"] = pending is not None
     report["state"], report["verdict"] = _verdict(report, run, desired_hash)
     report["held_changes"] = _held_changes(report) if report["state"] == "held" else {}
     report["events"] = _events(report, run)
