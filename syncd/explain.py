@@ -369,7 +369,8 @@ def _suggest(reader: _Reader, subject: Subject, limit: int = 5) -> list[dict[str
                  "matched_by": "id"} for p in found]
     names = reader.names(subject.kind)
     query = subject.label.lower()
-    chosen: dict[str, str] = {}
+    # A Canvas record's source id is its Canvas id; an admin may well type its SIS id instead.
+    chosen: dict[str, str] = dict.fromkeys(reader.by_external_id(subject.kind, subject.label), "external id")
     for ident in [i for i in names if query in i.lower()][:limit]:
         chosen.setdefault(ident, "id")
     for ident in difflib.get_close_matches(subject.label, list(names), n=limit, cutoff=0.6):
@@ -497,6 +498,14 @@ class _Reader:
                         (self.tenant, *pair, self.tenant, *pair)):
                 return pair
         return ident[:cuts[0]], ident[cuts[0] + 1:]
+
+    def by_external_id(self, kind: Entity, external: str) -> list[str]:
+        plural = PLURAL[kind]
+        rows = self.conn.execute(
+            f"SELECT source_id FROM stage_{plural} WHERE tenant = ? AND external_id = ? UNION SELECT source_id "
+            f"FROM acked_{plural} WHERE tenant = ? AND json_extract(body, '$.ids.external') = ?",
+            (self.tenant, external, self.tenant, external))
+        return [row[0] for row in rows]
 
     def names(self, kind: Entity) -> dict[str, str]:
         """Every known id of this kind (last extract and synced state) with its name."""

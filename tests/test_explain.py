@@ -203,3 +203,20 @@ def test_explain_json_has_the_same_answer_as_data(sandbox, config, roster):
     assert data["state"] in ("synced", "pending", "escrow", "held", "removed", "out_of_scope", "not_in_source")
     text = explain(config, f"user:{user}").stdout
     assert data["verdict"] in text and all(e["text"] in text for e in data["events"])
+
+
+def test_explain_on_canvas_finds_a_student_by_their_sis_id(tmp_path):
+    from syncd.sandbox import CanvasRoster, CanvasSandbox
+
+    roster = CanvasRoster.generate(seed=3, users=40, courses=4, enrollments=120)
+    with CanvasSandbox(roster) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+        assert syncd(config, "sync", "stateu").returncode == 0
+        user_id, user = next((str(u), v) for u, v in roster.users.items() if v.get("sis_user_id")
+                             and v["sis_user_id"] in {b["ids"].get("external") for b in box.provision.users.values()})
+        result = syncd(config, "explain", "stateu", f"user:{user['sis_user_id']}", "--json")
+        assert result.returncode == 1
+        first = json.loads(result.stdout)["suggestions"][0]
+        assert first["id"] == user_id and first["matched_by"] == "external id"
+        found = json.loads(syncd(config, "explain", "stateu", f"user:{user_id}", "--json").stdout)
+        assert found["state"] == "synced" and found["body"]["ids"] == {"external": user["sis_user_id"], "lms": user_id}
