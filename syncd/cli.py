@@ -14,7 +14,9 @@ from importlib import resources
 from typing import Any
 
 from syncd import config as configuration
-from syncd import engine, lock, logs
+from syncd import engine, lock, logs, render
+from syncd.render import render_summary
+from syncd.startup import warn_if_exposed
 from syncd.store import Store
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
@@ -113,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     cfg_commands.add_parser("validate", help="check the config file").set_defaults(handler=cmd_config_validate)
     cfg_commands.add_parser("example", help="print an annotated example").set_defaults(handler=cmd_config_example)
 
+    state = commands.add_parser("state", help="move the state store (SPEC §11)")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    copy = state_commands.add_parser("copy", help="copy the SQLite state into an empty PostgreSQL database")
+    copy.add_argument("--to", required=True, metavar="URL",
+                      help="postgresql://… (or env:NAME, file:/path, credential:NAME holding it)")
+    copy.set_defaults(handler=cmd_state_copy)
+
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result",
                                parents=[quiet])
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
@@ -124,7 +133,31 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"--serve: the first of its 4 ports (default {DEMO_PORT_BASE}: OneRoster, Canvas, "
                            "provision, GG4L)")
     demo.set_defaults(handler=cmd_demo)
+    from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
+
+    gg4l_cli.register(commands)
     return parser
+
+
+def cmd_state_copy(args: argparse.Namespace) -> int:
+    from syncd import state_copy
+    from syncd.store import DB_NAME
+
+    config = _load(args)
+    try:
+        url = configuration.resolve_secret(args.to)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise UsageError("--to: expected a postgresql:// URL")
+    try:
+        counts = state_copy.copy_state(config.daemon.state_dir / DB_NAME, url,
+                                       progress=lambda table, rows: print(f"{table:<20} {rows:>10} rows"))
+    except state_copy.CopyError as exc:
+        print(f"syncd: state copy: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    print(f"copied {sum(counts.values())} rows, counts verified; {config.daemon.state_dir / DB_NAME} is unchanged")
+    return EXIT_OK
 
 
 def _only(value: str) -> tuple[str, str]:
@@ -143,21 +176,6 @@ def _load(args: argparse.Namespace) -> configuration.Config:
     logs.register_secrets(config.secrets)
     warn_if_exposed(config)
     return config
-
-
-def warn_if_exposed(config: configuration.Config) -> None:
-    """A config that holds a secret in plain text must be readable by its owner only."""
-    import structlog
-
-    try:
-        mode = config.path.stat().st_mode
-    except OSError:
-        return
-    if config.plain_secrets and mode & 0o077:
-        structlog.get_logger("syncd.config").warning(
-            "config.secret_readable_by_others", config=str(config.path), mode=oct(mode & 0o777),
-            keys=list(config.plain_secrets),
-            fix=f"chmod 600 {config.path}, or use env:, file: or credential: references")
 
 
 # --- sync ----------------------------------------------------------------------------------
@@ -207,7 +225,7 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
         print(line, flush=True)
 
     # --quiet keeps a dry run's plan (it is the result) and drops --only's running commentary.
-    show = None if args.json or (quiet and not args.dry_run) else show_line
+    show = None if args.json or (quiet and not args.dry_run) else render.printer(show_line)
     if args.only and show:
         show_line(f"{name}: syncing only {args.only[0]} {args.only[1]}")
     try:
@@ -275,18 +293,6 @@ class ProgressBar:
 
     def close(self) -> None:
         self.interrupt()
-
-
-def render_summary(summary: dict[str, Any]) -> str:
-    planned = f", {summary['planned_calls']} planned" if summary["dry_run"] else ""
-    head = (f"{summary['tenant']}: {summary['status']}{' (dry run)' if summary['dry_run'] else ''} · "
-            f"run {summary['run_id']} · {summary['calls']} call(s) sent{planned} · "
-            f"{summary['duration_s']:.2f}s")
-    columns = ("created", "updated", "unchanged", "removed", "failed")
-    lines = [head, f"  {'':<12}" + "".join(f"{c:>11}" for c in columns)]
-    for entity, counts in summary["counts"].items():
-        lines.append(f"  {entity:<12}" + "".join(f"{counts.get(c, 0):>11}" for c in columns))
-    return "\n".join(lines)
 
 
 # --- status and errors ---------------------------------------------------------------------

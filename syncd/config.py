@@ -21,6 +21,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from syncd import exams_config
+from syncd.errors import AdminNeeded
+
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 DEPROVISION = ("report", "disable")
 SAFETY_KEYS = {"max_removals_percent", "max_removals", "max_updates_percent", "freeze", "degraded_after"}
@@ -37,7 +40,7 @@ DEFAULT_SCOPE = {
 SECRET_KEYS = ("client_secret", "token", "refresh_token", "access_token")
 
 
-class ConfigError(Exception):
+class ConfigError(AdminNeeded):
     """A config that cannot be used; ``errors`` holds one ``key.path: message`` per problem."""
 
     def __init__(self, errors: list[str]):
@@ -111,6 +114,7 @@ class TenantConfig:
     enabled: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     deprovision: str = "report"  # report | disable
+    exams: exams_config.ExamsConfig | None = None  # SPEC §7; None: exams are off
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Config:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     # Key paths whose secret is written in the file itself (no env:, file: or credential:).
     plain_secrets: tuple[str, ...] = ()
+    gg4l: Any = None  # syncd.gg4l_config.Gg4lConfig when [gg4l] is set
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -146,11 +151,13 @@ def load(path: Path) -> Config:
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "safety", "tenants"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
     defaults = _table(checker, raw, "safety")
+    from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
+    gg4l = parse_gg4l(checker, raw, defaults)
     tenants_raw = _table(checker, raw, "tenants")
-    if not tenants_raw and "tenants" not in checker.bad_tables:
+    if not tenants_raw and "tenants" not in checker.bad_tables and "gg4l" not in raw:
         checker.error("tenants", "at least one tenant is required ([tenants.NAME])")
     tenants = {}
     for name, body in tenants_raw.items():
@@ -166,7 +173,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if checker.errors:
         raise ConfigError(checker.errors)
     return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
-                  plain_secrets=tuple(checker.plain_secrets))
+                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l)
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -193,7 +200,7 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
 def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:
     key = f"tenants.{key_name(name)}"
     _unknown(checker, body, key, {"schedule", "time_zone", "roles", "enabled", "source", "target", "safety",
-                                  "deprovision"})
+                                  "deprovision", "exams"})
     schedule = checker.get(body, f"{key}.schedule", str, "every 1h")
     if schedule is not None:
         problem = schedule_problem(schedule)
@@ -212,6 +219,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
     own = _table(checker, body, "safety", key)
     safety = _safety(checker, {**defaults, **own}, f"{key}.safety", own_keys=set(own))
     deprovision = checker.choice(body, f"{key}.deprovision", DEPROVISION, "report")
+    exams = exams_config.parse(checker, body, key, source and source.type)
     if source is None or target is None:
         return None
     return TenantConfig(
@@ -224,6 +232,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
         enabled=bool(enabled),
         safety=safety,
         deprovision=deprovision,
+        exams=exams,
     )
 
 

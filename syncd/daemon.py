@@ -33,6 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from syncd import config as configuration
 from syncd import engine, http, lock, logs, schedule
 from syncd.notify import notify, watchdog_interval_s
+from syncd.startup import warn_if_exposed
 from syncd.store import Store
 
 log = structlog.get_logger("syncd.daemon")
@@ -238,8 +239,6 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def main(config_path: Path) -> int:
-    from syncd.cli import warn_if_exposed
-
     config = configuration.load(config_path)
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     logs.register_secrets(config.secrets)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncd import cli, engine, logs
+from syncd import cli, engine, logs, render
 from syncd import config as configuration
 from syncd.sandbox import (
     CanvasRoster,
@@ -71,7 +71,7 @@ def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
             print(f"{about}\n         provision API at {sandbox.target_url}\n")
             print("1. first sync: everything in scope is created")
             first = engine.run(tenant, store, progress=progress())
-            print(cli.render_summary(first), "\n")
+            print(render.render_summary(first), "\n")
             made = roster.mutate(seed=8, fraction=0.02)
             roster.touch_unmapped(seed=9)
             print(f"2. the {'LMS' if source == 'canvas' else 'SIS'} changes: {_many(made['renamed'], 'user')} "
@@ -80,11 +80,11 @@ def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
                   "syncd does not map")
             calls_before = sandbox.provision.calls
             second = engine.run(tenant, store, progress=progress())
-            print(cli.render_summary(second))
+            print(render.render_summary(second))
             print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls\n")
             print("3. nothing changes: a resync sends nothing (the refused record waits in escrow, see below)")
             third = engine.run(tenant, store, progress=progress())
-            print(cli.render_summary(third), "\n")
+            print(render.render_summary(third), "\n")
             expected = expect(roster, tenant.roles)
             expected["users"].pop(refused, None)
             expected["enrollments"] = {k: v for k, v in expected["enrollments"].items() if k[1] != refused}

@@ -18,9 +18,11 @@ import structlog
 
 from syncd import http, plan, safety
 from syncd.config import TenantConfig
-from syncd.model import ENTITIES, PLURAL, Entity, RecordError
+from syncd.entities import ENTITIES, PLURAL, SPECS, Call, Entity
+from syncd.errors import RecordFailure
+from syncd.model import RecordError
 from syncd.sources import Source, SourceError, open_source
-from syncd.store import Call, CallLog, Store, utcnow
+from syncd.store import CallLog, Store, TenantStore, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -31,6 +33,9 @@ COUNT_KEYS = ("created", "updated", "unchanged", "removed", "failed", "held")
 
 # (phase, done, total or None): extract counts records read, plan the calls planned, push calls sent.
 Progress = Callable[[str, int, int | None], None]
+# Receives what a person may want to read while the run goes on, as data: a line of `--only`'s
+# narrative, or an item of a dry run's plan. syncd.render turns either into text.
+Show = Callable[[str | dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Run:
     planned_calls: int = 0
     counts: dict[Entity, dict[str, int]] = field(default_factory=dict)
     progress: Progress | None = None
-    show: Callable[[str], None] | None = None
+    show: Show | None = None
     held: dict[Entity, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
     held_reasons: list[str] = field(default_factory=list)
     breaker: bool = False  # a safety threshold held something: status "held"
@@ -103,18 +108,20 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def run(tenant: TenantConfig, store: Store, options: Options = Options(),
-        show: Callable[[str], None] | None = None, source: Source | None = None,
+def run(tenant: TenantConfig, state_file: Store, options: Options = Options(),
+        show: Show | None = None, source: Source | None = None,
         client: ProvisionClient | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Sync one tenant once; return the summary. ``show`` receives the dry-run plan lines,
+    """Sync one tenant once; return the summary. ``show`` receives, as data, the dry-run plan
+    item by item and `--only`'s narrative lines (``render.printer`` makes text of them);
     ``progress`` the phase counters (for a progress bar on a terminal)."""
     state = Run(tenant, new_run_id(), options, progress=progress, show=show)
+    store = state_file.tenant(tenant.name)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, run_id=state.run_id)
     try:
-        store.start_run(state.run_id, tenant.name, dry_run=options.dry_run, force=options.force)
+        store.start_run(state.run_id, dry_run=options.dry_run, force=options.force)
         log.info("sync.started", dry_run=options.dry_run, force=options.force)
         try:
-            _sync(state, store, source or open_source(tenant, store.path.parent, _today(tenant)),
+            _sync(state, store, source or open_source(tenant, state_file.path.parent, _today(tenant)),
                   client or ProvisionClient(tenant.target), show)
         except BaseException as exc:
             state.failure = _describe(exc)
@@ -125,42 +132,41 @@ def run(tenant: TenantConfig, store: Store, options: Options = Options(),
         structlog.contextvars.unbind_contextvars("tenant", "run_id")
 
 
-def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
-          show: Callable[[str], None] | None) -> None:
-    tenant = state.tenant.name
+def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClient,
+          show: Show | None) -> None:
     try:
         source.check()
     except (http.HttpError, SourceError) as exc:
         state.failure = f"source authorization failed: {exc}"
         log.error("sync.source_auth_failed", error=str(exc))
         return
-    store.reset_stage(tenant)
+    store.reset_stage()
     _extract(state, store, source)
     state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
-    store.build_desired(tenant, state.tenant.roles, state.tenant.time_zone)
+    store.build_desired(state.tenant.roles, state.tenant.time_zone)
     if state.complete:
-        for source_id, course_id, user_id, missing in store.dangling_enrollments(tenant):
-            _record_failed(state, store, "enrollment", source_id, "extract",
-                           f"enrollment refers to a {missing} that the source does not have",
-                           course_id=course_id, user_id=user_id)
+        for source_id, course_id, user_id, missing in store.dangling_enrollments():
+            _record_failed(state, store, RecordFailure(
+                "enrollment", source_id, "extract", f"enrollment refers to a {missing} that the source does not have",
+                course_id=course_id, user_id=user_id))
     _guard_completeness(state, store)
-    store.classify(tenant, state.options.force)
-    approved = store.open_approval(tenant) if not state.options.only else None
+    store.classify(state.options.force)
+    approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
     if not state.options.only:
         _defer_escrowed(state, store)
-    state.planned_calls = plan.build(store, tenant)
+    state.planned_calls = plan.build(store)
     if state.options.only:
         state.planned_calls = _only(state, store)
     state.report("plan", state.planned_calls, state.planned_calls)
     if state.options.dry_run:
         _show_plan(state, store, show)
-        state.counts = _planned_counts(store, tenant)
+        state.counts = _planned_counts(store)
     else:
-        store.restore_returning(tenant)
+        store.restore_returning()
         _reenable(state, store, client)
         _push(state, store, client)
-        state.counts = store.outcome_counts(tenant, state.started_at)
+        state.counts = store.outcome_counts(state.started_at)
     for entity in ENTITIES:
         state.counts[entity]["failed"] += state.failed_extract[entity]
         state.counts[entity]["removed"] = 0
@@ -173,7 +179,7 @@ def _sync(state: Run, store: Store, source: Source, client: ProvisionClient,
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
 
 
-def _extract(state: Run, store: Store, source: Source) -> None:
+def _extract(state: Run, store: TenantStore, source: Source) -> None:
     try:
         read = 0
         for page in source.extract():
@@ -182,10 +188,10 @@ def _extract(state: Run, store: Store, source: Source) -> None:
                 return
             read += len(page)
             state.report("extract", read)
-            for error in store.stage(state.tenant.name, page):
+            for error in store.stage(page):
                 if not error.message.startswith("duplicate id"):
                     state.unreadable += 1
-                _record_failed(state, store, error.entity, error.source_id, "extract", error.message)
+                _record_failed(state, store, RecordFailure(error.entity, error.source_id, "extract", error.message))
                 state.failed_extract[error.entity] += 1
         state.complete = source.complete
     except (http.HttpError, SourceError) as exc:
@@ -194,13 +200,13 @@ def _extract(state: Run, store: Store, source: Source) -> None:
     log.info("sync.extracted", complete=state.complete, source_requests=source.requests)
 
 
-def _guard_completeness(state: Run, store: Store) -> None:
+def _guard_completeness(state: Run, store: TenantStore) -> None:
     """An empty collection where the target holds acknowledged records is not a complete extract:
     a source that answers "200 OK" with nothing must never empty the roster."""
     if not state.complete:
         return
-    staged = store.staged_counts(state.tenant.name)
-    for entity, acked in store.acked_counts(state.tenant.name).items():
+    staged = store.staged_counts()
+    for entity, acked in store.acked_counts().items():
         if acked and not staged[entity]:
             state.complete = False
             log.warning("sync.extract_suspect", entity=entity, acknowledged=acked,
@@ -208,11 +214,11 @@ def _guard_completeness(state: Run, store: Store) -> None:
                                "treated as incomplete, nothing is inferred removed")
 
 
-def _update_breaker(state: Run, store: Store, approved: str | None) -> None:
+def _update_breaker(state: Run, store: TenantStore, approved: str | None) -> None:
     """Too many updates at once (a source that rewrote every name?) are held for an admin."""
     tenant = state.tenant.name
-    changes = store.change_counts(tenant)
-    acked = store.acked_counts(tenant)
+    changes = store.change_counts()
+    acked = store.acked_counts()
     approved_updates = store.held_counts(approved).get if approved else None
     for entity in ENTITIES:
         updates = changes[entity].get("update", 0)
@@ -222,29 +228,28 @@ def _update_breaker(state: Run, store: Store, approved: str | None) -> None:
         if approved_updates and approved_updates(entity, {}).get("update"):
             log.info("sync.updates_approved", entity=entity, updates=updates, approved_run=approved)
             continue
-        state.held[entity] += store.hold_updates(tenant, state.run_id, entity)
+        state.held[entity] += store.hold_updates(state.run_id, entity)
         state.breaker = True
         state.held_reasons.append(f"{PLURAL[entity]} updates held: {reason}")
         log.warning("sync.held", entity=entity, kind="update", count=updates, reason=reason,
                     approve=f"syncd approve {tenant} --run {state.run_id}")
 
 
-def _defer_escrowed(state: Run, store: Store) -> None:
+def _defer_escrowed(state: Run, store: TenantStore) -> None:
     """Records the target keeps rejecting wait out their escrow delay instead of slowing every run."""
-    for record in store.defer_escrowed(state.tenant.name):
+    for record in store.defer_escrowed():
         key = record["key"]
         entity: Entity = record["entity"]
         source_id = record["source_id"] or "/".join(key)
-        body = record["body"]
-        name = (body.get("title") if entity == "course" else
-                f"{body.get('firstName', '')} {body.get('lastName', '')}".strip() if entity == "user" else None)
-        _record_failed(state, store, entity, source_id, "push", record["message"], record["http_status"],
-                       course_id=key[0] if entity == "enrollment" else None,
-                       user_id=key[1] if entity == "enrollment" else None, name=name, attempts=record["attempts"],
-                       first_seen=record["first_seen"], next_retry_at=record["next_retry_at"])
+        name = SPECS[entity].label({entity: record["body"]})
+        _record_failed(state, store, RecordFailure(
+            entity, source_id, "push", record["message"], record["http_status"],
+            course_id=key[0] if entity == "enrollment" else None, user_id=key[1] if entity == "enrollment" else None,
+            name=name, attempts=record["attempts"], first_seen=record["first_seen"],
+            next_retry_at=record["next_retry_at"]))
 
 
-def _removals(state: Run, store: Store, client: ProvisionClient, approved: str | None) -> None:
+def _removals(state: Run, store: TenantStore, client: ProvisionClient, approved: str | None) -> None:
     """Tombstone what left scope, but only on a complete extract in which every record was readable,
     within the breaker's thresholds, and outside a freeze."""
     if not state.complete or state.failure:
@@ -256,34 +261,34 @@ def _removals(state: Run, store: Store, client: ProvisionClient, approved: str |
                            "only looks removed")
         return
     tenant, config = state.tenant.name, state.tenant.safety
-    pending = store.collect_removals(tenant)
+    pending = store.collect_removals()
     window = safety.freeze(config, _today(state.tenant))
     if window and any(pending.values()) and not approved:
-        held = store.hold_all_removals(tenant, state.run_id)
+        held = store.hold_all_removals(state.run_id)
         for entity, count in held.items():
             state.held[entity] += count
         state.held_reasons.append(f"removals held: freeze from {window[0]} to {window[1]}")
         log.warning("sync.removals_frozen", held={PLURAL[e]: n for e, n in held.items()},
                     freeze=[str(window[0]), str(window[1])])
         return
-    acked = store.acked_counts(tenant)
+    acked = store.acked_counts()
     for entity in ENTITIES:
         if not pending[entity]:
             continue
-        unapproved = store.unapproved_removals(tenant, entity, approved)
+        unapproved = store.unapproved_removals(entity, approved)
         reason = safety.removal_breaker(config, unapproved, acked[entity])
         if reason:
-            state.held[entity] += store.hold_removals(tenant, state.run_id, entity, approved)
+            state.held[entity] += store.hold_removals(state.run_id, entity, approved)
             state.breaker = True
             state.held_reasons.append(f"{PLURAL[entity]} removals held: {reason}")
             log.warning("sync.held", entity=entity, kind="remove", count=unapproved, reason=reason,
                         approve=f"syncd approve {tenant} --run {state.run_id}")
     if state.options.dry_run:
-        for entity, count in store.pending_removal_counts(tenant).items():
+        for entity, count in store.pending_removal_counts().items():
             state.counts[entity]["removed"] = count
         show_removals(state, store)
         return
-    removed = store.apply_removals(tenant)
+    removed = store.apply_removals()
     for entity, count in removed.items():
         state.counts[entity]["removed"] = count
     if approved:
@@ -293,39 +298,39 @@ def _removals(state: Run, store: Store, client: ProvisionClient, approved: str |
         _disable(state, store, client)
 
 
-def _disable(state: Run, store: Store, client: ProvisionClient) -> None:
+def _disable(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     """deprovision = "disable": a user who left scope entirely can no longer sign in."""
-    for source_id, sid in store.users_to_disable(state.tenant.name):
+    for source_id, sid in store.users_to_disable():
         try:
             client.set_enabled(sid, False)
         except http.HttpError as exc:
-            _record_failed(state, store, "user", source_id, "push", f"could not disable: {exc.detail}", exc.status)
+            _record_failed(state, store, RecordFailure("user", source_id, "push", f"could not disable: {exc.detail}",
+                                                       exc.status))
             continue
-        store.set_disabled(state.tenant.name, source_id, True)
+        store.set_disabled(source_id, True)
         log.info("sync.user_disabled", source_id=source_id, sid=sid)
 
 
-def _reenable(state: Run, store: Store, client: ProvisionClient) -> None:
+def _reenable(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     """A disabled user whose source id is back in scope is enabled again (and then updated as usual)."""
-    for source_id, sid in store.users_to_enable(state.tenant.name):
+    for source_id, sid in store.users_to_enable():
         try:
             client.set_enabled(sid, True)
         except http.HttpError as exc:
-            _record_failed(state, store, "user", source_id, "push", f"could not re-enable: {exc.detail}",
-                           exc.status)
+            _record_failed(state, store, RecordFailure("user", source_id, "push",
+                                                       f"could not re-enable: {exc.detail}", exc.status))
             continue
-        store.set_disabled(state.tenant.name, source_id, False)
+        store.set_disabled(source_id, False)
         log.info("sync.user_enabled", source_id=source_id, sid=sid)
 
 
-def _only(state: Run, store: Store) -> int:
+def _only(state: Run, store: TenantStore) -> int:
     """--only: keep the calls of one object; say what the source and the plan hold for it."""
     assert state.options.only is not None
     entity, source_id = state.options.only
-    tenant = state.tenant.name
-    found = store.describe_object(tenant, entity, source_id)
+    found = store.describe_object(entity, source_id)
     state.say(f"extract: {found}")
-    kept = store.keep_calls_of(tenant, entity, source_id)
+    kept = store.keep_calls_of(entity, source_id)
     state.say(f"plan: {kept} call(s) for {entity} {source_id}" + ("" if kept else " (it is up to date)"))
     return kept
 
@@ -333,7 +338,7 @@ def _only(state: Run, store: Store) -> int:
 # --- push ----------------------------------------------------------------------------------
 
 
-def _push(state: Run, store: Store, client: ProvisionClient) -> None:
+def _push(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     """Send the planned calls, at most ``concurrency`` in flight; acknowledge each as it returns.
 
     Only this thread writes to SQLite; workers only do HTTP.
@@ -343,7 +348,7 @@ def _push(state: Run, store: Store, client: ProvisionClient) -> None:
     window = tenant.target.concurrency * 2
     with ThreadPoolExecutor(tenant.target.concurrency, thread_name_prefix="push") as pool:
         try:
-            for sent, call in enumerate(store.calls(tenant.name, with_sids=not state.options.force), 1):
+            for sent, call in enumerate(store.calls(with_sids=not state.options.force), 1):
                 if http.stopping.is_set():
                     state.failure = state.failure or "stopped by a signal: the calls not yet sent wait for the next run"
                 if state.failure:
@@ -359,7 +364,7 @@ def _push(state: Run, store: Store, client: ProvisionClient) -> None:
             state.report("push", state.calls, max(state.planned_calls, state.calls))
 
 
-def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], how: str) -> None:
+def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Call], how: str) -> None:
     """Collect the calls that returned and acknowledge them together (one transaction)."""
     done, _ = wait(list(in_flight), return_when=how)
     acks: list[tuple[Call, Outcome]] = []
@@ -377,17 +382,17 @@ def _settle(state: Run, store: Store, in_flight: dict[Future[Outcome], Call], ho
             rejected = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
             answers.append(CallLog(state.run_id, call, "rejected" if rejected else "failed", exc.status, exc.detail))
             if state.options.only:
-                state.say(f"push: call {call.seq} ({_label(call)}) failed: HTTP {exc.status or '-'}: {exc.detail}")
+                state.say(f"push: call {call.seq} ({call.describe()}) failed: HTTP {exc.status or '-'}: {exc.detail}")
     answers += [_answered(state.run_id, call, outcome) for call, outcome in acks]
-    store.acknowledge(state.tenant.name, ((call, outcome.sids) for call, outcome in acks), answers)
+    store.acknowledge(((call, outcome.sids) for call, outcome in acks), answers)
     for call, outcome in acks:
         if state.options.only:
             acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
-            state.say(f"push: call {call.seq} ({_label(call)}) acknowledged: {acked}")
+            state.say(f"push: call {call.seq} ({call.describe()}) acknowledged: {acked}")
         for entity, problem in outcome.problems.items():
-            _record_failed(state, store, entity, _source_id(call, entity), "push",
-                           f"not acknowledged: {problem}", course_id=call.course_id, user_id=call.user_id,
-                           name=_name(call, entity))
+            _record_failed(state, store, RecordFailure(
+                entity, call.source_id(entity), "push", f"not acknowledged: {problem}", course_id=call.course_id,
+                user_id=call.user_id, name=call.name(entity)))
 
 
 def _answered(run_id: str, call: Call, outcome: Outcome) -> CallLog:
@@ -396,80 +401,50 @@ def _answered(run_id: str, call: Call, outcome: Outcome) -> CallLog:
                    outcomes=dict.fromkeys(problems, "not_acknowledged"))
 
 
-def _label(call: Call) -> str:
-    parts = [f"course {call.course_id}"]
-    if call.user_id:
-        parts.append(f"user {call.user_id}")
-    if call.enrollment_body:
-        parts.append(f"enrollment as {call.enrollment_body.get('role')}")
-    return ", ".join(parts)
-
-
-def _call_failed(state: Run, store: Store, call: Call, message: str, status: int | None) -> None:
-    entity: Entity = "enrollment" if call.enrollment_body else ("user" if call.user_id else "course")
+def _call_failed(state: Run, store: TenantStore, call: Call, message: str, status: int | None) -> None:
+    entity = call.innermost
     attempts = retry = None
     if status is None or status == 429 or status >= 500:
         message += " (will be retried on the next run)"
     elif 400 <= status < 500:
         # A rejection: the record waits in escrow (1 h, 6 h, 24 h, then daily) instead of being
         # sent again every run. Its user waits with it, as the user may be what was refused.
-        keys: dict[Entity, tuple[str, ...]] = {"course": (call.course_id,), "user": (call.user_id or "",),
-                                                "enrollment": (call.course_id, call.user_id or "")}
         # A course the target never acknowledged may be what it refuses: it waits too. A known
         # course does not: other calls carry it, and one refused student must not hold it back.
+        # "Known" is asked of the store, not of the call: an earlier call of this very run may
+        # have had the course acknowledged after this call was planned (SPEC §5).
         companions: list[Entity] = ["user"] if call.user_id and entity != "user" else []
-        if call.course_sid is None and entity != "course":
+        if entity != "course" and store.acked_body("course", (call.course_id,)) is None:
             companions.append("course")
         for companion in companions:
-            store.escrow(state.tenant.name, state.run_id, companion, keys[companion], status, message)
-        attempts, retry = store.escrow(state.tenant.name, state.run_id, entity, keys[entity], status, message)
-    _record_failed(state, store, entity, _source_id(call, entity), "push", message, status,
-                   course_id=call.course_id, user_id=call.user_id, name=_name(call, entity), attempts=attempts,
-                   next_retry_at=retry)
+            store.escrow(state.run_id, companion, call.parts[companion].key, status, message)
+        attempts, retry = store.escrow(state.run_id, entity, call.parts[entity].key, status,
+                                       message)
+    _record_failed(state, store, RecordFailure(
+        entity, call.source_id(entity), "push", message, status, course_id=call.course_id, user_id=call.user_id,
+        name=call.name(entity), attempts=attempts, next_retry_at=retry))
 
 
-def _name(call: Call, entity: Entity) -> str | None:
-    """What an admin knows the record by: "Ann Smith in Biology 101", "Ann Smith", "Biology 101"."""
-    title = call.course_body.get("title")
-    person = (f"{call.user_body.get('firstName', '')} {call.user_body.get('lastName', '')}".strip()
-              if call.user_body else None)
-    if entity == "course":
-        return title
-    if entity == "user":
-        return person
-    return f"{person} in {title}" if person and title else person or title
-
-
-def _source_id(call: Call, entity: Entity) -> str:
-    if entity == "course":
-        return call.course_id
-    if entity == "user":
-        return call.user_id or ""
-    return call.enrollment_source_id or f"{call.course_id}/{call.user_id}"
-
-
-def _record_failed(state: Run, store: Store, entity: Entity, source_id: str, stage: str, message: str,
-                   http_status: int | None = None, course_id: str | None = None,
-                   user_id: str | None = None, name: str | None = None, attempts: int | None = None,
-                   first_seen: str | None = None, next_retry_at: str | None = None) -> None:
+def _record_failed(state: Run, store: TenantStore, failure: RecordFailure) -> None:
+    """One record failed alone: stored (for `syncd errors`), logged once, and the run goes on."""
     state.errors += 1
-    attempts = store.record_error(state.run_id, state.tenant.name, entity, source_id, stage, message,
-                                  http_status, course_id, user_id, name, attempts, first_seen, next_retry_at)
-    log.warning("sync.record_failed", entity=entity, source_id=source_id, name=name, stage=stage,
-                http_status=http_status, message=message, attempts=attempts, next_retry_at=next_retry_at,
-                course_id=course_id if entity != "course" else None,
-                user_id=user_id if entity == "enrollment" else None)
+    attempts = store.record_error(state.run_id, failure)
+    entity = failure.entity
+    log.warning("sync.record_failed", entity=entity, source_id=failure.source_id, name=failure.name,
+                stage=failure.stage, http_status=failure.http_status, message=failure.message, attempts=attempts,
+                next_retry_at=failure.next_retry_at, course_id=failure.course_id if entity != "course" else None,
+                user_id=failure.user_id if entity == "enrollment" else None)
 
 
 # --- summary -------------------------------------------------------------------------------
 
 
-def _finish(state: Run, store: Store) -> dict[str, Any]:
+def _finish(state: Run, store: TenantStore) -> dict[str, Any]:
     summary = state.summary()
     store.finish_run(state.run_id, state.status, summary, state.failure or "; ".join(state.held_reasons) or None,
                      state.complete)
     if state.failure and not state.options.dry_run:
-        failures = store.failed_in_a_row(state.tenant.name)
+        failures = store.failed_in_a_row()
         if failures == state.tenant.safety.degraded_after:
             # Loud once, when the tenant crosses the line; `syncd status` keeps showing it.
             log.error("tenant.degraded", failed_runs_in_a_row=failures, last_error=state.failure,
@@ -481,8 +456,8 @@ def _finish(state: Run, store: Store) -> dict[str, Any]:
     return summary
 
 
-def _planned_counts(store: Store, tenant: str) -> dict[Entity, dict[str, int]]:
-    changes = store.change_counts(tenant)
+def _planned_counts(store: TenantStore) -> dict[Entity, dict[str, int]]:
+    changes = store.change_counts()
     return {e: {"created": changes[e].get("create", 0), "updated": changes[e].get("update", 0),
                 "unchanged": changes[e].get("none", 0), "failed": 0} for e in ENTITIES}
 
@@ -503,52 +478,41 @@ def _describe(exc: BaseException) -> str:
 # --- dry-run plan --------------------------------------------------------------------------
 
 
-def _show_plan(state: Run, store: Store, show: Callable[[str], None] | None) -> None:
-    """The dry-run plan: lines for an admin (``show``), or data for ``--json`` (``state.plan_data``)."""
-    tenant = state.tenant.name
+def _show_plan(state: Run, store: TenantStore, show: Show | None) -> None:
+    """The dry-run plan as data: streamed item by item to ``show`` (the CLI renders each), or
+    gathered in ``state.plan_data`` for ``--json``."""
     data: list[dict[str, Any]] = []
     if show:
-        show(f"plan for {tenant}: {state.planned_calls} provision call(s)")
-    for call in store.calls(tenant, with_sids=not state.options.force):
-        parts = [("course", (call.course_id,), call.course_id, call.course_body)]
-        if call.user_id and call.user_body is not None:
-            parts.append(("user", (call.user_id,), call.user_id, call.user_body))
-            if call.enrollment_body is not None:
-                parts.append(("enrollment", (call.course_id, call.user_id),
-                              f"{call.course_id}/{call.user_id}", call.enrollment_body))
-        changes = [_change(store, tenant, entity, key, label, body) for entity, key, label, body in parts]
+        show({"plan_for": state.tenant.name, "calls": state.planned_calls})
+    for call in store.calls(with_sids=not state.options.force):
+        item = {"call": call.seq, "objects": [_change(store, entity, part.key, "/".join(part.key), part.body)
+                                              for entity, part in call.parts.items()]}
         if show:
-            prefix = f"  call {call.seq}:"
-            for change in changes:
-                show(f"{prefix:<13} {_describe(change)}")
-                prefix = ""
+            show(item)
         else:
-            data.append({"call": call.seq, "objects": changes})
+            data.append(item)
     state.plan_data = None if show else data
 
 
-def show_removals(state: Run, store: Store) -> None:
+def show_removals(state: Run, store: TenantStore) -> None:
     """After a dry run's removal step: what would be removed, and what the breaker would hold."""
-    tenant = state.tenant.name
-    removals = store.pending_removals(tenant)
-    held = store.held_keys(state.run_id)
+    removals = [{"entity": e, "source_id": "/".join(k)} for e, k in store.pending_removals()]
+    held = [{"entity": e, "kind": kind, "source_id": "/".join(k)} for e, kind, k in store.held_keys(state.run_id)]
     if state.show:
-        for entity, key in removals:
-            state.say(f"  remove {entity} {'/'.join(key)} (left scope: tombstoned, nothing is deleted in the target)")
-        for entity, kind, key in held:
-            state.say(f"  HOLD {kind} of {entity} {'/'.join(key)} (a safety threshold; `syncd approve` releases it)")
+        for removal in removals:
+            state.show({"remove": removal})
+        for hold in held:
+            state.show({"hold": hold})
         for reason in state.held_reasons:
-            state.say(f"  held: {reason}")
+            state.show({"held": reason})
     elif state.plan_data is not None:
-        state.removal_data = {"removals": [{"entity": e, "source_id": "/".join(k)} for e, k in removals],
-                              "held_objects": [{"entity": e, "kind": kind, "source_id": "/".join(k)}
-                                               for e, kind, k in held]}
+        state.removal_data = {"removals": removals, "held_objects": held}
 
 
-def _change(store: Store, tenant: str, entity: Entity, key: tuple[str, ...], label: str,
+def _change(store: TenantStore, entity: Entity, key: tuple[str, ...], label: str,
             body: dict[str, Any]) -> dict[str, Any]:
     """One object of a planned call: its action and, for an update, each field's old and new value."""
-    old = store.acked_body(entity, tenant, key)
+    old = store.acked_body(entity, key)
     new_fields = _flatten(body)
     if old is None:
         return {"entity": entity, "source_id": label, "action": "create", "fields": new_fields}
@@ -556,16 +520,6 @@ def _change(store: Store, tenant: str, entity: Entity, key: tuple[str, ...], lab
     changed = {k: [old_fields.get(k), new_fields.get(k)] for k in sorted(set(old_fields) | set(new_fields))
                if old_fields.get(k) != new_fields.get(k)}
     return {"entity": entity, "source_id": label, "action": "update" if changed else "carried", "changes": changed}
-
-
-def _describe(change: dict[str, Any]) -> str:
-    entity, label = change["entity"], change["source_id"]
-    if change["action"] == "create":
-        return f"create {entity} {label}: " + " ".join(f"{k}={v!r}" for k, v in change["fields"].items())
-    if change["action"] == "carried":
-        return f"(unchanged {entity} {label}, carried by this call)"
-    return f"update {entity} {label}: " + "; ".join(f"{k}: {old!r} -> {new!r}"
-                                                     for k, (old, new) in change["changes"].items())
 
 
 def _flatten(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:

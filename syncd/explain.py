@@ -4,22 +4,19 @@ It reads what the store kept of one record: what the last extract said (``stage_
 raw status and endDate that decide scope), whether it is in scope and, if not, the rule that
 excluded it, its provision body (``desired_*``), what the target acknowledged (``acked_*``), the
 last call that carried it (``call_log``), and any error, escrow, hold or tombstone. It returns
-data (``--json`` prints it as is); ``cli.render_explain`` words it for an admin.
-
-The read queries live here for now (read-only, on the store's connection); they belong with the
-store once it is split into a package.
+data (``--json`` prints it as is); ``cli.render_explain`` words it for an admin. The read
+queries are the store's (``syncd/store/explain.py``, on ``Store.tenant(name)``).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from syncd.model import PLURAL, Entity
-from syncd.store import Store
+from syncd.entities import Entity
+from syncd.store import Store, TenantStore
 
 KINDS = ("user", "course", "enrollment", "exam")
 
@@ -45,11 +42,9 @@ class Subject:
         return "/".join(self.key)
 
     @property
-    def encoded(self) -> tuple[str, str]:
-        """The key as the store writes it: SQLite's json_array() keeps non-ASCII characters as they
-        are (held, pending_removals), Python's json.dumps escapes them (escrow). Both are asked."""
-        return (json.dumps(list(self.key), separators=(",", ":"), ensure_ascii=False),
-                json.dumps(list(self.key), separators=(",", ":")))
+    def entity(self) -> Entity:
+        """The store's name for it (an exam never gets this far)."""
+        return cast(Entity, self.kind)
 
 
 def parse_subject(text: str) -> tuple[str, str]:
@@ -65,10 +60,10 @@ def parse_subject(text: str) -> tuple[str, str]:
 def explain(store: Store, tenant: str, kind: str, ident: str, roles: dict[str, str],
             exams_configured: bool = False) -> dict[str, Any]:
     """Everything the store knows of one record, in order, as data."""
-    reader = _Reader(store.conn, tenant)
     if kind == "exam":
         return _exam(tenant, ident, exams_configured)
-    subject = Subject(kind, reader.split_enrollment(ident) if kind == "enrollment" else (ident,))
+    reader = store.tenant(tenant)
+    subject = Subject(kind, _split_enrollment(reader, ident) if kind == "enrollment" else (ident,))
     run = reader.last_extract_run()
     report: dict[str, Any] = {"tenant": tenant, "entity": kind, "id": subject.label, "found": True}
     extract = _extract_section(reader, subject, run, roles)
@@ -86,17 +81,9 @@ def explain(store: Store, tenant: str, kind: str, ident: str, roles: dict[str, s
     desired_hash = extract.pop("hash")
     report["target"] = {k: v for k, v in target.items() if k not in ("known", "name")}
     report["errors"] = _errors(reader, subject, extract["source_ids"])
-    report["escrow"] = reader.one("SELECT attempts, next_retry_at, http_status, message, first_seen, run_id "
-                                  "FROM escrow WHERE tenant = ? AND entity = ? AND key IN (?, ?)",
-                                  (tenant, kind, *subject.encoded))
-    report["held"] = reader.all(
-        "SELECT h.run_id, h.kind, r.started_at, r.message, a.approved_at, a.spent_by FROM held h "
-        "JOIN runs r ON r.run_id = h.run_id LEFT JOIN approvals a ON a.run_id = h.run_id "
-        "WHERE h.tenant = ? AND h.entity = ? AND h.key IN (?, ?) ORDER BY r.started_at",
-        (tenant, kind, *subject.encoded))
-    pending = reader.one("SELECT 1 AS pending FROM pending_removals WHERE tenant = ? AND entity = ? "
-                         "AND key IN (?, ?)", (tenant, kind, *subject.encoded))
-    report["pending_removal"] = pending is not None
+    report["escrow"] = reader.escrow_entry(subject.entity, subject.key)
+    report["held"] = reader.holds_of(subject.entity, subject.key)
+    report["pending_removal"] = reader.removal_pending(subject.entity, subject.key)
     report["state"], report["verdict"] = _verdict(report, run, desired_hash)
     report["held_changes"] = _held_changes(report) if report["state"] == "held" else {}
     report["events"] = _events(report, run)
@@ -106,12 +93,12 @@ def explain(store: Store, tenant: str, kind: str, ident: str, roles: dict[str, s
 # --- the last extract and scope --------------------------------------------------------------
 
 
-def _extract_section(reader: _Reader, subject: Subject, run: dict[str, Any] | None,
+def _extract_section(reader: TenantStore, subject: Subject, run: dict[str, Any] | None,
                      roles: dict[str, str]) -> dict[str, Any]:
     """What the last extract said of the record, whether it is in scope and why not."""
-    records, desired = reader.staged(subject), reader.desired(subject)
+    records, desired = reader.staged_rows(subject.entity, subject.key), reader.desired_row(subject.entity, subject.key)
     source_ids = [r["source_id"] for r in records] if subject.kind == "enrollment" else list(subject.key)
-    errors = [e for e in reader.extract_errors(subject, source_ids, run["run_id"] if run else None)]
+    errors = reader.extract_errors(subject.entity, subject.key, source_ids, run["run_id"] if run else None)
     rules: list[dict[str, Any]] = []
     for error in errors:
         code = DUPLICATE if error["message"].startswith("duplicate id") else (
@@ -138,7 +125,7 @@ def _extract_section(reader: _Reader, subject: Subject, run: dict[str, Any] | No
             "hash": desired["hash"] if desired else None}
 
 
-def _enrollment_rules(reader: _Reader, record: dict[str, Any], roles: dict[str, str]) -> list[dict[str, Any]]:
+def _enrollment_rules(reader: TenantStore, record: dict[str, Any], roles: dict[str, str]) -> list[dict[str, Any]]:
     """Every SPEC §4 rule that keeps this source enrollment out of scope, the deciding one first."""
     rules: list[dict[str, Any]] = []
     sid = record["source_id"]
@@ -159,8 +146,8 @@ def _enrollment_rules(reader: _Reader, record: dict[str, Any], roles: dict[str, 
         mapped = ", ".join(roles) or "none"
         add(ROLE_NOT_MAPPED, f'enrollment {sid} has role "{record["role"]}", which `roles` does not map '
                              f"(mapped: {mapped})")
-    course = reader.staged(Subject("course", (record["course_id"],)))
-    user = reader.staged(Subject("user", (record["user_id"],)))
+    course = reader.staged_rows("course", (record["course_id"],))
+    user = reader.staged_rows("user", (record["user_id"],))
     for entity, rows, word, rule in (("class", course, "course", CLASS_OUT), ("user", user, "user", USER_OUT)):
         ident = record["course_id" if word == "course" else "user_id"]
         if not rows:
@@ -170,15 +157,14 @@ def _enrollment_rules(reader: _Reader, record: dict[str, Any], roles: dict[str, 
     return rules
 
 
-def _object_rules(reader: _Reader, subject: Subject, record: dict[str, Any],
+def _object_rules(reader: TenantStore, subject: Subject, record: dict[str, Any],
                   roles: dict[str, str]) -> list[dict[str, Any]]:
     noun = "class" if subject.kind == "course" else "user"
     if not record["active"]:
         return [{"rule": INACTIVE, "source_id": record["source_id"], "reason": _status_words(record, noun)}]
     if subject.kind == "course":  # an active course is always in scope; only an odd store gets here
         return []
-    enrollments = reader.all("SELECT * FROM stage_enrollments WHERE tenant = ? AND user_id = ? ORDER BY source_id",
-                             (reader.tenant, record["source_id"]))
+    enrollments = reader.staged_enrollments_of(record["source_id"])
     why = [r for e in enrollments for r in _enrollment_rules(reader, e, roles)]
     reason = ("the user is active, but the source lists no enrollment for them" if not enrollments else
               f"the user is active, but none of their {len(enrollments)} enrollment(s) is in scope")
@@ -193,9 +179,9 @@ def _status_words(record: dict[str, Any], noun: str) -> str:
 # --- the target ----------------------------------------------------------------------------
 
 
-def _target_section(reader: _Reader, subject: Subject) -> dict[str, Any]:
-    acked = reader.acked(subject)
-    last_call = reader.last_call(subject)
+def _target_section(reader: TenantStore, subject: Subject) -> dict[str, Any]:
+    acked = reader.acked_row(subject.entity, subject.key)
+    last_call = reader.last_call(subject.entity, subject.key)
     body = json.loads(acked["body"]) if acked and acked.get("body") else None
     return {"known": bool(acked or last_call), "name": _body_name(subject.kind, body),
             "sid": acked["sid"] if acked else None, "acked_at": acked["acked_at"] if acked else None,
@@ -204,10 +190,10 @@ def _target_section(reader: _Reader, subject: Subject) -> dict[str, Any]:
             "disabled_at": acked.get("disabled_at") if acked else None, "last_call": last_call}
 
 
-def _errors(reader: _Reader, subject: Subject, source_ids: list[str]) -> list[dict[str, Any]]:
+def _errors(reader: TenantStore, subject: Subject, source_ids: list[str]) -> list[dict[str, Any]]:
     """The record's errors over the retained runs, one entry per distinct failure."""
     grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in reader.record_errors(subject, source_ids):
+    for row in reader.record_errors(subject.entity, subject.key, source_ids):
         key = (row["entity"], row["course_id"], row["stage"], row["http_status"], row["message"])
         entry = grouped.setdefault(key, {**row, "runs": 0})
         entry["runs"] += 1
@@ -331,16 +317,16 @@ def _call_words(call: dict[str, Any]) -> str:
 # --- names and suggestions ---------------------------------------------------------------
 
 
-def _name(reader: _Reader, subject: Subject) -> str | None:
+def _name(reader: TenantStore, subject: Subject) -> str | None:
     if subject.kind == "enrollment":
         person = _name(reader, Subject("user", (subject.key[1],)))
         title = _name(reader, Subject("course", (subject.key[0],)))
         return f"{person or subject.key[1]} in {title or subject.key[0]}"
-    rows = reader.staged(subject)
+    rows = reader.staged_rows(subject.entity, subject.key)
     if rows:
         row = rows[0]
         return row.get("title") if subject.kind == "course" else f"{row['first_name']} {row['last_name']}".strip()
-    acked = reader.acked(subject)
+    acked = reader.acked_row(subject.entity, subject.key)
     return _body_name(subject.kind, json.loads(acked["body"])) if acked and acked.get("body") else None
 
 
@@ -354,23 +340,18 @@ def _body_name(kind: str, body: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _suggest(reader: _Reader, subject: Subject, limit: int = 5) -> list[dict[str, str]]:
+def _suggest(reader: TenantStore, subject: Subject, limit: int = 5) -> list[dict[str, str]]:
     """The closest known records: by source id (substring, then difflib), and by name."""
     if subject.kind == "enrollment":
         course, user = subject.key
-        rows = reader.all(
-            "SELECT course_id, user_id FROM stage_enrollments WHERE tenant = ? AND (course_id = ? OR user_id = ?) "
-            "UNION SELECT course_id, user_id FROM acked_enrollments WHERE tenant = ? "
-            "AND (course_id = ? OR user_id = ?) LIMIT 10000",
-            (reader.tenant, course, user, reader.tenant, course, user))
-        pairs = [f"{r['course_id']}/{r['user_id']}" for r in rows]
+        pairs = [f"{c}/{u}" for c, u in reader.enrollment_pairs_near(course, user)]
         found = difflib.get_close_matches(subject.label, pairs, n=limit, cutoff=0.0)
         return [{"id": p, "name": _name(reader, Subject("enrollment", tuple(p.split("/", 1)))) or "",
                  "matched_by": "id"} for p in found]
-    names = reader.names(subject.kind)
+    names = reader.known_names(subject.entity)
     query = subject.label.lower()
     # A Canvas record's source id is its Canvas id; an admin may well type its SIS id instead.
-    chosen: dict[str, str] = dict.fromkeys(reader.by_external_id(subject.kind, subject.label), "external id")
+    chosen: dict[str, str] = dict.fromkeys(reader.ids_by_external_id(subject.entity, subject.label), "external id")
     for ident in [i for i in names if query in i.lower()][:limit]:
         chosen.setdefault(ident, "id")
     for ident in difflib.get_close_matches(subject.label, list(names), n=limit, cutoff=0.6):
@@ -394,131 +375,10 @@ def _exam(tenant: str, ident: str, configured: bool) -> dict[str, Any]:
             "rule": EXAMS_NOT_CONFIGURED if not configured else None, "verdict": verdict, "suggestions": []}
 
 
-# --- read queries ----------------------------------------------------------------------------
-
-
-class _Reader:
-    """Read-only queries on the store's connection, for one tenant."""
-
-    def __init__(self, conn: sqlite3.Connection, tenant: str):
-        self.conn = conn
-        self.tenant = tenant
-
-    def all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        cursor = self.conn.cursor()
-        cursor.row_factory = sqlite3.Row
-        return [dict(row) for row in cursor.execute(sql, params).fetchall()]
-
-    def one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        rows = self.all(sql, params)
-        return rows[0] if rows else None
-
-    def last_extract_run(self) -> dict[str, Any] | None:
-        """The last run that staged what the source said (a run refused at authorization staged nothing)."""
-        return self.one(
-            "SELECT run_id, started_at, finished_at, status, dry_run, extract_complete, message FROM runs "
-            "WHERE tenant = ? AND coalesce(message, '') NOT LIKE 'source authorization failed%' "
-            "ORDER BY started_at DESC LIMIT 1", (self.tenant,))
-
-    def staged(self, subject: Subject) -> list[dict[str, Any]]:
-        if subject.kind == "enrollment":
-            rows = self.all("SELECT * FROM stage_enrollments WHERE tenant = ? AND course_id = ? AND user_id = ? "
-                            "ORDER BY source_id", (self.tenant, *subject.key))
-        else:
-            rows = self.all(f"SELECT * FROM stage_{PLURAL[subject.kind]} WHERE tenant = ? AND source_id = ?",
-                            (self.tenant, subject.key[0]))
-        for row in rows:
-            row.pop("tenant", None)
-            row["active"] = bool(row["active"])
-        return rows
-
-    def desired(self, subject: Subject) -> dict[str, Any] | None:
-        where = "course_id = ? AND user_id = ?" if subject.kind == "enrollment" else "source_id = ?"
-        row = self.one(f"SELECT * FROM desired_{PLURAL[subject.kind]} WHERE tenant = ? AND {where}",
-                       (self.tenant, *subject.key))
-        if row:
-            row["body"] = json.loads(row["body"])
-        return row
-
-    def acked(self, subject: Subject) -> dict[str, Any] | None:
-        where = "course_id = ? AND user_id = ?" if subject.kind == "enrollment" else "source_id = ?"
-        return self.one(f"SELECT * FROM acked_{PLURAL[subject.kind]} WHERE tenant = ? AND {where}",
-                        (self.tenant, *subject.key))
-
-    def extract_errors(self, subject: Subject, source_ids: list[str], run_id: str | None) -> list[dict[str, Any]]:
-        """The last extract's record errors for this record (unreadable, duplicate, dangling)."""
-        if run_id is None:
-            return []
-        rows = self.all(
-            "SELECT source_id, message FROM errors WHERE run_id = ? AND entity = ? AND stage = 'extract' "
-            "AND (source_id IN (SELECT value FROM json_each(?)) OR (course_id IS ? AND user_id IS ?)) ORDER BY id",
-            (run_id, subject.kind, json.dumps(source_ids), *(subject.key if subject.kind == "enrollment"
-                                                            else ("\0", "\0"))))
-        return rows
-
-    def record_errors(self, subject: Subject, source_ids: list[str]) -> list[dict[str, Any]]:
-        """The record's own errors; for a user also their enrollments' (a rejected call is
-        attributed to the enrollment it carried, and the user may be what was refused)."""
-        select = ("SELECT e.run_id, e.entity, e.stage, e.http_status, e.message, e.attempts, e.first_seen, "
-                  "e.last_seen, e.next_retry_at, e.source_id, e.course_id, e.user_id FROM errors e "
-                  "JOIN runs r ON r.run_id = e.run_id WHERE e.tenant = ? AND ")
-        order = " ORDER BY r.started_at, e.id"
-        if subject.kind == "enrollment":
-            return self.all(select + "e.entity = 'enrollment' AND (e.source_id IN (SELECT value FROM json_each(?)) "
-                            "OR (e.course_id = ? AND e.user_id = ?))" + order,
-                            (self.tenant, json.dumps([*source_ids, subject.label]), *subject.key))
-        if subject.kind == "user":
-            return self.all(select + "((e.entity = 'user' AND e.source_id = ?) OR "
-                            "(e.entity = 'enrollment' AND e.user_id = ?))" + order,
-                            (self.tenant, subject.key[0], subject.key[0]))
-        return self.all(select + "e.entity = 'course' AND e.source_id = ?" + order, (self.tenant, subject.key[0]))
-
-    def last_call(self, subject: Subject) -> dict[str, Any] | None:
-        """The last call that carried the record, and the target's answer for it."""
-        where = {"enrollment": "course_id = ? AND user_id = ?", "course": "course_id = ?",
-                 "user": "user_id = ?"}[subject.kind]  # a user's: a scan, fine for one manual question
-        row = self.one(f"SELECT run_id, seq, at, http_status, message, answers FROM call_log WHERE tenant = ? "
-                       f"AND {where} ORDER BY at DESC LIMIT 1", (self.tenant, *subject.key))
-        if row is None:
-            return None
-        answers = json.loads(row.pop("answers"))
-        outcome, sid, answer = answers.get(subject.kind, [None, None, None])
-        if outcome is None:
-            return None
-        return {**row, "carried": list(answers), "outcome": outcome, "sid": sid,
-                "answer": answer or row["message"]}
-
-    def split_enrollment(self, ident: str) -> tuple[str, str]:
-        """CLASS_ID/USER_ID, where an id may itself hold a "/": the split the store knows, else the first."""
-        cuts = [i for i, ch in enumerate(ident) if ch == "/"]
-        for cut in cuts:
-            pair = (ident[:cut], ident[cut + 1:])
-            if self.one("SELECT 1 AS x FROM stage_enrollments WHERE tenant = ? AND course_id = ? AND user_id = ? "
-                        "UNION ALL SELECT 1 FROM acked_enrollments WHERE tenant = ? AND course_id = ? AND user_id = ?",
-                        (self.tenant, *pair, self.tenant, *pair)):
-                return pair
-        return ident[:cuts[0]], ident[cuts[0] + 1:]
-
-    def by_external_id(self, kind: Entity, external: str) -> list[str]:
-        plural = PLURAL[kind]
-        rows = self.conn.execute(
-            f"SELECT source_id FROM stage_{plural} WHERE tenant = ? AND external_id = ? UNION SELECT source_id "
-            f"FROM acked_{plural} WHERE tenant = ? AND json_extract(body, '$.ids.external') = ?",
-            (self.tenant, external, self.tenant, external))
-        return [row[0] for row in rows]
-
-    def names(self, kind: Entity) -> dict[str, str]:
-        """Every known id of this kind (last extract and synced state) with its name."""
-        plural = PLURAL[kind]
-        if kind == "course":
-            staged = "SELECT source_id, title FROM stage_courses WHERE tenant = ?"
-            acked = "SELECT source_id, json_extract(body, '$.title') FROM acked_courses WHERE tenant = ?"
-        else:
-            staged = "SELECT source_id, trim(first_name || ' ' || last_name) FROM stage_users WHERE tenant = ?"
-            acked = (f"SELECT source_id, trim(coalesce(json_extract(body, '$.firstName'), '') || ' ' || "
-                     f"coalesce(json_extract(body, '$.lastName'), '')) FROM acked_{plural} WHERE tenant = ?")
-        names: dict[str, str] = {}
-        for sql in (staged, acked):
-            for ident, name in self.conn.execute(sql, (self.tenant,)):
-                names.setdefault(ident, name or "")
-        return names
+def _split_enrollment(reader: TenantStore, ident: str) -> tuple[str, str]:
+    """CLASS_ID/USER_ID, where an id may itself hold a "/": the split the store knows, else the first."""
+    cuts = [i for i, ch in enumerate(ident) if ch == "/"]
+    for cut in cuts:
+        if reader.has_enrollment(ident[:cut], ident[cut + 1:]):
+            return ident[:cut], ident[cut + 1:]
+    return ident[:cuts[0]], ident[cuts[0] + 1:]

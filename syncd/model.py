@@ -8,12 +8,11 @@ bodies the target sees, whose :func:`content_hash` decides what changed.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
-Entity = Literal["course", "user", "enrollment"]
-ENTITIES: tuple[Entity, ...] = ("course", "user", "enrollment")
-PLURAL = {"course": "courses", "user": "users", "enrollment": "enrollments"}
+from syncd.entities import ENTITIES, PLURAL, Entity
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +73,22 @@ class RecordError:
 Record = Course | CourseCode | User | Enrollment | RecordError
 
 
-def content_hash(body: str) -> str:
-    """Hash of a canonical JSON body; equal hashes mean the target already has these fields."""
-    return hashlib.blake2b(body.encode("utf-8"), digest_size=16).hexdigest()
+def canonical_json(body: dict[str, Any]) -> str:
+    """The one text of a body that its hash is taken over, whatever store built it: keys sorted,
+    no whitespace, text as UTF-8 (not ``\\u`` escapes)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(text: str) -> str:
+    """Hash of a body's canonical JSON text (:func:`canonical_json`); equal hashes mean the target
+    already has these fields. The SQLite store builds bodies whose text is already canonical
+    (keys in sorted order; ``tests/test_plan.py`` proves the text equal), so it hashes that text
+    without parsing it again; any other store hashes :func:`body_hash` of the parsed body."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    return content_hash(canonical_json(body))
+
+__all__ = ["ENTITIES", "PLURAL", "Course", "CourseCode", "Enrollment", "Entity", "Record", "RecordError", "User",
+           "body_hash", "canonical_json", "content_hash"]

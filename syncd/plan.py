@@ -18,19 +18,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from syncd.store import Store
+from syncd.store import TenantStore
 
 
-def build(store: Store, tenant: str) -> int:
-    """Write the plan for ``tenant`` into the store; return the number of calls."""
-    store.plan_enrollment_calls(tenant)
-    match = max_matching(store.uncovered_edges(tenant))
+def build(store: TenantStore) -> int:
+    """Write the plan for the store's tenant into it (SQL in ``syncd/store/plan.py``); return the
+    number of calls."""
+    store.plan_enrollment_calls()
+    match = max_matching(store.uncovered_edges())
     rides: list[tuple[str, str | None]] = []
-    for user, fallback_course in store.uncovered_users(tenant):
+    for user, fallback_course in store.uncovered_users():
         rides.append((match.get(user, fallback_course), user))
-    store.add_calls(tenant, sorted(rides))
-    store.plan_course_calls(tenant)
-    return store.call_count(tenant)
+    store.add_calls(sorted(rides))
+    store.plan_course_calls()
+    return store.call_count()
 
 
 def max_matching(edges: Iterable[tuple[str, str]]) -> dict[str, str]:

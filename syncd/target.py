@@ -17,15 +17,9 @@ import structlog
 
 from syncd import http
 from syncd.config import TargetConfig
-from syncd.model import Entity
-from syncd.store import Call
+from syncd.entities import KNOWN_RESULTS, SPECS, Call, Entity
 
 log = structlog.get_logger("syncd.target")
-
-# Only "Created" is documented; these others are accepted as acknowledgements when a sid comes
-# back. Anything else is not trusted: the object stays pending and the answer is reported.
-KNOWN_RESULTS = {"created", "updated", "unchanged", "existing", "exists", "enrolled", "ok", "success"}
-
 
 @dataclass
 class Outcome:
@@ -71,13 +65,9 @@ class ProvisionClient:
 
 
 def payload(call: Call) -> dict[str, Any]:
-    """The request body: mapped fields, plus ``ids.sid`` where the target gave us one."""
-    body: dict[str, Any] = {"course": _with_sid(call.course_body, call.course_sid)}
-    if call.user_id and call.user_body is not None:
-        body["user"] = _with_sid(call.user_body, call.user_sid)
-        if call.enrollment_body is not None:
-            body["enrollment"] = _with_sid(call.enrollment_body, call.enrollment_sid)
-    return body
+    """The request body: each part's mapped fields in its slot, plus ``ids.sid`` where the target
+    gave us one."""
+    return {SPECS[entity].slot: _with_sid(part.body, part.sid) for entity, part in call.parts.items()}
 
 
 def _with_sid(body: dict[str, Any], sid: str | None) -> dict[str, Any]:
@@ -95,30 +85,17 @@ def parse(response: requests.Response, call: Call) -> Outcome:
     if not isinstance(data, dict):
         raise InvalidResponse("provision answered with JSON that is not an object", response.status_code)
     outcome = Outcome()
-    sent: list[Entity] = ["course"]
-    if "user" in payload_keys(call):
-        sent.append("user")
-    if "enrollment" in payload_keys(call):
-        sent.append("enrollment")
-    for entity in sent:
-        part = data.get(entity)
-        sid = part.get("sid") if isinstance(part, dict) else None
-        result = part.get("result") if isinstance(part, dict) else None
-        if not isinstance(sid, str) or not sid:
-            outcome.problems[entity] = f"the response carries no {entity} sid"
-        elif result is not None and (not isinstance(result, str) or result.lower() not in KNOWN_RESULTS):
-            outcome.problems[entity] = f"the response carries an unknown {entity} result {result!r}"
-        else:
-            outcome.sids[entity] = sid
-            if isinstance(result, str):
-                outcome.results[entity] = result
+    for entity in call.parts:
+        spec = SPECS[entity]
+        try:
+            answer = spec.parse(entity, data.get(spec.slot))
+        except ValueError as exc:
+            outcome.problems[entity] = str(exc)
+            continue
+        outcome.sids[entity] = answer.sid
+        if answer.result is not None:
+            outcome.results[entity] = answer.result
     return outcome
 
 
-def payload_keys(call: Call) -> set[str]:
-    keys = {"course"}
-    if call.user_id and call.user_body is not None:
-        keys.add("user")
-        if call.enrollment_body is not None:
-            keys.add("enrollment")
-    return keys
+__all__ = ["KNOWN_RESULTS", "InvalidResponse", "Outcome", "ProvisionClient", "parse", "payload"]

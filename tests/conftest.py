@@ -48,3 +48,31 @@ def summary(result: subprocess.CompletedProcess[str]) -> dict:
 
 def log_events(result: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+# PostgreSQL (SPEC §11): one throwaway server per test session, started only by the tests that ask.
+# Skipped only where no PostgreSQL binaries exist; .ci/run installs them, so CI always runs these.
+@pytest.fixture(scope="session")
+def pg_server():
+    import pg
+
+    reason = pg.missing_reason()
+    if reason:
+        pytest.skip(f"PostgreSQL tests need a local server: {reason}")
+    with pg.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server) -> str:
+    """The URL of a database of its own on the session's throwaway server."""
+    return pg_server.create_database("syncd_session")
+
+
+@pytest.fixture
+def pg_database(pg_server, request) -> str:
+    """A fresh, empty database for one test (advisory locks and tables do not leak between tests)."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}_{id(request) % 10000}"
+    return pg_server.create_database(name)

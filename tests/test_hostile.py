@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from syncd import config as configuration
 from syncd.sandbox import Roster, Sandbox
 from syncd.sandbox.server import Response
+from syncd.store import Store
 
 # (name, collection, how the page is spoiled) -> what syncd must say
 PAGE_CASES: dict[str, tuple[str, Any]] = {
@@ -132,10 +133,11 @@ def test_a_provision_answer_that_acknowledges_nothing_is_reported_not_trusted(tm
         assert result.returncode == 1
         outcome = summary(result)
         assert outcome["counts"]["courses"]["created"] == 0 and outcome["counts"]["courses"]["failed"] > 0
-        import sqlite3
-
-        with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
-            assert conn.execute("SELECT count(*) FROM acked_courses").fetchone()[0] == 0
+        state_file = Store.open(tmp_path / "state")
+        try:
+            assert state_file.tenant("lincoln").acked_counts()["course"] == 0
+        finally:
+            state_file.close()
 
 
 # --- config fuzzing --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import SYNCD, log_events, summary, syncd
 
 from syncd.sandbox import Fault, Roster, Sandbox, expected_mapping
+from syncd.store import Store
 
 ROLES = {"student": "learner", "teacher": "instructor"}
 
@@ -214,9 +215,12 @@ def test_dry_run_lists_each_planned_change_and_changes_nothing(sandbox, config, 
     assert result.returncode == 0
     assert f"update user usr-000100: firstName: '{old_name}' -> 'Renamed'" in result.stdout
     assert "1 provision call" in result.stdout
-    with sqlite3.connect(tmp_path / "state" / "syncd.db") as db:
-        body = db.execute("SELECT body FROM acked_users WHERE source_id = 'usr-000100'").fetchone()[0]
-    assert json.loads(body)["firstName"] == old_name
+    state_file = Store.open(tmp_path / "state")
+    try:
+        body = state_file.tenant("lincoln").acked_body("user", ("usr-000100",))
+    finally:
+        state_file.close()
+    assert body is not None and body["firstName"] == old_name
     calls = sandbox.provision.calls
     assert summary(syncd(config, "sync", "lincoln", "--json", "--dry-run"))["calls"] == 0
     assert sandbox.provision.calls == calls

@@ -32,6 +32,8 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.sandbox.canvas_quizzes import SCOPES as QUIZ_SCOPES
+from syncd.sandbox.canvas_quizzes import CanvasQuizzes
 from syncd.sandbox.canvas_roster import CanvasRoster
 from syncd.sandbox.server import DROP, Request, Response
 
@@ -41,7 +43,7 @@ SCOPES = {
     "enrollments": "url:GET|/api/v1/courses/:course_id/enrollments",
     "report_start": "url:POST|/api/v1/accounts/:account_id/reports/:report",
     "report_status": "url:GET|/api/v1/accounts/:account_id/reports/:report/:id",
-}
+} | QUIZ_SCOPES
 UNPUBLISHED = ("created", "claimed")
 RATE_LIMITED = b"403 Forbidden (Rate Limit Exceeded)\n"
 
@@ -103,6 +105,7 @@ class CanvasApp:
     report_s_per_row: float = 0.00002
     faults: list[CanvasFault] = field(default_factory=list)
     expire_tokens_at_request: int | None = None  # every access token dies when this API request arrives
+    quizzes: CanvasQuizzes | None = None  # classic and New Quizzes (canvas_quizzes.py), when seeded
     requests: int = 0
     token_requests: int = 0
     throttled: int = 0
@@ -152,7 +155,7 @@ class CanvasApp:
             return self._token(request) if request.method == "POST" else self._revoke(request)
         if path.startswith("/files/"):
             return self._download(request)
-        if not path.startswith("/api/v1/"):
+        if not path.startswith(("/api/v1/", "/api/quiz/v1/")):
             return _errors(404, "The specified resource does not exist.")
         with self._lock:
             self.requests += 1
@@ -201,6 +204,9 @@ class CanvasApp:
         return response
 
     def _route(self, request: Request, grant: _Grant) -> Response | object:
+        exams = self.quizzes.route(self, request, grant) if self.quizzes else None
+        if exams is not None:
+            return exams
         parts = request.path.strip("/").split("/")[2:]  # after api/v1
         if len(parts) == 2 and parts[0] == "accounts" and _int(parts[1]) in self.roster.subtree(1):
             account = _int(parts[1])

@@ -22,6 +22,7 @@ from typing import Any
 
 from oauthlib.oauth1 import RequestValidator, SignatureOnlyEndpoint
 
+from syncd.sandbox import oneroster_lineitems
 from syncd.sandbox.roster import Roster
 from syncd.sandbox.server import DROP, Request, Response
 
@@ -57,6 +58,9 @@ class OneRosterApp:
     ignore_offset: bool = False
     expire_tokens_at_request: int | None = None  # revoke every token when this request arrives
     faults: list[Fault] = field(default_factory=list)
+    # Gradebook lineItems (oneroster_lineitems.py); gradebook = False: the provider serves none (404).
+    line_items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gradebook: bool = True
     requests: int = 0
     token_requests: int = 0
     rejected_auth: int = 0
@@ -75,6 +79,9 @@ class OneRosterApp:
     def __call__(self, request: Request) -> Response | object:
         if request.method == "POST" and request.path == "/oauth/token":
             return self._token(request)
+        line_items = oneroster_lineitems.serve(self, request)
+        if line_items is not None:
+            return line_items
         if request.method != "GET" or not request.path.startswith(self.prefix + "/"):
             return _error(404, "unknownobject", f"no route {request.method} {request.path}")
         collection = request.path[len(self.prefix) + 1:]

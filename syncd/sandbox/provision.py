@@ -2,6 +2,7 @@
 
 ``POST /v2/installs/{installSid}/provision`` with the ``token`` header. A course or user is
 found by ``ids.sid``, else ``ids.external``, else ``ids.lms``; an enrollment by (course, user).
+Each object's ``result`` is ``Created``, ``Found Existing`` (same fields) or ``Updated``.
 Faults: per-request latency, scripted statuses (5xx, 429 with or without Retry-After), responses
 lost after the write was applied, and rejections of chosen records (4xx with a message).
 """
@@ -15,9 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.sandbox.provision_exams import ExamBook
 from syncd.sandbox.server import DROP, Request, Response
 
 TOP_LEVEL = {"course", "user", "enrollment", "exam", "signon"}
+# The three results of the real API's OpenAPI schema: a new object, an object that already held
+# exactly these fields, and an object whose fields changed.
+CREATED, FOUND_EXISTING, UPDATED = "Created", "Found Existing", "Updated"
 
 
 @dataclass
@@ -41,6 +46,7 @@ class ProvisionApp:
     disabled: set[str] = field(default_factory=set)  # user sids that may not sign in
     # body -> (status, message) to reject that call, or None to accept it
     reject: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
+    exam_book: ExamBook = field(default_factory=ExamBook)  # exams and their configurations (provision_exams.py)
     _index: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,6 +57,9 @@ class ProvisionApp:
             time.sleep(self.latency_s)
         if request.method == "PUT" and request.path.startswith(f"/v1/installs/{self.install_sid}/users/"):
             return self._set_enabled(request)
+        if request.method == "PUT" and "/exams/" in request.path:  # v1 exam update / soft delete
+            return self.exam_book.put(request, self.install_sid) if request.headers.get("token") == self.token \
+                else Response(401, {"message": "invalid token"})
         expected = f"/v2/installs/{self.install_sid}/provision"
         if request.method != "POST" or request.path != expected:
             return Response(404, {"message": f"no route {request.method} {request.path}"})
@@ -67,6 +76,9 @@ class ProvisionApp:
         problem = validate(body)
         if problem:
             return Response(400, {"message": problem})
+        exam_problem = self.exam_book.problem(body)
+        if exam_problem:
+            return exam_problem
         if self.reject:
             rejected = self.reject(body)
             if rejected:
@@ -112,6 +124,8 @@ class ProvisionApp:
             self.applied += 1
             course_sid, course_result = self._upsert("course", self.courses, body["course"], "CU")
             result: dict[str, Any] = {"course": {"sid": course_sid, "result": course_result}}
+            if "exam" in body:
+                result |= self.exam_book.apply(course_sid, body["exam"])
             if "user" in body:
                 user_sid, user_result = self._upsert("user", self.users, body["user"], "US")
                 result["user"] = {"sid": user_sid, "result": user_result}
@@ -121,10 +135,10 @@ class ProvisionApp:
                 if enrollment is None:
                     enrollment = {"sid": "EN" + secrets.token_hex(16), "role": role}
                     self.enrollments[key] = enrollment
-                    outcome = "Created"
+                    outcome = CREATED
                 else:
+                    outcome = FOUND_EXISTING if enrollment["role"] == role else UPDATED
                     enrollment["role"] = role
-                    outcome = "Updated"
                 result["enrollment"] = {"sid": enrollment["sid"], "result": outcome}
             return result
 
@@ -137,10 +151,12 @@ class ProvisionApp:
         for id_kind in ("external", "lms"):
             if not sid and ids.get(id_kind):
                 sid = self._index.get((kind, id_kind, ids[id_kind]))
-        outcome = "Updated" if sid else "Created"
-        sid = sid or prefix + secrets.token_hex(16)
         record = {k: v for k, v in obj.items() if k != "ids"}
         record["ids"] = {k: v for k, v in ids.items() if k != "sid"}
+        if not sid:
+            outcome, sid = CREATED, prefix + secrets.token_hex(16)
+        else:
+            outcome = FOUND_EXISTING if table[sid] == record else UPDATED
         table[sid] = record
         for id_kind in ("external", "lms"):
             if ids.get(id_kind):
@@ -178,6 +194,7 @@ class ProvisionApp:
             self.users.clear()
             self.enrollments.clear()
             self._index.clear()
+            self.exam_book = ExamBook()
 
 
 def validate(body: Any) -> str | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from syncd.model import Record
+from syncd.errors import RunStopped
+from syncd.model import Entity, Record, RecordError
 
 if TYPE_CHECKING:
     from syncd.config import TenantConfig
@@ -34,7 +35,19 @@ def text_field(item: dict[str, Any], key: str) -> str | None:
     return text or None
 
 
-class SourceError(Exception):
+def map_record(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any,
+               source_id_of: Callable[[dict[str, Any]], str | None]) -> Record:
+    """One vendor object mapped to a record, or a RecordError that fails it alone: the object is
+    not a JSON object, or ``mapper`` raised ValueError (named by ``source_id_of`` where it can)."""
+    if not isinstance(item, dict):
+        return RecordError(entity, "", f"record is not an object: {type(item).__name__}")
+    try:
+        return mapper(item)
+    except ValueError as exc:
+        return RecordError(entity, source_id_of(item) or "", str(exc))
+
+
+class SourceError(RunStopped):
     """The extract cannot go on (bad page, pagination loop, dead credentials); safe to log."""
 
 
@@ -47,14 +60,33 @@ class Source(Protocol):
     def extract(self) -> Iterator[list[Record]]: ...
 
 
-def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
-    if tenant.source.type == "canvas":
-        from syncd.sources.canvas import CanvasSource
+# How to open a source of each ``type`` (the ``[tenants.X.source]`` key). A new source is a module
+# of its own with a class that meets :class:`Source`, one entry here, and its keys in config.py.
+# The imports wait until a tenant uses the source: a OneRoster tenant never loads Canvas code.
+Opener = Callable[["TenantConfig", Path, date], Source]
 
-        return CanvasSource(tenant, state_dir)
+
+def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     from syncd.sources.oneroster import OneRosterSource
 
     return OneRosterSource(tenant.source, today)
 
 
-__all__ = ["MAX_TEXT", "Record", "Source", "SourceError", "open_source", "text_field"]
+def _canvas(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
+    from syncd.sources.canvas import CanvasSource
+
+    return CanvasSource(tenant, state_dir)
+
+
+SOURCES: dict[str, Opener] = {"oneroster": _oneroster, "canvas": _canvas}
+
+
+def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
+    """The source of a tenant, by its configured ``type``."""
+    opener = SOURCES.get(tenant.source.type)
+    if opener is None:  # config.py accepts only registered types; this is a programming error
+        raise SourceError(f"no source of type {tenant.source.type!r} (known: {', '.join(SOURCES)})")
+    return opener(tenant, state_dir, today)
+
+
+__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceError", "map_record", "open_source", "text_field"]

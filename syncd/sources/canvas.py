@@ -30,7 +30,7 @@ import structlog
 
 from syncd import http
 from syncd.model import Course, Enrollment, Entity, Record, RecordError, User
-from syncd.sources import SourceError, text_field
+from syncd.sources import SourceError, map_record, text_field
 from syncd.sources.canvas_auth import CanvasToken
 
 if TYPE_CHECKING:
@@ -351,15 +351,8 @@ class _EmailWatch:
 # --- mapping (SPEC §4, Canvas column) -------------------------------------------------------
 
 
-def _map(entity: Entity, mapper: Callable[[dict[str, Any]], Record | None], item: Any) -> Record:
-    if not isinstance(item, dict):
-        return RecordError(entity, "", f"record is not an object: {type(item).__name__}")
-    try:
-        record = mapper(item)
-    except ValueError as exc:
-        return RecordError(entity, _sid(item.get("id")) or "", str(exc))
-    assert record is not None
-    return record
+def _map(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any) -> Record:
+    return map_record(entity, mapper, item, lambda fields: _sid(fields.get("id")))
 
 
 def _course(item: dict[str, Any]) -> Record:
@@ -376,12 +369,23 @@ def _course(item: dict[str, Any]) -> Record:
 
 
 def _user(item: dict[str, Any]) -> Record:
-    source_id = _required_id(item, "id")
-    first, last = split_name(_text(item, "sortable_name"), _text(item, "name"))
+    return _user_record(_required_id(item, "id"), item)
+
+
+def _user_record(source_id: str, fields: dict[str, Any]) -> User:
+    """The one mapping of a Canvas user, whether the crawl or the report read it: every text goes
+    through ``text_field``, so switching paths never turns the same person into an update.
+    ``fields`` has the API's names; the report's ``first_name``/``last_name`` serve only when
+    there is no ``sortable_name`` or ``name``."""
+    sortable, name = _text(fields, "sortable_name"), _text(fields, "name")
+    if sortable or name:
+        first, last = split_name(sortable, name)
+    else:
+        first, last = _text(fields, "first_name") or "", _text(fields, "last_name") or ""
     if not first:
         raise ValueError("user has no name")
-    return User(source_id=source_id, first_name=first, last_name=last, active=True,
-                email=_text(item, "email"), external_id=_text(item, "sis_user_id"), lms_id=source_id)
+    return User(source_id=source_id, first_name=first, last_name=last or first, active=True,
+                email=_text(fields, "email"), external_id=_text(fields, "sis_user_id"), lms_id=source_id)
 
 
 def _enrollments(page: list[Any], course_id: str) -> list[Record]:
@@ -472,15 +476,10 @@ def _report_user(row: dict[str, str]) -> Record | None:
         raise ValueError(f"users.csv row has no canvas_user_id ({source_id!r})")
     if (row.get("status") or "active") != "active":
         return None
-    if row.get("sortable_name") or row.get("full_name"):
-        first, last = split_name(row.get("sortable_name"), row.get("full_name"))
-    else:
-        first, last = (row.get("first_name") or "").strip(), (row.get("last_name") or "").strip()
-    if not first:
-        raise ValueError("user has no name")
-    return User(source_id=source_id, first_name=first, last_name=last or first, active=True,
-                email=(row.get("email") or "").strip() or None,
-                external_id=(row.get("user_id") or "").strip() or None, lms_id=source_id)
+    # The report's columns under the API's names: one mapping for both paths.
+    return _user_record(source_id, {"sortable_name": row.get("sortable_name"), "name": row.get("full_name"),
+                                    "first_name": row.get("first_name"), "last_name": row.get("last_name"),
+                                    "email": row.get("email"), "sis_user_id": row.get("user_id")})
 
 
 def _report_enrollment(row: dict[str, str], course_ids: set[str], roles: set[str]) -> Record | None:

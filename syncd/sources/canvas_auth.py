@@ -23,6 +23,7 @@ import structlog
 
 from syncd import http
 from syncd.config import SourceConfig
+from syncd.errors import AdminNeeded
 from syncd.sources import SourceError
 
 log = structlog.get_logger("syncd.canvas")
@@ -54,8 +55,10 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class ReauthorizeNeeded(SourceError):
+class ReauthorizeNeeded(SourceError, AdminNeeded):
     """The refresh token is dead: only the admin, with ``syncd auth TENANT``, can fix it."""
+
+    action = "admin"
 
 
 class CanvasToken(requests.auth.AuthBase):

@@ -23,8 +23,8 @@ from requests_oauthlib import OAuth1
 
 from syncd import http
 from syncd.config import SourceConfig
-from syncd.model import Course, CourseCode, Enrollment, Entity, Record, RecordError, User
-from syncd.sources import SourceError, text_field
+from syncd.model import Course, CourseCode, Enrollment, Entity, Record, User
+from syncd.sources import SourceError, map_record, text_field
 
 log = structlog.get_logger("syncd.oneroster")
 
@@ -243,13 +243,12 @@ class _OAuth2Token(requests.auth.AuthBase):
 
 
 def _map_safely(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any) -> Record:
-    if not isinstance(item, dict):
-        return RecordError(entity, "", f"record is not an object: {type(item).__name__}")
-    try:
-        return mapper(item)
-    except ValueError as exc:
-        source_id = item.get("sourcedId")
-        return RecordError(entity, source_id if isinstance(source_id, str) else "", str(exc))
+    return map_record(entity, mapper, item, _sourced_id)
+
+
+def _sourced_id(item: dict[str, Any]) -> str | None:
+    source_id = item.get("sourcedId")
+    return source_id if isinstance(source_id, str) else None
 
 
 def _envelope(response: requests.Response, collection: str) -> list[Any]:

@@ -1,0 +1,231 @@
+"""District state in SQLite: the ``districts`` table, their audit events and the webhook deliveries.
+
+A small class over a ``sqlite3`` connection, so that the state store can wire it in as it likes
+(``migrate`` is idempotent). It never stores a district's client secret: there is no column for
+it, and ``token_ref`` only ever holds a secret *reference* (``env:``, ``file:``, ``credential:``).
+One lock serialises writers of this object; SQLite's own locking covers other processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from syncd.gg4l.lifecycle import District, Event
+from syncd.gg4l.webhook import Delivery
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS districts (
+    guid TEXT PRIMARY KEY,                 -- as GG4L spells it
+    tenant TEXT NOT NULL UNIQUE,           -- gg4l- + the GUID cleaned (SPEC §9)
+    state TEXT NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'standard', -- test | trial | standard (the highest a webhook announced)
+    policy TEXT NOT NULL DEFAULT 'pending',-- pending | dry_run | sync
+    name TEXT NOT NULL DEFAULT '',
+    paused INTEGER NOT NULL DEFAULT 0,
+    install_sid TEXT NOT NULL DEFAULT '',
+    token_ref TEXT NOT NULL DEFAULT '',    -- a secret reference, never a value
+    client_id TEXT NOT NULL DEFAULT '',
+    api_url TEXT NOT NULL DEFAULT '',
+    token_url TEXT NOT NULL DEFAULT '',
+    missing_polls INTEGER NOT NULL DEFAULT 0,
+    first_missing_at TEXT,
+    revoked_at TEXT,
+    purged_at TEXT,
+    expiry TEXT,
+    last_seen TEXT,
+    last_data_ts TEXT,
+    synced_data_ts TEXT,
+    created_at TEXT,
+    problem TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS district_events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    guid TEXT NOT NULL,
+    event TEXT NOT NULL,
+    alert INTEGER NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS district_events_guid ON district_events (guid, id);
+CREATE TABLE IF NOT EXISTS district_webhooks (
+    id INTEGER PRIMARY KEY,
+    guid TEXT NOT NULL,
+    guid_key TEXT NOT NULL,                -- lowercased: the idempotency key with mode
+    mode TEXT NOT NULL,
+    first_received_at TEXT NOT NULL,
+    last_received_at TEXT NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    remote_addr TEXT NOT NULL DEFAULT '',
+    body_sha256 TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL DEFAULT 'received', -- received | listed | not_listed
+    UNIQUE (guid_key, mode)
+);
+"""
+
+_TIMES = ("first_missing_at", "revoked_at", "purged_at", "expiry", "last_seen", "last_data_ts", "synced_data_ts",
+          "created_at")
+_COLUMNS = tuple(f.name for f in fields(District))
+_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in (*_COLUMNS[1:], "updated_at"))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create the district tables if they are missing (idempotent)."""
+    conn.executescript(SCHEMA)
+
+
+def _text(stamp: datetime | None) -> str | None:
+    return stamp.astimezone(UTC).isoformat() if stamp else None
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class DistrictStore:
+    """Districts, their events and the webhook deliveries over one connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._lock = threading.RLock()
+        with self._lock:
+            migrate(conn)
+
+    @classmethod
+    def open(cls, path: str) -> DistrictStore:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return cls(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- districts -----------------------------------------------------------------------
+
+    def districts(self) -> dict[str, District]:
+        """Every district by lowercased GUID."""
+        with self._lock:
+            rows = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM districts ORDER BY tenant").fetchall()  # noqa: S608
+        return {row[0].lower(): self._district(row) for row in rows}
+
+    def district(self, tenant_or_guid: str) -> District | None:
+        with self._lock:
+            row = self.conn.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM districts WHERE tenant = ? OR lower(guid) = lower(?)",  # noqa: S608
+                (tenant_or_guid, tenant_or_guid)).fetchone()
+        return self._district(row) if row else None
+
+    @staticmethod
+    def _district(row: tuple[Any, ...]) -> District:
+        values = dict(zip(_COLUMNS, row, strict=True))
+        for name in _TIMES:
+            values[name] = _time(values[name])
+        values["paused"] = bool(values["paused"])
+        return District(**values)
+
+    def save(self, records: Iterable[District], events: Iterable[Event] = (), now: datetime | None = None) -> None:
+        """Write districts and their events in one transaction."""
+        now = now or datetime.now(UTC)
+        placeholders = ", ".join("?" for _ in (*_COLUMNS, "updated_at"))
+        with self._lock, self._transaction():
+            for record in records:
+                values = asdict(record)
+                for name in _TIMES:
+                    values[name] = _text(values[name])
+                values["paused"] = int(values["paused"])
+                # An upsert on the GUID, not INSERT OR REPLACE: a clash on the tenant name must fail
+                # loudly, never delete the other district's row.
+                self.conn.execute(
+                    f"INSERT INTO districts ({', '.join(_COLUMNS)}, updated_at) "  # noqa: S608
+                    f"VALUES ({placeholders}) ON CONFLICT (guid) DO UPDATE SET {_UPDATES}",
+                    (*(values[c] for c in _COLUMNS), _text(now)))
+            self._events(events, now)
+
+    def mark_synced(self, guid: str, data_ts: datetime) -> None:
+        """A completed sync of the data ready at ``data_ts``: the next run may skip if nothing moved."""
+        with self._lock, self._transaction():
+            self.conn.execute("UPDATE districts SET synced_data_ts = ?, updated_at = ? WHERE lower(guid) = lower(?)",
+                              (_text(data_ts), _text(datetime.now(UTC)), guid))
+
+    def _events(self, events: Iterable[Event], now: datetime) -> None:
+        self.conn.executemany(
+            "INSERT INTO district_events (at, guid, event, alert, detail) VALUES (?, ?, ?, ?, ?)",
+            [(_text(now), e.guid, e.event, int(e.alert), json.dumps(dict(e.detail), sort_keys=True))
+             for e in events])
+
+    def add_events(self, events: Iterable[Event], now: datetime | None = None) -> None:
+        with self._lock, self._transaction():
+            self._events(events, now or datetime.now(UTC))
+
+    def events(self, guid: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        query = "SELECT at, guid, event, alert, detail FROM district_events"
+        args: tuple[Any, ...] = ()
+        if guid:
+            query += " WHERE lower(guid) = lower(?)"
+            args = (guid,)
+        with self._lock:
+            rows = self.conn.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{"at": at, "guid": g, "event": e, "alert": bool(a), "detail": json.loads(d)}
+                for at, g, e, a, d in reversed(rows)]
+
+    # --- webhook deliveries --------------------------------------------------------------
+
+    def record_webhook(self, delivery: Delivery, now: datetime | None = None) -> bool:
+        """Record a delivery; True when its (GUID, mode) is new. Replays only bump a counter."""
+        stamp = _text(now or datetime.now(UTC))
+        with self._lock, self._transaction():
+            cursor = self.conn.execute(
+                "INSERT INTO district_webhooks (guid, guid_key, mode, first_received_at, last_received_at, "
+                "remote_addr, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (guid_key, mode) DO UPDATE SET deliveries = deliveries + 1, "
+                "last_received_at = excluded.last_received_at RETURNING deliveries",
+                (delivery.guid, delivery.guid.lower(), delivery.mode, stamp, stamp, delivery.remote_addr[:64],
+                 delivery.body_sha256))
+            (deliveries,) = cursor.fetchone()
+        return deliveries == 1
+
+    def webhook_modes(self) -> dict[str, list[str]]:
+        """Every mode announced per lowercased GUID."""
+        with self._lock:
+            rows = self.conn.execute("SELECT guid_key, mode FROM district_webhooks ORDER BY id").fetchall()
+        out: dict[str, list[str]] = {}
+        for key, mode in rows:
+            out.setdefault(key, []).append(mode)
+        return out
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT guid, mode, first_received_at, last_received_at, deliveries, outcome "
+                "FROM district_webhooks ORDER BY id").fetchall()
+        return [dict(zip(("guid", "mode", "first_received_at", "last_received_at", "deliveries", "outcome"), r,
+                         strict=True)) for r in rows]
+
+    def set_webhook_outcomes(self, listed: set[str]) -> None:
+        """After a discovery: mark every delivery whose GUID the list holds (or not)."""
+        with self._lock, self._transaction():
+            for (key,) in self.conn.execute("SELECT DISTINCT guid_key FROM district_webhooks").fetchall():
+                self.conn.execute("UPDATE district_webhooks SET outcome = ? WHERE guid_key = ?",
+                                  ("listed" if key in listed else "not_listed", key))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction, unless the caller already holds one (then it commits)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")

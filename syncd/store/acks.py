@@ -1,0 +1,96 @@
+"""Acknowledgements: what the target confirmed, written only here, one transaction per batch of
+returned calls, before anything is sent again on their behalf; tombstones restored; disabled users."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity
+from syncd.model import canonical_json
+from syncd.store.base import Scoped, join, key_json, utcnow
+
+
+@dataclass(frozen=True)
+class CallLog:
+    """One returned (or failed) call, as `syncd explain` shows it: per object carried, whether the
+    target acknowledged it (its ``sid`` and answer) or what went wrong (``message``)."""
+
+    run_id: str
+    call: Call
+    outcome: str  # acknowledged | rejected | failed
+    http_status: int | None = None
+    message: str | None = None
+    sids: dict[Entity, str] = field(default_factory=dict)
+    answers: dict[Entity, str] = field(default_factory=dict)
+    outcomes: dict[Entity, str] = field(default_factory=dict)  # per object, where it differs from outcome
+
+
+class Acknowledgements(Scoped):
+
+    def acknowledge(self, acks: Iterable[tuple[Call, dict[Entity, str]]], call_log: Iterable[CallLog] = ()) -> None:
+        """Record what the target acknowledged for the calls that just returned, in one
+        transaction, before any further call is sent on their behalf; ``call_log`` is each
+        returned call's answer, kept for `syncd explain`."""
+        now = utcnow()
+        with self._write():
+            self._log_calls(call_log, now)
+            for call, sids in acks:
+                for entity, part in call.parts.items():
+                    if entity in sids:
+                        self._ack(entity, (self.name, *part.key), sids[entity], part.hash, part.body, now)
+                        self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
+                                          (self.name, entity, key_json(part.key)))
+
+    def _log_calls(self, entries: Iterable[CallLog], now: str) -> None:
+        """The last call of each (course, user) pair ("" for a course alone) and, per object it
+        carried, the target's answer: [outcome, sid, answer]."""
+        rows = []
+        for entry in entries:
+            call = entry.call
+            answers = {e: [entry.outcomes.get(e, entry.outcome), entry.sids.get(e), entry.answers.get(e)]
+                       for e in call.parts}
+            rows.append((self.name, call.course_id, call.user_id or "", entry.run_id, call.seq, now, entry.outcome,
+                         entry.http_status, entry.message, json.dumps(answers, separators=(",", ":"))))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO call_log (tenant, course_id, user_id, run_id, seq, at, outcome, http_status, "
+            "message, answers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
+             body: dict[str, Any], now: str) -> None:
+        plural, columns = PLURAL[entity], ("tenant", *KEYS[entity])
+        stored = {k: v for k, v in body.items()}
+        if isinstance(stored.get("ids"), dict):
+            stored["ids"] = {k: v for k, v in stored["ids"].items() if k != "sid"}
+        self.conn.execute(
+            f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "
+            f"VALUES ({','.join('?' * len(columns))}, ?, ?, ?, ?, NULL) "
+            f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET sid = excluded.sid, hash = excluded.hash, "
+            "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL",
+            (*key, sid, digest, canonical_json(stored), now))
+
+    def users_to_disable(self) -> list[tuple[str, str]]:
+        return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL "
+                                 "AND disabled_at IS NULL AND sid IS NOT NULL", (self.name,)).fetchall()
+
+    def users_to_enable(self) -> list[tuple[str, str]]:
+        return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NULL "
+                                 "AND disabled_at IS NOT NULL", (self.name,)).fetchall()
+
+    def set_disabled(self, source_id: str, disabled: bool) -> None:
+        with self._write():
+            self.conn.execute("UPDATE acked_users SET disabled_at = ? WHERE tenant = ? AND source_id = ?",
+                              (utcnow() if disabled else None, self.name, source_id))
+
+    def restore_returning(self) -> None:
+        """Clear tombstones of objects that are back in scope (same source id: restore, never
+        duplicate). Their sid is kept, so the next push updates the same target object."""
+        with self._write():
+            for entity in ENTITIES:
+                plural = PLURAL[entity]
+                self.conn.execute(
+                    f"UPDATE acked_{plural} AS a SET removed_at = NULL WHERE a.tenant = ? "
+                    f"AND a.removed_at IS NOT NULL AND EXISTS (SELECT 1 FROM desired_{plural} d "
+                    f"WHERE {join('d', 'a', entity)})", (self.name,))

@@ -1,0 +1,80 @@
+"""The diff: each desired row against what the target acknowledged, and the counts it yields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from syncd.entities import ENTITIES, KEYS, SPECS, Entity
+from syncd.store.base import Scoped, join
+
+
+class Diff(Scoped):
+    def classify(self, force: bool) -> None:
+        """Mark each desired row create / update / none against the acknowledged state.
+        With ``force`` every acknowledged row is an update: the whole roster is pushed again."""
+        same = "'update'" if force else "'none'"
+        with self._write():
+            for entity, spec in SPECS.items():
+                self.conn.execute(
+                    f"UPDATE {spec.desired} AS d SET change = coalesce((SELECT CASE "
+                    f"WHEN a.hash = d.hash THEN {same} ELSE 'update' END FROM {spec.acked} a "
+                    f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
+                    (self.name,),
+                )
+
+    def change_counts(self) -> dict[Entity, dict[str, int]]:
+        return {entity: dict(self.conn.execute(
+            f"SELECT change, count(*) FROM {spec.desired} WHERE tenant = ? GROUP BY change", (self.name,)).fetchall())
+            for entity, spec in SPECS.items()}
+
+    def outcome_counts(self, since: str) -> dict[Entity, dict[str, int]]:
+        """After the push: planned changes split into done (acknowledged since the run started,
+        with the body planned) and not done."""
+        counts: dict[Entity, dict[str, int]] = {}
+        for entity, spec in SPECS.items():
+            rows = self.conn.execute(
+                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
+                f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
+                "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
+            result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}
+            for change, done, n in rows:
+                if change == "none":
+                    result["unchanged"] += n
+                elif change == "held":
+                    continue  # the engine counts what it held, once (removals are held outside desired_*)
+                elif done:
+                    result["created" if change == "create" else "updated"] += n
+                else:
+                    result["failed"] += n
+            counts[entity] = result
+        return counts
+
+    def acked_body(self, entity: Entity, key: tuple[str, ...]) -> dict[str, Any] | None:
+        where = " AND ".join(f"{k} = ?" for k in KEYS[entity])
+        row = self.conn.execute(f"SELECT body FROM {SPECS[entity].acked} WHERE tenant = ? AND {where}",
+                                (self.name, *key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def acked_counts(self) -> dict[Entity, int]:
+        return {e: self.conn.execute(
+            f"SELECT count(*) FROM {SPECS[e].acked} WHERE tenant = ? AND removed_at IS NULL",
+            (self.name,)).fetchone()[0] for e in ENTITIES}
+
+    def describe_object(self, entity: str, source_id: str) -> str:
+        """What the source said of one object this run, for `--only`."""
+        spec = SPECS["user" if entity == "user" else "course"]
+        staged = self.conn.execute(f"SELECT active FROM {spec.stage} WHERE tenant = ? AND source_id = ?",
+                                   (self.name, source_id)).fetchone()
+        if staged is None:
+            return f"the source has no {entity} {source_id}"
+        desired = self.conn.execute(f"SELECT change FROM {spec.desired} WHERE tenant = ? AND source_id = ?",
+                                    (self.name, source_id)).fetchone()
+        if desired is None:
+            why = "inactive" if not staged[0] else "without an in-scope enrollment"
+            return f"{entity} {source_id} is in the source but out of scope ({why})"
+        column = "user_id" if entity == "user" else "course_id"
+        enrollments = self.conn.execute(f"SELECT count(*) FROM desired_enrollments WHERE tenant = ? AND {column} = ?",
+                                        (self.name, source_id)).fetchone()[0]
+        state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
+        return f"{entity} {source_id} is in scope ({state}) with {enrollments} in-scope enrollment(s)"

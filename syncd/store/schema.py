@@ -1,0 +1,174 @@
+"""The schema of the state file and its migrations (sqlite-utils ``Migrations``).
+
+Tables per entity (``courses``, ``users``, ``enrollments``):
+
+- ``stage_*``: what the source said this run (replaced each run);
+- ``desired_*``: the provision bodies in scope this run, with their hash and ``change``
+  (``create`` / ``update`` / ``none``) against what the target acknowledged;
+- ``acked_*``: what the target acknowledged: ``sid``, hash and body; ``removed_at`` marks a
+  tombstone (the object left scope; nothing is deleted in the target).
+
+A new entity adds its three tables here, in a new migration; a migration never changes once
+released (existing state files are upgraded by the ones they have not run yet).
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from syncd.model import body_hash
+
+migrations = Migrations("syncd")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, started_at TEXT NOT NULL,
+            finished_at TEXT, status TEXT NOT NULL, dry_run INTEGER NOT NULL DEFAULT 0,
+            force INTEGER NOT NULL DEFAULT 0, extract_complete INTEGER, calls INTEGER,
+            duration_s REAL, summary TEXT, message TEXT, pid INTEGER
+        );
+        CREATE INDEX runs_by_tenant ON runs (tenant, started_at);
+        CREATE TABLE errors (
+            id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, tenant TEXT NOT NULL,
+            entity TEXT NOT NULL, source_id TEXT NOT NULL, stage TEXT NOT NULL,
+            http_status INTEGER, message TEXT NOT NULL, attempts INTEGER NOT NULL,
+            first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, course_id TEXT, user_id TEXT
+        );
+        CREATE INDEX errors_by_run ON errors (run_id);
+        CREATE INDEX errors_by_record ON errors (tenant, entity, source_id, stage);
+
+        CREATE TABLE stage_courses (
+            tenant TEXT, source_id TEXT, title TEXT, code TEXT, external_id TEXT, lms_id TEXT,
+            parent_id TEXT, active INTEGER, PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE stage_course_codes (
+            tenant TEXT, source_id TEXT, code TEXT, PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE stage_users (
+            tenant TEXT, source_id TEXT, first_name TEXT, last_name TEXT, email TEXT,
+            external_id TEXT, lms_id TEXT, active INTEGER, PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE stage_enrollments (
+            tenant TEXT, source_id TEXT, course_id TEXT, user_id TEXT, role TEXT, active INTEGER,
+            PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+
+        CREATE TABLE desired_courses (
+            tenant TEXT, source_id TEXT, body TEXT, hash TEXT, change TEXT,
+            PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE desired_users (
+            tenant TEXT, source_id TEXT, body TEXT, hash TEXT, change TEXT,
+            PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE desired_enrollments (
+            tenant TEXT, course_id TEXT, user_id TEXT, source_id TEXT, body TEXT, hash TEXT,
+            change TEXT, PRIMARY KEY (tenant, course_id, user_id)) WITHOUT ROWID;
+        CREATE INDEX desired_enrollments_by_user ON desired_enrollments (tenant, user_id);
+
+        CREATE TABLE acked_courses (
+            tenant TEXT, source_id TEXT, sid TEXT, hash TEXT, body TEXT, acked_at TEXT,
+            removed_at TEXT, PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE acked_users (
+            tenant TEXT, source_id TEXT, sid TEXT, hash TEXT, body TEXT, acked_at TEXT,
+            removed_at TEXT, PRIMARY KEY (tenant, source_id)) WITHOUT ROWID;
+        CREATE TABLE acked_enrollments (
+            tenant TEXT, course_id TEXT, user_id TEXT, sid TEXT, hash TEXT, body TEXT,
+            acked_at TEXT, removed_at TEXT, PRIMARY KEY (tenant, course_id, user_id)) WITHOUT ROWID;
+
+        CREATE TABLE plan_calls (
+            tenant TEXT, seq INTEGER, course_id TEXT NOT NULL, user_id TEXT,
+            PRIMARY KEY (tenant, seq)) WITHOUT ROWID;
+        """
+    )
+
+
+@migrations()
+def m002_error_names(db: sqlite_utils.Database) -> None:
+    """What an admin recognises a record by: a course title, a person's name."""
+    db.execute("ALTER TABLE errors ADD COLUMN name TEXT")
+    db.execute("CREATE INDEX runs_by_finish ON runs (finished_at)")
+
+
+@migrations()
+def m003_safety(db: sqlite_utils.Database) -> None:
+    """Held plans and their approvals, the per-record retry escrow, disabled users."""
+    db.executescript(
+        """
+        CREATE TABLE pending_removals (
+            tenant TEXT, entity TEXT, key TEXT, PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+        CREATE TABLE held (
+            tenant TEXT, run_id TEXT, entity TEXT, kind TEXT, key TEXT,
+            PRIMARY KEY (run_id, entity, kind, key)) WITHOUT ROWID;
+        CREATE TABLE approvals (
+            run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, approved_at TEXT NOT NULL, spent_by TEXT);
+        CREATE TABLE escrow (
+            tenant TEXT, entity TEXT, key TEXT, attempts INTEGER NOT NULL, next_retry_at TEXT NOT NULL,
+            http_status INTEGER, message TEXT, first_seen TEXT NOT NULL, run_id TEXT,
+            PRIMARY KEY (tenant, entity, key)) WITHOUT ROWID;
+        ALTER TABLE acked_users ADD COLUMN disabled_at TEXT;
+        ALTER TABLE errors ADD COLUMN next_retry_at TEXT;
+        """
+    )
+
+
+@migrations()
+def m004_plan_indexes(db: sqlite_utils.Database) -> None:
+    """The planner asks "is this user / course already covered by a call?" once per changed
+    record: without these indexes each question scans the plan, and planning grows as n²."""
+    db.executescript(
+        """
+        CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
+        CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
+        """
+    )
+
+
+@migrations()
+def m005_canonical_hashes(db: sqlite_utils.Database) -> None:
+    """The content hash is now taken over a body's canonical JSON (keys sorted), not over the
+    text SQLite happened to build: re-hash what the target acknowledged, so that nothing looks
+    changed after the upgrade (and a store of another kind computes the same hashes)."""
+    db.conn.create_function("canonical_digest", 1, _canonical_digest, deterministic=True)
+    for table in ("acked_courses", "acked_users", "acked_enrollments"):
+        db.execute(f"UPDATE {table} SET hash = canonical_digest(body) WHERE body IS NOT NULL")
+
+
+def _canonical_digest(body: str) -> str:
+    return body_hash(json.loads(body))
+
+
+@migrations()
+def m006_explain(db: sqlite_utils.Database) -> None:
+    """What `syncd explain` needs: the raw fields that decided scope (the source's status, an
+    enrollment's endDate), and the last call for each (course, user) pair with the target's answer
+    per object carried (one row per call, not per object: one more write per call, not three;
+    replaced by the next call of the pair; pruned with its run)."""
+    db.executescript(
+        """
+        ALTER TABLE stage_courses ADD COLUMN status TEXT;
+        ALTER TABLE stage_users ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
+        CREATE TABLE call_log (
+            tenant TEXT, course_id TEXT, user_id TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+            outcome TEXT NOT NULL, http_status INTEGER, message TEXT, answers TEXT NOT NULL,
+            PRIMARY KEY (tenant, course_id, user_id)) WITHOUT ROWID;
+        CREATE INDEX call_log_by_run ON call_log (run_id);
+        """
+    )
+
+
+@migrations()
+def m007_escrow_keys_utf8(db: sqlite_utils.Database) -> None:
+    """Escrow keys were written by ``json.dumps`` with its default ASCII escapes ("\\u00e9") while
+    the queries that look escrow up build keys with SQLite's ``json_array`` ("é"): a record whose
+    id is not ASCII was never found waiting and was retried every run. Re-write them in the one
+    encoding both sides now use (``base.key_json``)."""
+    db.conn.create_function("utf8_key", 1, _utf8_key, deterministic=True)
+    db.execute("UPDATE escrow SET key = utf8_key(key) WHERE key != utf8_key(key)")
+
+
+def _utf8_key(key: str) -> str:
+    return json.dumps(json.loads(key), separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,143 @@
+"""Staging and the desired state: what the source said this run, mapped to provision bodies in SQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from syncd.entities import SPECS, Entity
+from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
+from syncd.store.base import Scoped
+
+STAGE_TABLES: dict[type, tuple[str, Entity]] = {
+    Course: ("stage_courses", "course"),
+    CourseCode: ("stage_course_codes", "course"),
+    User: ("stage_users", "user"),
+    Enrollment: ("stage_enrollments", "enrollment"),
+}
+RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
+              "desired_courses", "desired_users", "desired_enrollments", "plan_calls")
+
+
+class Staging(Scoped):
+    def reset_stage(self) -> None:
+        """Forget the last run's staged rows, desired state and plan."""
+        with self._write():
+            for table in RUN_TABLES:
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
+
+    def stage(self, records: list[Record]) -> list[RecordError]:
+        """Stage one page in one transaction. Returns the records that could not be staged:
+        those the source could not read, and duplicates of an id already read (first one wins)."""
+        failed: list[RecordError] = [r for r in records if isinstance(r, RecordError)]
+        rows: dict[type, list[tuple[Any, ...]]] = {Course: [], CourseCode: [], User: [], Enrollment: []}
+        for record in records:
+            if not isinstance(record, RecordError):
+                rows[type(record)].append(_stage_row(self.name, record))
+        with self._write():
+            for kind, batch in rows.items():
+                if batch:
+                    failed += self._insert_stage(kind, batch)
+        return failed
+
+    def _insert_stage(self, kind: type, batch: list[tuple[Any, ...]]) -> list[RecordError]:
+        table, entity = STAGE_TABLES[kind]
+        ids = [row[1] for row in batch]
+        already = {r[0] for r in self.conn.execute(
+            f"SELECT source_id FROM {table} WHERE tenant = ? "
+            "AND source_id IN (SELECT value FROM json_each(?))", (self.name, json.dumps(ids)))}
+        duplicates: list[RecordError] = []
+        fresh: list[tuple[Any, ...]] = []
+        for row in batch:
+            if row[1] in already:
+                duplicates.append(RecordError(entity, row[1], "duplicate id: an earlier record with "
+                                                              "this id was read first and wins"))
+            else:
+                already.add(row[1])
+                fresh.append(row)
+        marks = ",".join("?" * len(batch[0]))
+        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
+        return duplicates
+
+    def staged_counts(self) -> dict[Entity, int]:
+        return {e: self.conn.execute(f"SELECT count(*) FROM {spec.stage} WHERE tenant = ?",
+                                     (self.name,)).fetchone()[0] for e, spec in SPECS.items()}
+
+    def build_desired(self, roles: dict[str, str], time_zone: str | None) -> None:
+        """Map staged rows to provision bodies in scope (SPEC §4), all in SQL."""
+        role_rows = json.dumps([[source, target] for source, target in roles.items()])
+        with self._write():
+            self.conn.execute(DESIRED_COURSES, (self.name,))
+            self.conn.execute(DESIRED_ENROLLMENTS, (role_rows, self.name))
+            self.conn.execute(DESIRED_USERS, (time_zone, self.name))
+
+    def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
+        """Active enrollments whose class or user is missing from a complete extract."""
+        yield from self.conn.execute(
+            "SELECT e.source_id, e.course_id, e.user_id, "
+            "CASE WHEN c.source_id IS NULL THEN 'class' ELSE 'user' END "
+            "FROM stage_enrollments e "
+            "LEFT JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id "
+            "LEFT JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id "
+            "WHERE e.tenant = ? AND e.active = 1 AND (c.source_id IS NULL OR u.source_id IS NULL)",
+            (self.name,),
+        )
+
+
+def _stage_row(tenant: str, record: Record) -> tuple[Any, ...]:
+    if isinstance(record, Course):
+        return (tenant, record.source_id, record.title, record.code, record.external_id, record.lms_id,
+                record.parent_id, int(record.active), record.status)
+    if isinstance(record, CourseCode):
+        return (tenant, record.source_id, record.code)
+    if isinstance(record, User):
+        return (tenant, record.source_id, record.first_name, record.last_name, record.email,
+                record.external_id, record.lms_id, int(record.active), record.status)
+    assert isinstance(record, Enrollment)
+    return (tenant, record.source_id, record.course_id, record.user_id, record.role, int(record.active),
+            record.status, record.end_date)
+
+
+# json_patch('{}', …) drops every null member (RFC 7396), so an empty field is omitted, not null.
+# Keys are written in sorted order, nested ones too: the body text is then its canonical JSON
+# (model.canonical_json), the text the content hash is defined over.
+DESIRED_COURSES = """
+INSERT INTO desired_courses (tenant, source_id, body, hash)
+SELECT tenant, source_id, body, digest(body) FROM (
+    SELECT c.tenant, c.source_id, json_patch('{}', json_object(
+        'code', coalesce(c.code, cc.code), 'ids', json_object('external', c.external_id, 'lms', c.lms_id),
+        'title', c.title)) AS body
+    FROM stage_courses c
+    LEFT JOIN stage_course_codes cc ON cc.tenant = c.tenant AND cc.source_id = c.parent_id
+    WHERE c.tenant = ? AND c.active = 1)
+"""
+
+# One enrollment per (course, user): the role listed first in `roles` wins (SQLite returns the
+# bare columns of the row that holds min()).
+DESIRED_ENROLLMENTS = """
+INSERT INTO desired_enrollments (tenant, course_id, user_id, source_id, body, hash)
+SELECT tenant, course_id, user_id, source_id, body, digest(body) FROM (
+    SELECT e.tenant, e.course_id, e.user_id, e.source_id, min(r.priority),
+           json_object('role', r.target_role) AS body
+    FROM stage_enrollments e
+    JOIN (SELECT json_extract(value, '$[0]') AS source_role, json_extract(value, '$[1]') AS target_role,
+                 CAST(key AS INTEGER) AS priority FROM json_each(?)) r ON r.source_role = e.role
+    JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id AND c.active = 1
+    JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id AND u.active = 1
+    WHERE e.tenant = ? AND e.active = 1
+    GROUP BY e.tenant, e.course_id, e.user_id)
+"""
+
+DESIRED_USERS = """
+INSERT INTO desired_users (tenant, source_id, body, hash)
+SELECT tenant, source_id, body, digest(body) FROM (
+    SELECT u.tenant, u.source_id, json_patch('{}', json_object(
+        'email', u.email, 'firstName', u.first_name,
+        'ids', json_object('external', u.external_id, 'lms', u.lms_id),
+        'lastName', u.last_name, 'timeZone', ?)) AS body
+    FROM stage_users u
+    WHERE u.tenant = ? AND u.active = 1 AND EXISTS (
+        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id))
+"""
+
