@@ -4,7 +4,7 @@ It reads what the store kept of one record: what the last extract said (``stage_
 raw status and endDate that decide scope), whether it is in scope and, if not, the rule that
 excluded it, its provision body (``desired_*``), what the target acknowledged (``acked_*``), the
 last call that carried it (``call_log``), and any error, escrow, hold or tombstone. It returns
-data (``--json`` prints it as is); ``cli.render_explain`` words it for an admin. The read
+data (``--json`` prints it as is); ``render.render_explain`` words it for an admin. The read
 queries are the store's (``syncd/store/explain.py``, on ``Store.tenant(name)``).
 """
 
