@@ -118,6 +118,7 @@ CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 M005 = "SELECT 1"
 
 # What `syncd explain` reads: raw status and endDate in stage, the last call per (course, user).
+# (SQLite's m006 also re-writes escrow keys escaped to ASCII; jsonb keys compare by value.)
 M006 = """
 ALTER TABLE stage_courses ADD COLUMN status TEXT;
 ALTER TABLE stage_users ADD COLUMN status TEXT;
@@ -130,9 +131,6 @@ CREATE TABLE call_log (
 CREATE INDEX call_log_by_run ON call_log (run_id);
 """
 
-# SQLite's m007 re-writes escrow keys escaped to ASCII; jsonb keys compare by value: nothing to do.
-M007 = "SELECT 1"
-
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -142,7 +140,6 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", M005),
     ("m006_explain", M006),
-    ("m007_escrow_keys_utf8", M007),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

@@ -144,7 +144,12 @@ def m006_explain(db: sqlite_utils.Database) -> None:
     """What `syncd explain` needs: the raw fields that decided scope (the source's status, an
     enrollment's endDate), and the last call for each (course, user) pair with the target's answer
     per object carried (one row per call, not per object: one more write per call, not three;
-    replaced by the next call of the pair; pruned with its run)."""
+    replaced by the next call of the pair; pruned with its run).
+
+    And escrow keys in one encoding: they were written by ``json.dumps`` with its ASCII escapes
+    ("\\u00e9") while the queries that look escrow up build keys with SQLite's ``json_array`` ("é"),
+    so a record whose id is not ASCII was never found waiting and was retried every run (and
+    explain had to ask twice). They are re-written as ``base.key_json`` now writes them."""
     db.executescript(
         """
         ALTER TABLE stage_courses ADD COLUMN status TEXT;
@@ -158,14 +163,6 @@ def m006_explain(db: sqlite_utils.Database) -> None:
         CREATE INDEX call_log_by_run ON call_log (run_id);
         """
     )
-
-
-@migrations()
-def m007_escrow_keys_utf8(db: sqlite_utils.Database) -> None:
-    """Escrow keys were written by ``json.dumps`` with its default ASCII escapes ("\\u00e9") while
-    the queries that look escrow up build keys with SQLite's ``json_array`` ("é"): a record whose
-    id is not ASCII was never found waiting and was retried every run. Re-write them in the one
-    encoding both sides now use (``base.key_json``)."""
     db.conn.create_function("utf8_key", 1, _utf8_key, deterministic=True)
     db.execute("UPDATE escrow SET key = utf8_key(key) WHERE key != utf8_key(key)")
 
