@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("--to", required=True, metavar="URL",
                       help="postgresql://… (or env:NAME, file:/path, credential:NAME holding it)")
     copy.set_defaults(handler=cmd_state_copy)
+    alerts = commands.add_parser("alerts", help="check the alert channels of [alerts] urls")
+    alerts_commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    alerts_commands.add_parser("test", help="send one test message to every channel").set_defaults(
+        handler=cmd_alerts_test)
 
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result",
                                parents=[quiet])
@@ -429,6 +433,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from syncd import daemon
 
     return daemon.main(configuration.config_path(args.config))
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """One message to every channel, now, in this process: exit 0 when every channel took it."""
+    import socket
+
+    from syncd import alerts
+
+    config = _load(args)
+    if not config.alerts.urls:
+        raise UsageError(f"no alert channel: {config.path} has no [alerts] urls")
+    message = alerts.Message("syncd: test alert", f"A test message from syncd on {socket.gethostname()} "
+                             f"({config.path}): this channel receives syncd's alerts.")
+    results = alerts.deliver(config.alerts.urls, message, delays=(1.0,))
+    for number, sent in enumerate(results, 1):
+        print(f"channel {number}: {'sent' if sent else 'FAILED (see the log above)'}")
+    return EXIT_OK if all(results) else EXIT_ERRORS
 
 
 # --- config and demo -----------------------------------------------------------------------

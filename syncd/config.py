@@ -49,12 +49,34 @@ class ConfigError(AdminNeeded):
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[daemon.http]``: the daemon's listener (SPEC §8); absent = no listener."""
+
+    host: str
+    port: int
+    max_body_bytes: int = 16 * 1024
+    # A client that sends nothing for this long is disconnected (slowloris).
+    channel_timeout_s: int = 30
+    threads: int = 4
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
     log_level: str = "info"
     log_format: str = "auto"
     retention_days: int = 30
     stop_timeout_s: float = 60.0
+    http: HttpConfig | None = None
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[alerts]``: Apprise notification URLs (resolved secrets) and the daily digest time."""
+
+    urls: tuple[str, ...] = field(default=(), repr=False)
+    digest: tuple[int, int] | None = None  # (hour, minute) in ``time_zone``
+    time_zone: str | None = None  # None: the machine's local time zone
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,7 @@ class Config:
     # Key paths whose secret is written in the file itself (no env:, file: or credential:).
     plain_secrets: tuple[str, ...] = ()
     gg4l: Any = None  # syncd.gg4l_config.Gg4lConfig when [gg4l] is set
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -151,8 +174,9 @@ def load(path: Path) -> Config:
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l", "alerts"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
+    alerts = _alerts(checker, _table(checker, raw, "alerts"))
     defaults = _table(checker, raw, "safety")
     from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
     gg4l = parse_gg4l(checker, raw, defaults)
@@ -173,14 +197,15 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if checker.errors:
         raise ConfigError(checker.errors)
     return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
-                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l)
+                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l, alerts=alerts)
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
 def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
-    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s"})
+    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s",
+                                       "http"})
     state = checker.get(body, "daemon.state_dir", str, None)
     if state:
         # A relative state_dir is taken from the config file's folder, so that the same file
@@ -194,7 +219,103 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
         retention_days=checker.number(body, "daemon.retention_days", int, 30, 1, 3650),
         stop_timeout_s=checker.number(body, "daemon.stop_timeout_s", float, 60.0, 1, 3600),
+        http=_http(checker, _table(checker, body, "http", "daemon")),
     )
+
+
+HTTP_KEYS = {"listen", "max_body_bytes", "channel_timeout_s", "threads"}
+
+
+def _http(checker: _Checker, body: dict[str, Any]) -> HttpConfig | None:
+    """``[daemon.http]``: off unless ``listen`` is set; ``HOST:PORT``, ``[::1]:PORT`` for IPv6."""
+    if not body:
+        return None
+    _unknown(checker, body, "daemon.http", HTTP_KEYS)
+    listen = checker.get(body, "daemon.http.listen", str, None, required=True)
+    address = listen_address(listen) if listen else None
+    if listen and address is None:
+        checker.error("daemon.http.listen", f'must be HOST:PORT, e.g. "127.0.0.1:8470", not {listen!r}')
+    limits = {
+        "max_body_bytes": checker.number(body, "daemon.http.max_body_bytes", int, 16 * 1024, 1024, 10 * 1024 * 1024),
+        "channel_timeout_s": checker.number(body, "daemon.http.channel_timeout_s", int, 30, 1, 3600),
+        "threads": checker.number(body, "daemon.http.threads", int, 4, 1, 64),
+    }
+    if address is None:
+        return None
+    return HttpConfig(host=address[0], port=address[1], **limits)
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """``127.0.0.1:8470`` / ``[::1]:8470`` / ``0.0.0.0:8470`` -> (host, port), else None.
+    A bare port listens on loopback: another interface is only ever the admin's explicit choice."""
+    value = value.strip()
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # an address, not a name: the admin says exactly which interface listens
+    return host, int(port)
+
+
+def _apprise_accepts(url: str) -> bool:
+    """Whether Apprise can build a channel from ``url``; its own log lines (which may quote the URL,
+    a secret) are silenced meanwhile."""
+    import logging
+
+    import apprise
+
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return apprise.Apprise.instantiate(url) is not None
+    finally:
+        logger.setLevel(level)
+
+
+ALERT_KEYS = {"urls", "digest", "time_zone"}
+DIGEST_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _alerts(checker: _Checker, body: dict[str, Any]) -> AlertsConfig:
+    """``[alerts]``: Apprise URLs (each a secret: it may carry a password or a webhook token)."""
+    _unknown(checker, body, "alerts", ALERT_KEYS)
+    urls = []
+    for i, _value in enumerate(checker.get(body, "alerts.urls", list, [])):
+        key = f"alerts.urls[{i}]"
+        url = checker.secret({f"urls[{i}]": _value}, key) if isinstance(_value, str) else ""
+        if not isinstance(_value, str):
+            checker.error(key, f"must be a string, not {_kind_name(type(_value))}")
+        elif url and "://" not in url:
+            checker.error(key, "must be an Apprise URL such as mailtos://… or json://… (the value is not shown)")
+        elif url:
+            if not _apprise_accepts(url):
+                checker.error(key, "Apprise cannot use this URL: unknown service or missing parts "
+                                   "(the value is not shown; see the Apprise wiki for its form)")
+            urls.append(url)
+    digest = None
+    text = checker.get(body, "alerts.digest", str, None)
+    if text is not None:
+        match = DIGEST_TIME.match(text.strip())
+        if match:
+            digest = (int(match.group(1)), int(match.group(2)))
+        else:
+            checker.error("alerts.digest", f'must be a time of day HH:MM, e.g. "07:00", not {text!r}')
+    time_zone = checker.get(body, "alerts.time_zone", str, None)
+    if time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            checker.error("alerts.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    return AlertsConfig(urls=tuple(urls), digest=digest, time_zone=time_zone)
 
 
 def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:

@@ -131,6 +131,13 @@ CREATE TABLE call_log (
 CREATE INDEX call_log_by_run ON call_log (run_id);
 """
 
+M008 = """
+CREATE TABLE alert_state (
+    tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, topic));
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -140,6 +147,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", M005),
     ("m006_explain", M006),
+    ("m008_alerts", M008),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

@@ -169,3 +169,17 @@ def m006_explain(db: sqlite_utils.Database) -> None:
 
 def _utf8_key(key: str) -> str:
     return json.dumps(json.loads(key), separators=(",", ":"), ensure_ascii=False)
+
+
+@migrations()
+def m008_alerts(db: sqlite_utils.Database) -> None:
+    """The last state alerted per tenant and topic (syncd.alerts: one message per change, across
+    restarts), and the row /healthz writes to prove the store takes a write."""
+    db.executescript(
+        """
+        CREATE TABLE alert_state (
+            tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, topic)) WITHOUT ROWID;
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+        """
+    )
