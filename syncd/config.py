@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -67,6 +68,7 @@ class DaemonConfig:
     log_format: str = "auto"
     retention_days: int = 30
     stop_timeout_s: float = 60.0
+    max_run_s: float = 21_600.0  # a run longer than this is stuck: the watchdog stops pinging
     http: HttpConfig | None = None
 
 
@@ -86,10 +88,14 @@ class SourceConfig:
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
     version: str = "1.1"
+    auth: str = ""  # OneRoster: "oauth1" | "oauth2"; "" picks by version (1.1: oauth1, 1.2: oauth2)
     token_url: str = ""
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
+    # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
+    privacy_shield: bool = False
+    max_pages: int = 100_000  # per run, all collections together (syncd.limits)
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
@@ -158,18 +164,64 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SECRET_BYTES = 64 << 10
+
+
 def load(path: Path) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (at byte {exc.start}); TOML files are UTF-8"]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid TOML: arrays or tables nested too deeply"]) from None
     return parse(raw, path)
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file. A FIFO, a device (``/dev/zero``) or a directory is
+    refused at once (opened non-blocking, so a FIFO with no writer cannot hang us); a larger file is
+    refused rather than read into memory. Raises OSError, or ValueError with a message that never
+    quotes the content."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"larger than {limit >> 10} KiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path | str, what: str) -> str:
+    try:
+        data = read_regular(path, MAX_SECRET_BYTES)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot read {what}: {exc}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        # Never the decoder's message: it quotes the offending byte, a byte of the secret.
+        raise ValueError(f"{what} is not UTF-8 text") from None
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
@@ -205,7 +257,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 
 def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
     _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s",
-                                       "http"})
+                                       "max_run_s", "http"})
     state = checker.get(body, "daemon.state_dir", str, None)
     if state:
         # A relative state_dir is taken from the config file's folder, so that the same file
@@ -219,6 +271,7 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
         retention_days=checker.number(body, "daemon.retention_days", int, 30, 1, 3650),
         stop_timeout_s=checker.number(body, "daemon.stop_timeout_s", float, 60.0, 1, 3600),
+        max_run_s=checker.number(body, "daemon.max_run_s", float, 21_600.0, 1, 7 * 86_400),
         http=_http(checker, _table(checker, body, "http", "daemon")),
     )
 
@@ -407,10 +460,10 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
 
 
 ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s"}
+                  "page_size", "timeout_s", "max_pages"}
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
                "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
-               "concurrency", "report_min_courses", "report_timeout_s"}
+               "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
 CANVAS_MODES = ("auto", "api", "report")
 CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
 
@@ -428,6 +481,7 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         "page_size": checker.number(body, f"{key}.page_size", int, 1000 if kind == "oneroster" else 100,
                                     1, 100_000),
         "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
+        "max_pages": checker.number(body, f"{key}.max_pages", int, 100_000, 1, 100_000_000),
     }
     if kind == "oneroster":
         version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")
@@ -672,10 +726,7 @@ def _from_env(name: str) -> str:
 
 
 def _from_file(name: str) -> str:
-    try:
-        return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {name}: {exc.strerror}") from None
+    return _read_secret(name, f"secret file {name}")
 
 
 def _from_credential(name: str) -> str:
@@ -685,10 +736,7 @@ def _from_credential(name: str) -> str:
     if not directory:
         raise ValueError(f"credential {name}: $CREDENTIALS_DIRECTORY is not set "
                          "(use LoadCredential= in the systemd unit)")
-    try:
-        return (Path(directory) / name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read credential {name}: {exc.strerror}") from None
+    return _read_secret(Path(directory) / name, f"credential {name}")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

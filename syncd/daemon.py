@@ -56,9 +56,11 @@ class Daemon:
         self.config = config
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.running: dict[str, str] = {}  # tenant -> run_id ("" until the run has an id)
+        self._started: dict[str, float] = {}  # tenant -> monotonic start of its run
         self._running_changed = threading.Condition()
         self.stopping = threading.Event()
-        workers = max(2, sum(t.enabled for t in config.tenants.values()))
+        # GG4L districts share a few more workers (their runs queue beyond that).
+        workers = max(2, sum(t.enabled for t in config.tenants.values()) + (4 if config.gg4l else 0))
         self.scheduler = BlockingScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(workers), "housekeeping": ThreadPoolExecutor(1)},
@@ -67,6 +69,7 @@ class Daemon:
         self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir)
         self.metrics: Any = None  # syncd.metrics.Metrics while the listener serves
         self.listener: Any = None
+        self.gg4l: Any = None  # syncd.gg4l.daemon_wiring.Gg4lDaemon with [gg4l]
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -76,6 +79,10 @@ class Daemon:
         self._schedule_tenants(catch_up=True)
         if not self._listen():
             return 1
+        if self.config.gg4l is not None:
+            from syncd.gg4l.daemon_wiring import Gg4lDaemon
+
+            self.gg4l = Gg4lDaemon.start(self)
         self.alerts.start()
         self._schedule_digest()
         interval = watchdog_interval_s()
@@ -132,6 +139,8 @@ class Daemon:
         """After the runs: answer the last requests, send the queued alerts."""
         if self.listener is not None:
             self.listener.stop()
+        if self.gg4l is not None:
+            self.gg4l.stop()
         self.alerts.stop(timeout=min(10.0, self.config.daemon.stop_timeout_s))
 
     def health_problems(self) -> list[str]:
@@ -189,6 +198,9 @@ class Daemon:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(tenant=name)
         tenant = self.config.tenants.get(name)
+        options, after = engine.Options(), None
+        if tenant is None and self.gg4l is not None and not self.stopping.is_set():
+            tenant, options, after = self.gg4l.lookup(name)  # a GG4L district, gated on new data
         if tenant is None or self.stopping.is_set():
             return
         state_dir = self.config.daemon.state_dir
@@ -202,12 +214,14 @@ class Daemon:
                 probe = self._probe(tenant)
                 summary = None
                 try:
-                    summary = engine.run(tenant, store, **({"source": probe.source, "client": probe.client}
-                                                           if probe else {}))
+                    summary = engine.run(tenant, store, options, **({"source": probe.source, "client": probe.client}
+                                                                    if probe else {}))
                 finally:
                     self._observe(tenant, store, summary, probe)
                     store.close()
                     self._mark(name, running=False)
+            if after is not None:
+                after(summary)
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
         except lock.Busy:
             return  # stopped while another process held the tenant
@@ -264,8 +278,10 @@ class Daemon:
         with self._running_changed:
             if running:
                 self.running[name] = ""
+                self._started[name] = time.monotonic()
             else:
                 self.running.pop(name, None)
+                self._started.pop(name, None)
             self._running_changed.notify_all()
         if not self.stopping.is_set():
             notify(f"STATUS={self._status()}")
@@ -273,6 +289,7 @@ class Daemon:
     def _run_all_now(self) -> None:
         now = datetime.now(UTC)
         names = [n for n, t in self.config.tenants.items() if t.enabled]
+        names += self.gg4l.tenants() if self.gg4l is not None else []
         log.info("daemon.run_all_now", tenants=names)
         for name in names:
             if name in self.running:
@@ -297,6 +314,8 @@ class Daemon:
         if fresh.daemon.http != self.config.daemon.http:
             log.warning("daemon.http_unchanged", reason="a new [daemon.http] takes effect on restart")
             fresh = dataclasses.replace(fresh, daemon=dataclasses.replace(fresh.daemon, http=self.config.daemon.http))
+        if self.gg4l is not None:
+            fresh = self.gg4l.reload(fresh)
         old = set(self.config.tenants)
         self.config = fresh
         for job in self.scheduler.get_jobs():
@@ -309,6 +328,14 @@ class Daemon:
         notify(f"STATUS={self._status()}")
 
     def _watchdog(self) -> None:
+        # A run past daemon.max_run_s is stuck (every request and page is bounded, so this is a
+        # bug or a hang): stop pinging, and systemd restarts the service.
+        limit = self.config.daemon.max_run_s
+        stuck = sorted(n for n, t in self._started.items() if time.monotonic() - t > limit)
+        if stuck:
+            log.error("daemon.run_stuck", tenants=stuck, max_run_s=limit, consequence="no watchdog ping")
+            notify(f"STATUS=stuck: {', '.join(stuck)} running for more than {limit:g} s")
+            return
         notify("WATCHDOG=1")
 
     def _prune(self) -> None:

@@ -43,11 +43,12 @@ class OneRosterSource:
         self.complete = False
         self.short: list[str] = []
         self.requests = 0
-        self._auth = _OAuth2Token(config, self.session, self._count) if config.version == "1.2" else None
+        auth = config.auth or ("oauth2" if config.version == "1.2" else "oauth1")
+        self._auth = _OAuth2Token(config, self.session, self._count) if auth == "oauth2" else None
         self._oauth1 = (
             OAuth1(config.client_id, client_secret=config.client_secret,
                    signature_method=SIGNATURE_HMAC_SHA256)
-            if config.version == "1.1" else None
+            if auth == "oauth1" else None
         )
 
     def _count(self) -> None:
@@ -171,7 +172,7 @@ class OneRosterSource:
             first_name=first or "",
             last_name=last or "",
             active=active,
-            email=_text(item, "email"),
+            email=shielded_email(_text(item, "email")) if self.config.privacy_shield else _text(item, "email"),
             external_id=source_id,
             status=_raw_status(item),
         )
@@ -286,6 +287,14 @@ def _status(item: dict[str, Any]) -> str:
     if not isinstance(value, str) or value.strip().lower() not in STATUSES:
         raise ValueError(f"unknown status {value!r}")
     return STATUSES[value.strip().lower()]
+
+
+def shielded_email(value: str | None) -> str | None:
+    """Under GG4L's Privacy Shield an e-mail is empty or random letters @gg4l.com, maybe new at every
+    sync: never a change and never an identity, so it counts as none (gg4l.md §3, §9 step 8)."""
+    if not value or value.strip().lower().endswith("@gg4l.com"):
+        return None
+    return value
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:
