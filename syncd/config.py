@@ -104,7 +104,7 @@ class SourceConfig:
     mode: str = "auto"  # auto | api | report
     term_id: str = ""
     sub_accounts: tuple[str, ...] = ()
-    concurrency: int = 8
+    concurrency: int = 8  # requests in flight (OneRoster default 4, set by the config reader)
     report_min_courses: int = 0  # 0: the measured default (syncd.sources.canvas.REPORT_MIN_COURSES)
     report_timeout_s: float = 1800.0
 
@@ -459,8 +459,9 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
     return roles
 
 
-ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s", "max_pages"}
+ONEROSTER_KEYS = {"type", "base_url", "version", "auth", "client_id", "client_secret", "token_url", "scope",
+                  "page_size", "timeout_s", "concurrency", "max_pages"}
+ONEROSTER_AUTH = ("oauth1", "oauth2")
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
                "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
                "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
@@ -485,16 +486,20 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
     }
     if kind == "oneroster":
         version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")
-        token_url = checker.url(body, f"{key}.token_url", required=version == "1.2")
-        if version == "1.1" and "token_url" in body:
-            checker.error(f"{key}.token_url", "only used with version = \"1.2\" (OAuth 2)")
+        # The version picks the usual auth; some 1.1 servers (GG4L) use OAuth 2 all the same.
+        auth = checker.choice(body, f"{key}.auth", ONEROSTER_AUTH, "oauth2" if version == "1.2" else "oauth1")
+        token_url = checker.url(body, f"{key}.token_url", required=auth == "oauth2")
+        if auth == "oauth1" and "token_url" in body:
+            checker.error(f"{key}.token_url", "only used with OAuth 2 (auth = \"oauth2\", the default for version 1.2)")
         return SourceConfig(
             type=kind,
             version=version or "1.1",
+            auth=auth or "",
+            concurrency=checker.number(body, f"{key}.concurrency", int, 4, 1, 32),
             client_id=checker.get(body, f"{key}.client_id", str, None, required=True) or "",
             client_secret=checker.secret(body, f"{key}.client_secret", required=True),
             token_url=token_url,
-            scope=checker.get(body, f"{key}.scope", str, None) or DEFAULT_SCOPE.get(version or "1.1", ""),
+            scope=_scope(checker.get(body, f"{key}.scope", str, None), version or "1.1"),
             **common,
         )
     refresh = checker.secret(body, f"{key}.refresh_token")
@@ -519,6 +524,11 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         report_timeout_s=checker.number(body, f"{key}.report_timeout_s", float, 1800.0, 10, 86_400),
         **common,
     )
+
+
+def _scope(value: str | None, version: str) -> str:
+    """The OAuth 2 scope: the version's roster-core scope unless given; ``scope = ""`` sends none."""
+    return DEFAULT_SCOPE.get(version, "") if value is None else value
 
 
 def _canvas_id(checker: _Checker, body: dict[str, Any], key: str, default: str) -> str:

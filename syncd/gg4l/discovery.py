@@ -125,7 +125,7 @@ def tenant_config(record: District, credentials: Credentials | None, template: A
     source = SourceConfig(type="oneroster", base_url=credentials.api_url, version="1.1", auth="oauth2",
                           client_id=credentials.client_id, client_secret=credentials.client_secret,
                           token_url=credentials.token_url, page_size=template.page_size,
-                          timeout_s=template.source_timeout_s,
+                          timeout_s=template.source_timeout_s, concurrency=4,  # OneRoster's default
                           privacy_shield=getattr(template, "privacy_shield", True))
     target = TargetConfig(base_url=template.target_base_url, install_sid=install_sid, token=token,
                           concurrency=template.target_concurrency, timeout_s=template.target_timeout_s)
