@@ -27,6 +27,10 @@ ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "name", "stage", "ht
                  "first_seen", "last_seen", "next_retry_at", "course_id", "user_id")
 
 
+QUIET_HELP = "only the result: no progress, no informational lines (warnings and errors still on stderr)"
+DEMO_PORT_BASE = 8471
+
+
 class UsageError(Exception):
     pass
 
@@ -81,12 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncd", description="Roster sync for SmarterProctoring.")
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $SYNCD_CONFIG, else /etc/syncd/syncd.toml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    # --quiet is accepted after the command too; SUPPRESS keeps the subparser from resetting it.
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="the daemon: schedule every enabled tenant until SIGTERM")
     run.set_defaults(handler=cmd_run)
 
-    sync = commands.add_parser("sync", help="run one sync now, in this process")
+    sync = commands.add_parser("sync", help="run one sync now, in this process", parents=[quiet])
     sync.add_argument("tenants", nargs="*", metavar="TENANT")
     sync.add_argument("--all", action="store_true", help="every enabled tenant")
     sync.add_argument("--dry-run", action="store_true", help="extract and diff, print the plan, change nothing")
@@ -108,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("tenant", nargs="?")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    explain = commands.add_parser("explain", parents=[quiet],
+                                  help="why is this record (not) in the proctoring platform?")
+    explain.add_argument("tenant", metavar="TENANT")
+    explain.add_argument("record", metavar="RECORD",
+                         help="user:ID, course:ID, enrollment:CLASS_ID/USER_ID or exam:ID (the source's ids)")
+    explain.add_argument("--json", action="store_true", help="the same answer as one JSON object")
+    explain.set_defaults(handler=cmd_explain)
 
     errors = commands.add_parser("errors", help="the sync errors of the last run (or --run ID)")
     errors.add_argument("tenant", nargs="?")
@@ -139,9 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     alerts_commands.add_parser("test", help="send one test message to every channel").set_defaults(
         handler=cmd_alerts_test)
 
-    demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
+    demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result",
+                               parents=[quiet])
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
     demo.add_argument("--source", choices=("oneroster", "canvas", "gg4l"), default="oneroster")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the sandbox running on fixed loopback ports until Ctrl-C, with a config that "
+                           "points at it, to try `syncd run`, `syncd explain` and the rest")
+    demo.add_argument("--port-base", type=int, default=DEMO_PORT_BASE, metavar="PORT",
+                      help=f"--serve: the first of its 4 ports (default {DEMO_PORT_BASE}: OneRoster, Canvas, "
+                           "provision, GG4L)")
     demo.set_defaults(handler=cmd_demo)
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
@@ -182,7 +205,10 @@ def _only(value: str) -> tuple[str, str]:
 
 def _load(args: argparse.Namespace) -> configuration.Config:
     config = configuration.load(configuration.config_path(args.config))
-    logs.configure(config.daemon.log_level, config.daemon.log_format)
+    level = config.daemon.log_level
+    if getattr(args, "quiet", False) and level in ("debug", "info"):
+        level = "warning"  # --quiet: no informational lines; what needs an admin still shows
+    logs.configure(level, config.daemon.log_format)
     logs.register_secrets(config.secrets)
     warn_if_exposed(config)
     return config
@@ -227,13 +253,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_one(config: configuration.Config, store: Store, name: str, options: engine.Options,
               args: argparse.Namespace) -> int:
-    def waiting(message: str) -> None:
-        print(f"syncd: {message}", file=sys.stderr, flush=True)
+    quiet = args.quiet
+    bar = ProgressBar(name) if sys.stderr.isatty() and not args.json and not quiet else None
 
-    show = None if args.json else render.printer(lambda line: print(line, flush=True))
-    if args.only and not args.json:
-        print(f"{name}: syncing only {args.only[0]} {args.only[1]}", flush=True)
-    bar = ProgressBar(name) if sys.stderr.isatty() and not args.json else None
+    def waiting(message: str) -> None:
+        if not quiet:
+            if bar:
+                bar.interrupt()
+            print(f"syncd: {message}", file=sys.stderr, flush=True)
+
+    def show_line(line: str) -> None:
+        if bar:
+            bar.interrupt()  # the bar's line ends before a line of output starts
+        print(line, flush=True)
+
+    # --quiet keeps a dry run's plan (it is the result) and drops --only's running commentary.
+    show = None if args.json or (quiet and not args.dry_run) else render.printer(show_line)
+    if args.only and show:
+        show_line(f"{name}: syncing only {args.only[0]} {args.only[1]}")
     try:
         with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
             try:
@@ -257,20 +294,24 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
 
 
 class ProgressBar:
-    """One line per phase on a terminal (extract, plan, push), redrawn in place at most 10x/s."""
+    """One line per phase on a terminal (extract, scope, plan, push, removals), redrawn in place
+    at most 10x/s. ``interrupt`` ends the line before other output, so the two never share a line."""
+
+    UNITS = {"extract": "records read", "scope": "", "removals": ""}
 
     def __init__(self, tenant: str):
         self.tenant = tenant
         self.phase = ""
         self.drawn = 0.0
+        self.open = False  # a line is drawn and not yet ended
+        self.width = 0
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         import time
 
         now = time.monotonic()
         if phase != self.phase:
-            if self.phase:
-                sys.stderr.write("\n")
+            self.interrupt()
             self.phase, self.drawn = phase, 0.0
         if now - self.drawn < 0.1 and (total is None or done < total):
             return
@@ -279,14 +320,22 @@ class ProgressBar:
             filled = int(30 * min(done, total) / total)
             line = f"{self.tenant} {phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}"
         else:
-            line = f"{self.tenant} {phase:<8} {done:,} records"
-        sys.stderr.write(f"\r{line}")
+            unit = self.UNITS.get(phase, "done")
+            line = f"{self.tenant} {phase:<8} {done:,} {unit}" if unit else f"{self.tenant} {phase:<8} …"
+        # Padded to the last line drawn, so that a shorter line leaves nothing of the longer one behind.
+        sys.stderr.write(f"\r{line:<{self.width}}")
         sys.stderr.flush()
+        self.open, self.width = True, len(line)
 
-    def close(self) -> None:
-        if self.phase:
+    def interrupt(self) -> None:
+        if self.open:
             sys.stderr.write("\n")
             sys.stderr.flush()
+            self.open, self.width = False, 0
+            self.drawn = 0.0  # redraw at once after the interruption
+
+    def close(self) -> None:
+        self.interrupt()
 
 
 # --- status and errors ---------------------------------------------------------------------
@@ -470,7 +519,39 @@ def example_config() -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from syncd import demo
 
-    return demo.main(args.dir, args.source)
+    if args.serve:
+        if not 1024 <= args.port_base <= 65535 - 3:
+            raise UsageError(f"--port-base must be between 1024 and {65535 - 3}, not {args.port_base}")
+        return demo.serve(args.dir, args.port_base)
+    return demo.main(args.dir, args.source, quiet=args.quiet)
+
+
+# --- explain -------------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import difflib
+
+    from syncd import explain
+
+    config = _load(args)
+    tenant = config.tenants.get(args.tenant)
+    if tenant is None:
+        close = difflib.get_close_matches(args.tenant, list(config.tenants), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (configured: {', '.join(config.tenants)})"
+        raise UsageError(f"unknown tenant: {args.tenant}{hint}")
+    try:
+        kind, ident = explain.parse_subject(args.record)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store.open(config.daemon.state_dir)
+    try:
+        report = explain.explain(store, args.tenant, kind, ident, tenant.roles,
+                                 exams_configured=tenant.exams is not None)
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else render.render_explain(report))
+    return EXIT_OK if report["found"] else EXIT_ERRORS
 
 
 # --- auth ----------------------------------------------------------------------------------

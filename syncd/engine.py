@@ -24,7 +24,7 @@ from syncd.errors import RecordFailure
 from syncd.exams import Exam
 from syncd.model import RecordError
 from syncd.sources import Source, SourceError, open_source
-from syncd.store import Store, TenantStore, utcnow
+from syncd.store import CallLog, Store, TenantStore, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -157,6 +157,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     store.reset_stage()
     client.passwords = state.passwords
     _extract(state, store, source)
+    state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
     store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
     if state.complete:
         for source_id, course_id, user_id, missing in store.dangling_enrollments():
@@ -189,6 +190,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     if state.options.only:
         log.info("sync.removals_skipped", reason="--only syncs one object: nothing is inferred removed")
     else:
+        state.report("removals", 0, None)
         _removals(state, store, client, approved)
     for entity in ENTITIES:
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
@@ -458,6 +460,7 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
     """Collect the calls that returned and acknowledge them together (one transaction)."""
     done, _ = wait(list(in_flight), return_when=how)
     acks: list[tuple[Call, Outcome]] = []
+    answers: list[CallLog] = []  # for `syncd explain`: the last call of each object and its answer
     for future in done:
         call = in_flight.pop(future)
         try:
@@ -465,11 +468,15 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
         except http.AuthError as exc:
             state.failure = f"the target refused the token: {exc}"
             log.error("sync.target_auth_failed", error=str(exc))
+            answers.append(CallLog(state.run_id, call, "failed", exc.status, f"the target refused the token: {exc}"))
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
+            rejected = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+            answers.append(CallLog(state.run_id, call, "rejected" if rejected else "failed", exc.status, exc.detail))
             if state.options.only:
                 state.say(f"push: call {call.seq} ({call.describe()}) failed: HTTP {exc.status or '-'}: {exc.detail}")
-    store.acknowledge(((call, outcome.sids) for call, outcome in acks))
+    answers += [_answered(state.run_id, call, outcome) for call, outcome in acks]
+    store.acknowledge(((call, outcome.sids) for call, outcome in acks), answers)
     for call, outcome in acks:
         if state.options.only:
             acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
@@ -478,6 +485,12 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
             _record_failed(state, store, RecordFailure(
                 entity, call.source_id(entity), "push", f"not acknowledged: {problem}", course_id=call.course_id,
                 user_id=call.user_id, name=call.name(entity)))
+
+
+def _answered(run_id: str, call: Call, outcome: Outcome) -> CallLog:
+    problems = {entity: f"not acknowledged: {problem}" for entity, problem in outcome.problems.items()}
+    return CallLog(run_id, call, "acknowledged", 200, sids=outcome.sids, answers={**outcome.results, **problems},
+                   outcomes=dict.fromkeys(problems, "not_acknowledged"))
 
 
 def _call_failed(state: Run, store: TenantStore, call: Call, message: str, status: int | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Entity = Literal["course", "user", "enrollment", "exam"]
 
@@ -45,16 +45,25 @@ KNOWN_RESULTS = {"created", "found existing", "updated", "unchanged", "existing"
                  "success"}
 
 
-def parse_answer(entity: str, answer: Any) -> str:
-    """The sid in the target's answer for one object, or ValueError saying why it acknowledges
-    nothing. Every ``result`` the target documents (SPEC §4) acknowledges; see ``KNOWN_RESULTS``."""
+class Answer(NamedTuple):
+    """The target's answer for one object that it acknowledged: its sid, and its word for what it
+    did (``Created``, ``Updated``…, None when it said nothing), kept for `syncd explain`."""
+
+    sid: str
+    result: str | None = None
+
+
+def parse_answer(entity: str, answer: Any) -> Answer:
+    """The sid (and result) in the target's answer for one object, or ValueError saying why it
+    acknowledges nothing. Every ``result`` the target documents (SPEC §4) acknowledges; see
+    ``KNOWN_RESULTS``."""
     sid = answer.get("sid") if isinstance(answer, dict) else None
     result = answer.get("result") if isinstance(answer, dict) else None
     if not isinstance(sid, str) or not sid:
         raise ValueError(f"the response carries no {entity} sid")
     if result is not None and (not isinstance(result, str) or result.lower() not in KNOWN_RESULTS):
         raise ValueError(f"the response carries an unknown {entity} result {result!r}")
-    return sid
+    return Answer(sid, result)
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,7 @@ class EntitySpec:
     # What an admin knows it by ("Biology 101", "Ann Smith", "Ann Smith in Biology 101"), from
     # the bodies of the call that carries it (entity -> body).
     label: Callable[[Mapping[str, dict[str, Any]]], str | None]
-    parse: Callable[[str, Any], str] = parse_answer
+    parse: Callable[[str, Any], Answer] = parse_answer
 
     @property
     def desired(self) -> str:

@@ -1,4 +1,4 @@
-"""The state schema on PostgreSQL: syncd/store.py's SQLite migrations m001..m004, translated (SPEC §11).
+"""The state schema on PostgreSQL: syncd/store/schema.py's SQLite migrations, translated (SPEC §11).
 
 Each migration keeps the name of its SQLite twin, so ``syncd state copy`` can tell whether this
 module knows every migration a SQLite store has. What differs from SQLite, and why:
@@ -113,9 +113,23 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
-# m005 re-hashed SQLite's acknowledged bodies over their canonical JSON; a PostgreSQL store only
-# ever receives state copied from an upgraded SQLite file, or hashes with model.body_hash itself.
-M005 = "SELECT 1;"
+# SQLite's m005 re-hashes acknowledged bodies over their canonical JSON; here hashes are HASH_SQL,
+# and `state copy` recomputes them: nothing to do, but the name keeps the two lists in step.
+M005 = "SELECT 1"
+
+# What `syncd explain` reads: raw status and endDate in stage, the last call per (course, user).
+# (SQLite's m006 also re-writes escrow keys escaped to ASCII; jsonb keys compare by value.)
+M006 = """
+ALTER TABLE stage_courses ADD COLUMN status TEXT;
+ALTER TABLE stage_users ADD COLUMN status TEXT;
+ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
+ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
+CREATE TABLE call_log (
+    tenant TEXT, course_id TEXT, user_id TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+    outcome TEXT NOT NULL, http_status INTEGER, message TEXT, answers TEXT NOT NULL,
+    PRIMARY KEY (tenant, course_id, user_id));
+CREATE INDEX call_log_by_run ON call_log (run_id);
+"""
 
 # Exams (SPEC §7): syncd/store/exams.py's SCHEMA and PLAN_COLUMN, bodies as JSONB.
 M007 = """
@@ -143,7 +157,7 @@ CREATE TABLE alert_state (
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
-# In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
+# In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
     ("m002_error_names", M002),
@@ -151,6 +165,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", M005),
+    ("m006_explain", M006),
     ("m007_exams", M007),
     ("m008_alerts", M008),
 )

@@ -29,6 +29,7 @@ class Outcome:
 
     sids: dict[str, str] = field(default_factory=dict)  # entity -> sid, and "configuration" for an exam
     problems: dict[Entity, str] = field(default_factory=dict)
+    results: dict[Entity, str] = field(default_factory=dict)  # the target's word: Created, Updated, …
 
 
 class InvalidResponse(http.HttpError):
@@ -108,9 +109,13 @@ def parse(response: requests.Response, call: Call) -> Outcome:
     for entity in call.parts:
         spec = SPECS[entity]
         try:
-            outcome.sids[entity] = spec.parse(entity, data.get(spec.slot))
+            answer = spec.parse(entity, data.get(spec.slot))
         except ValueError as exc:
             outcome.problems[entity] = str(exc)
+            continue
+        outcome.sids[entity] = answer.sid
+        if answer.result is not None:
+            outcome.results[entity] = answer.result
     configuration = data.get("configuration")
     if "exam" in outcome.sids and isinstance(configuration, dict) and isinstance(configuration.get("sid"), str):
         outcome.sids["configuration"] = configuration["sid"]

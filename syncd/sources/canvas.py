@@ -390,7 +390,7 @@ def _course(item: dict[str, Any]) -> Record:
     if active and not title:
         raise ValueError("course has no name")
     return Course(source_id=source_id, title=title or "", active=active, code=_text(item, "course_code"),
-                  external_id=_text(item, "sis_course_id"), lms_id=source_id)
+                  external_id=_text(item, "sis_course_id"), lms_id=source_id, status=state)
 
 
 def _user(item: dict[str, Any]) -> Record:
@@ -435,7 +435,7 @@ def _enrollment(item: dict[str, Any], course_id: str) -> Record:
     # A cross-listed section's enrollment names the course it now lives in; trust that over the URL.
     course = _sid(item.get("course_id")) or course_id
     return Enrollment(source_id=source_id, course_id=course, user_id=user_id, role=TYPE_ROLES[kind],
-                      active=item.get("enrollment_state") == "active")
+                      active=item.get("enrollment_state") == "active", status=_text(item, "enrollment_state"))
 
 
 def split_name(sortable: str | None, name: str | None) -> tuple[str, str]:

@@ -194,6 +194,7 @@ class OneRosterSource:
             code=_text(item, "classCode"),
             external_id=source_id,
             parent_id=_ref(item.get("course")),
+            status=_raw_status(item),
         )
 
     def _user(self, item: dict[str, Any]) -> Record:
@@ -210,6 +211,7 @@ class OneRosterSource:
             active=active,
             email=shielded_email(_text(item, "email")) if self.config.privacy_shield else _text(item, "email"),
             external_id=source_id,
+            status=_raw_status(item),
         )
 
     def _enrollment(self, item: dict[str, Any]) -> Record:
@@ -224,7 +226,7 @@ class OneRosterSource:
         if end is not None and end <= self.today:
             active = False  # endDate is exclusive
         return Enrollment(source_id=source_id, course_id=class_id, user_id=user_id, role=role,
-                          active=active)
+                          active=active, status=_raw_status(item), end_date=end.isoformat() if end else None)
 
 
 # --- paging ---------------------------------------------------------------------------------
@@ -445,6 +447,11 @@ def _id(item: dict[str, Any]) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("record has no sourcedId" if value in (None, "") else "sourcedId is not a string")
     return value
+
+
+def _raw_status(item: dict[str, Any]) -> str | None:
+    value = item.get("status")
+    return value if isinstance(value, str) else None
 
 
 def _status(item: dict[str, Any]) -> str:

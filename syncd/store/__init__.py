@@ -10,7 +10,8 @@ whose methods never take the tenant again. The parts, by concern:
 - ``diff.py``: desired against acknowledged (create / update / none) and the counts;
 - ``plan.py``: the planner's SQL over ``plan_calls`` and the calls read back;
 - ``acks.py``: acknowledgements, tombstones restored, disabled users;
-- ``holds.py``: pending removals, held changes, approvals and the escrow.
+- ``holds.py``: pending removals, held changes, approvals and the escrow;
+- ``explain.py``: read-only, one record's trail for `syncd explain`.
 
 Diffs are SQL over staged rows, so memory does not grow with the roster. Acknowledged state
 moves only in :meth:`TenantStore.acknowledge`, in the same transaction that stores the ``sid``
@@ -29,9 +30,10 @@ from pathlib import Path
 import sqlite_utils
 
 from syncd.model import content_hash
-from syncd.store.acks import Acknowledgements
+from syncd.store.acks import Acknowledgements, CallLog
 from syncd.store.base import key_sql, utcnow
 from syncd.store.diff import Diff
+from syncd.store.explain import Trail
 from syncd.store.holds import ESCROW_DELAYS_H, Approvals, Holds
 from syncd.store.plan import Planning
 from syncd.store.runs import History, Runs
@@ -41,7 +43,7 @@ from syncd.store.staging import Staging
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):
@@ -152,4 +154,4 @@ class Store(History, Approvals):
         return TenantStore(self, name)
 
 
-__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "StateError", "Store", "TenantStore", "key_sql", "utcnow"]
+__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "CallLog", "StateError", "Store", "TenantStore", "key_sql", "utcnow"]

@@ -3,7 +3,9 @@ returned calls, before anything is sent again on their behalf; tombstones restor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity
@@ -11,14 +13,31 @@ from syncd.model import canonical_json
 from syncd.store.base import Scoped, join, key_json, utcnow
 
 
+@dataclass(frozen=True)
+class CallLog:
+    """One returned (or failed) call, as `syncd explain` shows it: per object carried, whether the
+    target acknowledged it (its ``sid`` and answer) or what went wrong (``message``)."""
+
+    run_id: str
+    call: Call
+    outcome: str  # acknowledged | rejected | failed
+    http_status: int | None = None
+    message: str | None = None
+    sids: dict[Entity, str] = field(default_factory=dict)
+    answers: dict[Entity, str] = field(default_factory=dict)
+    outcomes: dict[Entity, str] = field(default_factory=dict)  # per object, where it differs from outcome
+
+
 class Acknowledgements(Scoped):
 
-    def acknowledge(self, acks: Iterable[tuple[Call, Mapping[str, str]]]) -> None:
+    def acknowledge(self, acks: Iterable[tuple[Call, Mapping[str, str]]], call_log: Iterable[CallLog] = ()) -> None:
         """Record what the target acknowledged for the calls that just returned, in one
         transaction, before any further call is sent on their behalf. ``sids`` is entity -> sid,
-        plus ``configuration`` -> the exam's configuration sid when the call carried an exam."""
+        plus ``configuration`` -> the exam's configuration sid when the call carried an exam;
+        ``call_log`` is each returned call's answer, kept for `syncd explain`."""
         now = utcnow()
         with self._write():
+            self._log_calls(call_log, now)
             for call, sids in acks:
                 for entity, part in call.parts.items():
                     if entity == "exam" and entity in sids:
@@ -28,6 +47,20 @@ class Acknowledgements(Scoped):
                         self._ack(entity, (self.name, *part.key), sids[entity], part.hash, part.body, now)
                         self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
                                           (self.name, entity, key_json(part.key)))
+
+    def _log_calls(self, entries: Iterable[CallLog], now: str) -> None:
+        """The last call of each (course, user) pair ("" for a course alone) and, per object it
+        carried, the target's answer: [outcome, sid, answer]."""
+        rows = []
+        for entry in entries:
+            call = entry.call
+            answers = {e: [entry.outcomes.get(e, entry.outcome), entry.sids.get(e), entry.answers.get(e)]
+                       for e in call.parts}
+            rows.append((self.name, call.course_id, call.user_id or "", entry.run_id, call.seq, now, entry.outcome,
+                         entry.http_status, entry.message, json.dumps(answers, separators=(",", ":"))))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO call_log (tenant, course_id, user_id, run_id, seq, at, outcome, http_status, "
+            "message, answers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
              body: dict[str, Any], now: str) -> None:

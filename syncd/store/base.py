@@ -25,8 +25,9 @@ def key_sql(alias: str, entity: Entity) -> str:
 
 
 def key_json(key: tuple[str, ...] | list[str]) -> str:
-    """A key in the exact text SQLite's json_array() makes of it, to compare with stored keys."""
-    return json.dumps(list(key), separators=(",", ":"))
+    """A key in the exact text SQLite's json_array() makes of it (key_sql), to compare with stored
+    keys: UTF-8 kept as is, not escaped, or a key with an "é" in it would never match."""
+    return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
 
 
 def join(left: str, right: str, entity: Entity) -> str:

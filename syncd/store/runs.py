@@ -40,7 +40,7 @@ class History(Connected):
         return datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row and row[0] else None
 
     def prune(self, keep_days: int) -> int:
-        """Forget runs and their errors older than ``keep_days``; returns the runs removed."""
+        """Forget runs, their errors and their calls (call_log) older than ``keep_days``; returns the runs removed."""
         if not limits.clock_trusted(self.path.parent):
             return 0  # a clock that jumped ahead must not prune the real history
         cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
@@ -48,6 +48,7 @@ class History(Connected):
         with self._write():
             old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
             self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
+            self.conn.execute(f"DELETE FROM call_log WHERE run_id IN ({old})", (cutoff,))
             return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
 
     def error_count(self, run_id: str) -> int:

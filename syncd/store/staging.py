@@ -102,14 +102,15 @@ class Staging(Scoped):
 def _stage_row(tenant: str, record: Record) -> tuple[Any, ...]:
     if isinstance(record, Course):
         return (tenant, record.source_id, record.title, record.code, record.external_id, record.lms_id,
-                record.parent_id, int(record.active))
+                record.parent_id, int(record.active), record.status)
     if isinstance(record, CourseCode):
         return (tenant, record.source_id, record.code)
     if isinstance(record, User):
         return (tenant, record.source_id, record.first_name, record.last_name, record.email,
-                record.external_id, record.lms_id, int(record.active))
+                record.external_id, record.lms_id, int(record.active), record.status)
     assert isinstance(record, Enrollment)
-    return (tenant, record.source_id, record.course_id, record.user_id, record.role, int(record.active))
+    return (tenant, record.source_id, record.course_id, record.user_id, record.role, int(record.active),
+            record.status, record.end_date)
 
 
 # json_patch('{}', …) drops every null member (RFC 7396), so an empty field is omitted, not null.
