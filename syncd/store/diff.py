@@ -34,7 +34,7 @@ class Diff(Scoped):
         counts: dict[Entity, dict[str, int]] = {}
         for entity, spec in SPECS.items():
             rows = self.conn.execute(
-                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
+                f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
                 "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
             result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}

@@ -28,7 +28,8 @@ class Holds(Scoped):
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 counts[entity] = self.conn.execute(
-                    f"INSERT INTO pending_removals (tenant, entity, key) SELECT a.tenant, ?, {key_sql('a', entity)} "
+                    "INSERT INTO pending_removals (tenant, entity, key) "
+                    f"SELECT a.tenant, ?, {key_sql('a', entity, self.dialect)} "
                     f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL AND NOT EXISTS "
                     f"(SELECT 1 FROM desired_{plural} d WHERE {join('d', 'a', entity)})",
                     (entity, self.name)).rowcount
@@ -71,8 +72,9 @@ class Holds(Scoped):
         """Hold this entity's pending removals that no approval covers; they stay acknowledged."""
         with self._write():
             held = self.conn.execute(
-                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT p.tenant, ?, p.entity, "
-                f"'remove', p.key {UNAPPROVED}", (run_id, self.name, entity, approved_run)).rowcount
+                f"INSERT INTO held (tenant, run_id, entity, kind, key) SELECT p.tenant, ?, p.entity, "
+                f"'remove', p.key {UNAPPROVED} ON CONFLICT DO NOTHING",
+                (run_id, self.name, entity, approved_run)).rowcount
             self.conn.execute(
                 "DELETE FROM pending_removals WHERE tenant = ? AND entity = ? AND key IN "
                 "(SELECT key FROM held WHERE run_id = ? AND entity = ? AND kind = 'remove')",
@@ -85,8 +87,8 @@ class Holds(Scoped):
         with self._write():
             for entity in ENTITIES:
                 counts[entity] = self.conn.execute(
-                    "INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT tenant, ?, entity, "
-                    "'remove', key FROM pending_removals WHERE tenant = ? AND entity = ?",
+                    "INSERT INTO held (tenant, run_id, entity, kind, key) SELECT tenant, ?, entity, "
+                    "'remove', key FROM pending_removals WHERE tenant = ? AND entity = ? ON CONFLICT DO NOTHING",
                     (run_id, self.name, entity)).rowcount
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
         return counts
@@ -100,7 +102,7 @@ class Holds(Scoped):
                 plural = PLURAL[entity]
                 counts[entity] = self.conn.execute(
                     f"UPDATE acked_{plural} AS a SET removed_at = ? WHERE a.tenant = ? AND a.removed_at IS NULL "
-                    f"AND {key_sql('a', entity)} IN (SELECT key FROM pending_removals WHERE tenant = ? "
+                    f"AND {key_sql('a', entity, self.dialect)} IN (SELECT key FROM pending_removals WHERE tenant = ? "
                     "AND entity = ?)", (now, self.name, self.name, entity)).rowcount
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
         return counts
@@ -110,8 +112,9 @@ class Holds(Scoped):
         plural = PLURAL[entity]
         with self._write():
             held = self.conn.execute(
-                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT d.tenant, ?, ?, 'update', "
-                f"{key_sql('d', entity)} FROM desired_{plural} d WHERE d.tenant = ? AND d.change = 'update'",
+                f"INSERT INTO held (tenant, run_id, entity, kind, key) SELECT d.tenant, ?, ?, 'update', "
+                f"{key_sql('d', entity, self.dialect)} FROM desired_{plural} d "
+                "WHERE d.tenant = ? AND d.change = 'update' ON CONFLICT DO NOTHING",
                 (run_id, entity, self.name)).rowcount
             self.conn.execute(
                 f"UPDATE desired_{plural} AS d SET change = 'held', body = a.body, hash = a.hash "
@@ -149,7 +152,7 @@ class Holds(Scoped):
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 waiting = (f"FROM desired_{plural} d JOIN escrow x ON x.tenant = d.tenant AND x.entity = ? "
-                           f"AND x.key = {key_sql('d', entity)} WHERE d.tenant = ? "
+                           f"AND x.key = {key_sql('d', entity, self.dialect)} WHERE d.tenant = ? "
                            "AND d.change IN ('create', 'update') AND x.next_retry_at > ?")
                 rows = self.conn.execute(
                     f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id, "

@@ -72,7 +72,7 @@ class Planning(Scoped):
         """Drop every planned call that does not carry this object; returns the calls kept."""
         column = "user_id" if entity == "user" else "course_id"
         with self._write():
-            self.conn.execute(f"DELETE FROM plan_calls WHERE tenant = ? AND {column} IS NOT ?",
+            self.conn.execute(f"DELETE FROM plan_calls WHERE tenant = ? AND {self.dialect.differs(column, '?')}",
                               (self.name, source_id))
         return self.call_count()
 

@@ -19,7 +19,7 @@ class History(Connected):
         sql = "SELECT * FROM runs" + (" WHERE tenant = ?" if tenant else "")
         sql += " ORDER BY started_at DESC LIMIT ?"
         params: tuple[Any, ...] = (tenant, limit) if tenant else (limit,)
-        return [dict(row) for row in self._rows(sql, params)]
+        return self._rows(sql, params)
 
     def last_run_id(self, tenant: str | None = None) -> str | None:
         runs = self.runs(tenant, limit=1)
@@ -52,10 +52,10 @@ class History(Connected):
 
     def errors(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
         ids = list(run_ids)
-        return [dict(row) for row in self._rows(
+        return self._rows(
             "SELECT run_id, tenant, entity, source_id, name, stage, http_status, message, attempts, "
             "first_seen, last_seen, next_retry_at, course_id, user_id FROM errors "
-            "WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
+            f"WHERE run_id IN ({self.dialect.each_text('?')}) ORDER BY id", (json.dumps(ids),))
 
 
 class Runs(Scoped):
