@@ -120,7 +120,7 @@ class Daemon:
 
     def _schedule_tenants(self, catch_up: bool) -> None:
         now = datetime.now(UTC)
-        store = Store.open(self.config.daemon.state_dir)
+        store = Store.open(self.config.daemon.state_dir, self.config.state_url)
         try:
             for i, (name, tenant) in enumerate(self.config.tenants.items()):
                 if not tenant.enabled:
@@ -144,19 +144,27 @@ class Daemon:
         tenant = self.config.tenants.get(name)
         if tenant is None or self.stopping.is_set():
             return
-        state_dir = self.config.daemon.state_dir
+        # This job's slot: on PostgreSQL every node schedules every tenant, and the first to hold the
+        # tenant's lease runs the slot; a node that gets the lease after it skips it (SPEC §11).
+        slot = datetime.now(UTC).replace(second=0, microsecond=0)
         try:
-            with lock.tenant_lock(state_dir, name, stop=self.stopping,
-                                  on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)):
-                if self.stopping.is_set():
-                    return
-                self._mark(name, running=True)
-                store = Store.open(state_dir)
-                try:
-                    summary = engine.run(tenant, store)
-                finally:
-                    store.close()
-                    self._mark(name, running=False)
+            store = Store.open(self.config.daemon.state_dir, self.config.state_url)
+            try:
+                with store.hold(name, stop=self.stopping,
+                                on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)):
+                    if self.stopping.is_set():
+                        return
+                    last = store.last_started(name) if store.url else None
+                    if last is not None and last >= slot:
+                        log.info("daemon.slot_done_elsewhere", started_at=_iso(last))
+                        return
+                    self._mark(name, running=True)
+                    try:
+                        summary = engine.run(tenant, store)
+                    finally:
+                        self._mark(name, running=False)
+            finally:
+                store.close()
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
         except lock.Busy:
             return  # stopped while another process held the tenant
@@ -214,7 +222,7 @@ class Daemon:
         notify("WATCHDOG=1")
 
     def _prune(self) -> None:
-        store = Store.open(self.config.daemon.state_dir)
+        store = Store.open(self.config.daemon.state_dir, self.config.state_url)
         try:
             removed = store.prune(self.config.daemon.retention_days)
         finally:
