@@ -38,6 +38,11 @@ def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Pat
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
 # SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
 BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan"}
+# Their PostgreSQL runs that CI's time budget leaves to `-m slow` (test_pg_store.py keeps a quick
+# form of the canonical-text check in CI).
+SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
+                      "test_the_plan_uses_the_minimum_number_of_calls_and_then_none",
+                      "test_a_record_rejected_run_after_run_is_retried_on_the_escrow_schedule"}
 
 
 def pytest_addoption(parser) -> None:
@@ -56,6 +61,8 @@ def pytest_generate_tests(metafunc) -> None:
     else:
         backends = ["sqlite"]
     marks = {"postgresql": [pytest.mark.postgresql]}
+    if metafunc.function.__name__ in SLOW_ON_POSTGRESQL:
+        marks["postgresql"].append(pytest.mark.slow)
     metafunc.parametrize("state_backend", [pytest.param(b, marks=marks.get(b, ()), id=b) for b in backends])
 
 
