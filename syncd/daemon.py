@@ -146,23 +146,25 @@ class Daemon:
             return
         # This job's slot: on PostgreSQL every node schedules every tenant, and the first to hold the
         # tenant's lease runs the slot; a node that gets the lease after it skips it (SPEC §11).
-        slot = datetime.now(UTC).replace(second=0, microsecond=0)
+        # A node that dies mid-run never marks its slot done, so a node waiting for the lease runs it.
+        slot = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
         try:
             store = Store.open(self.config.daemon.state_dir, self.config.state_url)
             try:
                 with store.hold(name, stop=self.stopping,
-                                on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)):
+                                on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)) as held:
                     if self.stopping.is_set():
                         return
-                    last = store.last_started(name) if store.url else None
-                    if last is not None and last >= slot:
-                        log.info("daemon.slot_done_elsewhere", started_at=_iso(last))
+                    if held is not None and held.slot_done(slot):
+                        log.info("daemon.slot_done_elsewhere", slot=slot)
                         return
                     self._mark(name, running=True)
                     try:
                         summary = engine.run(tenant, store)
                     finally:
                         self._mark(name, running=False)
+                    if held is not None:
+                        held.mark_done(slot)
             finally:
                 store.close()
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])

@@ -107,15 +107,16 @@ class Store(History, Approvals):
 
     @contextlib.contextmanager
     def hold(self, name: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None,
-             stop: threading.Event | None = None) -> Iterator[None]:
-        """One run of the tenant at a time: the flock beside the SQLite file, or the tenant's lease in
-        PostgreSQL (any node). Raises :class:`syncd.lock.Busy` when held elsewhere and not waiting."""
+             stop: threading.Event | None = None) -> Iterator[Any]:
+        """One run of the tenant at a time: the flock beside the SQLite file (yields None), or the
+        tenant's lease in PostgreSQL, on any node (yields the :class:`syncd.lease.Lease`). Raises
+        :class:`syncd.lock.Busy` when held elsewhere and not waiting."""
         if self.leases is None:
             with lock.tenant_lock(self.path.parent, name, wait=wait, on_wait=on_wait, stop=stop):
-                yield
+                yield None
         else:
-            with self.leases.hold(name, wait=wait, on_wait=on_wait, stop=stop):
-                yield
+            with self.leases.hold(name, wait=wait, on_wait=on_wait, stop=stop) as held:
+                yield held
 
     def holders(self) -> list[Any]:
         """The leases held now, on any node (:class:`syncd.lease.Holder`); none on SQLite."""
