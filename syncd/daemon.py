@@ -163,8 +163,8 @@ class Daemon:
                         summary = engine.run(tenant, store)
                     finally:
                         self._mark(name, running=False)
-                    if held is not None:
-                        held.mark_done(slot)
+                        if held is not None and held.alive:  # a failed run is done too: no re-run elsewhere
+                            held.mark_done(slot)
             finally:
                 store.close()
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
