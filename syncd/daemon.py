@@ -125,7 +125,7 @@ class Daemon:
             for i, (name, tenant) in enumerate(self.config.tenants.items()):
                 if not tenant.enabled:
                     continue
-                last = store.last_started(name)
+                last = store.last_started(name, ended=True)
                 first = None
                 if catch_up and schedule.overdue(tenant.schedule, last, now):
                     first = now + timedelta(seconds=min(CATCH_UP_SPREAD_S, 0.5 * i))

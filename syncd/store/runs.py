@@ -32,10 +32,12 @@ class History(Connected):
             "ORDER BY started_at DESC LIMIT 1000", (tenant,))]
         return next((i for i, status in enumerate(statuses) if status != "failed"), len(statuses))
 
-    def last_started(self, tenant: str) -> datetime | None:
-        """When the tenant's last real (not dry) run started: the daemon's catch-up reference."""
-        row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0",
-                                (tenant,)).fetchone()
+    def last_started(self, tenant: str, *, ended: bool = False) -> datetime | None:
+        """When the tenant's last real (not dry) run started: the daemon's catch-up reference.
+        With ``ended``, of the runs that ended: a run still 'running' may be one whose node (or
+        process) died, and then it still has to be caught up."""
+        row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0"
+                                + (" AND status != 'running'" if ended else ""), (tenant,)).fetchone()
         return datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row and row[0] else None
 
     def prune(self, keep_days: int) -> int:
