@@ -12,6 +12,8 @@ methods here, the SQLite form beside the PostgreSQL one:
 - a record key (a JSON array's text): ``json_array(a, b)`` | ``'[' || concat_ws(',', to_json(a), …) || ']'``;
 - the elements of a JSON array parameter: ``json_each(?)`` | ``json_array_elements_text(?::json)``;
 - NULL-safe (in)equality: ``IS`` / ``IS NOT`` | ``IS NOT DISTINCT FROM`` / ``IS DISTINCT FROM``;
+- table statistics after a bulk load: none (SQLite plans by its indexes) | ``ANALYZE`` (a freshly
+  filled table has none, and the planner then nests loops over 100k rows: quadratic);
 - a write transaction: ``BEGIN IMMEDIATE`` (the write lock up front) | ``BEGIN`` (row locks; a run
   holds its tenant's lease, so no other writer touches its rows).
 
@@ -69,6 +71,10 @@ class Dialect:
 
     def differs(self, left: str, right: str) -> str:
         raise NotImplementedError
+
+    def analyze(self, *tables: str) -> list[str]:
+        """Statements that refresh the planner's statistics of freshly filled tables."""
+        return []
 
     begin: str
 
@@ -131,6 +137,9 @@ class Postgres(Dialect):
 
     def same(self, left: str, right: str) -> str:
         return f"{left} IS NOT DISTINCT FROM {right}"
+
+    def analyze(self, *tables: str) -> list[str]:
+        return [f"ANALYZE {', '.join(tables)}"]
 
     def differs(self, left: str, right: str) -> str:
         return f"{left} IS DISTINCT FROM {right}"

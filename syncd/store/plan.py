@@ -18,6 +18,8 @@ class Planning(Scoped):
                 "INSERT INTO plan_calls (tenant, seq, course_id, user_id) "
                 "SELECT tenant, row_number() OVER (ORDER BY course_id, user_id), course_id, user_id "
                 "FROM desired_enrollments WHERE tenant = ? AND change IN ('create', 'update')", (self.name,))
+            for sql in self.dialect.analyze("plan_calls"):
+                self.conn.execute(sql)
 
     def uncovered_edges(self) -> Iterator[tuple[str, str]]:
         """(user, course) enrollment pairs of changed users not yet covered by a call, towards

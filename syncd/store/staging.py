@@ -18,6 +18,7 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
     User: ("stage_users", "user"),
     Enrollment: ("stage_enrollments", "enrollment"),
 }
+STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
 RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
               "desired_courses", "desired_users", "desired_enrollments", "plan_calls")
 
@@ -70,10 +71,14 @@ class Staging(Scoped):
         """Map staged rows to provision bodies in scope (SPEC §4), all in SQL."""
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         with self._write():
+            for sql in self.dialect.analyze(*STAGE_NAMES):
+                self.conn.execute(sql)
             courses, enrollments, users = desired_sql(self.dialect)
             self.conn.execute(courses, (self.name,))
             self.conn.execute(enrollments, (role_rows, self.name))
             self.conn.execute(users, (time_zone, self.name))
+            for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
+                self.conn.execute(sql)
 
     def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
         """Active enrollments whose class or user is missing from a complete extract."""
