@@ -14,6 +14,7 @@ never overlap; two tenants sync in parallel.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -210,6 +211,9 @@ class Daemon:
         if fresh.daemon.state_dir != self.config.daemon.state_dir:
             log.warning("daemon.state_dir_unchanged", reason="a new state_dir takes effect on restart")
             fresh = configuration.Config(fresh.path, self.config.daemon, fresh.tenants, fresh.secrets)
+        if fresh.state_url != self.config.state_url:
+            log.warning("daemon.state_url_unchanged", reason="a new [state] url takes effect on restart")
+        fresh = dataclasses.replace(fresh, state_url=self.config.state_url)
         old = set(self.config.tenants)
         self.config = fresh
         for job in self.scheduler.get_jobs():

@@ -59,11 +59,18 @@ def pytest_generate_tests(metafunc) -> None:
     elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
         backends = ["sqlite", "postgresql"]
     else:
-        backends = ["sqlite"]
+        return  # SQLite only, under the test's usual id (the state_backend fixture's default)
     marks = {"postgresql": [pytest.mark.postgresql]}
     if metafunc.function.__name__ in SLOW_ON_POSTGRESQL:
         marks["postgresql"].append(pytest.mark.slow)
-    metafunc.parametrize("state_backend", [pytest.param(b, marks=marks.get(b, ()), id=b) for b in backends])
+    metafunc.parametrize("state_backend", [pytest.param(b, marks=marks.get(b, ()), id=b) for b in backends],
+                         indirect=True)
+
+
+@pytest.fixture
+def state_backend(request) -> str:
+    """"sqlite" or "postgresql": the state store of a test that uses `config` or `make_store`."""
+    return getattr(request, "param", "sqlite")
 
 
 @pytest.fixture
