@@ -11,32 +11,43 @@ from syncd.model import canonical_json
 from syncd.store.base import Scoped, join, key_json, utcnow
 
 
+def _ack_sql(entity: Entity) -> str:
+    plural, columns = PLURAL[entity], ("tenant", *KEYS[entity])
+    return (f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "
+            f"VALUES ({','.join('?' * len(columns))}, ?, ?, ?, ?, NULL) "
+            f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET sid = excluded.sid, hash = excluded.hash, "
+            "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL")
+
+
+def _ack_row(key: tuple[str, ...], sid: str, digest: str | None, body: dict[str, Any], now: str) -> tuple[Any, ...]:
+    """The acknowledged row: the body as sent, without the sid the target keeps in ids."""
+    stored = dict(body)
+    if isinstance(stored.get("ids"), dict):
+        stored["ids"] = {k: v for k, v in stored["ids"].items() if k != "sid"}
+    return (*key, sid, digest, canonical_json(stored), now)
+
+
 class Acknowledgements(Scoped):
 
     def acknowledge(self, acks: Iterable[tuple[Call, dict[Entity, str]]]) -> None:
         """Record what the target acknowledged for the calls that just returned, in one
-        transaction, before any further call is sent on their behalf."""
+        transaction, before any further call is sent on their behalf. One ``executemany`` per
+        table (in call order: a later acknowledgement of the same object wins), so PostgreSQL
+        pipelines the batch instead of a round trip per row."""
         now = utcnow()
+        rows: dict[Entity, list[tuple[Any, ...]]] = {}
+        released: list[tuple[str, str, str]] = []
+        for call, sids in acks:
+            for entity, part in call.parts.items():
+                if entity in sids:
+                    rows.setdefault(entity, []).append(
+                        _ack_row((self.name, *part.key), sids[entity], part.hash, part.body, now))
+                    released.append((self.name, entity, key_json(part.key)))
         with self._write():
-            for call, sids in acks:
-                for entity, part in call.parts.items():
-                    if entity in sids:
-                        self._ack(entity, (self.name, *part.key), sids[entity], part.hash, part.body, now)
-                        self.conn.execute("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
-                                          (self.name, entity, key_json(part.key)))
-
-    def _ack(self, entity: Entity, key: tuple[str, ...], sid: str, digest: str | None,
-             body: dict[str, Any], now: str) -> None:
-        plural, columns = PLURAL[entity], ("tenant", *KEYS[entity])
-        stored = {k: v for k, v in body.items()}
-        if isinstance(stored.get("ids"), dict):
-            stored["ids"] = {k: v for k, v in stored["ids"].items() if k != "sid"}
-        self.conn.execute(
-            f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "
-            f"VALUES ({','.join('?' * len(columns))}, ?, ?, ?, ?, NULL) "
-            f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET sid = excluded.sid, hash = excluded.hash, "
-            "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL",
-            (*key, sid, digest, canonical_json(stored), now))
+            for entity, batch in rows.items():
+                self.conn.executemany(_ack_sql(entity), batch)
+            if released:
+                self.conn.executemany("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?", released)
 
     def users_to_disable(self) -> list[tuple[str, str]]:
         return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL "

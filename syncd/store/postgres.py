@@ -49,6 +49,13 @@ class PgConnection:
             with self._raw().cursor() as cursor:
                 cursor.executemany(placeholders(sql), batch)
 
+    def copy_rows(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows in the table's column order, with ``COPY … FROM STDIN`` (staging a page)."""
+        if rows:
+            with self._raw().cursor() as cursor, cursor.copy(f"COPY {table} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
     def dict_rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row
 
