@@ -77,12 +77,18 @@ def connect(url: str) -> Any:
         raise lease.LeaseLost(f"cannot reach the state database: {lease._reason(exc)}") from None
 
 
+@functools.cache
+def this_node() -> lease.Node:
+    """This process, as every lease it takes names it (one token per process, not per store)."""
+    return lease.Node.here()
+
+
 class Leases:
     """The leases this process holds, by tenant: where ``store.tenant(name)`` writes."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.node = lease.Node.here()
+        self.node = this_node()
         self._held: dict[str, lease.Lease] = {}
         self._guard = threading.Lock()
 
