@@ -7,7 +7,8 @@ invariants checked after every step.
 Faults, drawn per step: provision 5xx, 429 with and without Retry-After, responses lost after
 the write was applied, slow answers (a wider window for a kill in mid-push), source pages failing
 (for a while or for the whole run), connection resets on the source, OAuth 2 tokens revoked
-mid-run, and
+mid-run, hostile target answers (through a proxy: a redirect to another origin, a body that drips
+one byte every half second, a refusal that echoes the token back), and
 ``kill -9`` of the sync process at a random moment (during the extract, during the push, between
 push and acknowledge). Invariants after every step:
 
@@ -17,7 +18,10 @@ push and acknowledge). Invariants after every step:
    kill between a call and its acknowledgement, never behind it);
 4. no run whose extract was incomplete inferred a removal;
 5. every few steps, and at the end, once the faults stop, one clean run makes the target hold
-   exactly the expected mapping, and the run after it sends nothing.
+   exactly the expected mapping, and the run after it sends nothing;
+6. nothing ever reached the other origin a redirect pointed to, and no secret (the target token,
+   the OAuth client secret) is in any output or in the state file;
+7. every run ends within its bound (a drip is cut by the request deadline).
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd.sandbox import Fault, Roster, Sandbox, Scripted, expected_mapping
+from syncd.sandbox.hostile import Action, Hostile, Req, drip, echo_credentials, redirect
+from syncd.sandbox.hostile import Fault as HostileFault
+
+# A run of this small roster takes a few seconds; with a drip (8 s per attempt at timeout_s = 2)
+# and retries, well under a minute. More than this means a request or a run is not bounded.
+RUN_BOUND_S = 90.0
 
 SYNCD = str(Path(sys.executable).with_name("syncd"))
 ROLES = {"student": "learner", "teacher": "instructor"}
@@ -64,8 +74,40 @@ class Report:
         return "\n".join(lines + [f"  - {f}" for f in self.failures[:20]])
 
 
-def _inject(rng: random.Random, box: Sandbox, report: Report) -> None:
+@dataclass
+class Hostiles:
+    """A proxy in front of the provision API, and the other origin a redirect points to."""
+
+    front: Hostile
+    elsewhere: Hostile
+
+
+def _limited(fault: HostileFault, times: int) -> HostileFault:
+    """``fault`` for the next ``times`` provision calls, then the real API again."""
+    left = [times]
+
+    def apply(request: Req) -> Action | None:
+        if request.method != "POST" or left[0] <= 0:
+            return None
+        left[0] -= 1
+        return fault(request)
+    return apply
+
+
+def _inject(rng: random.Random, box: Sandbox, report: Report, hostiles: Hostiles | None = None) -> None:
     """Arm this step's faults on the sandbox servers."""
+    if hostiles:
+        hostiles.front.fault = None
+        if rng.random() < 0.15:
+            kind = rng.choice(["redirect elsewhere", "drip", "echoed token"])
+            fault = {"redirect elsewhere": lambda: redirect(hostiles.elsewhere.url, rng.choice([301, 302, 307, 308])),
+                     "drip": lambda: drip(seconds=30),
+                     "echoed token": lambda: echo_credentials(503)}[kind]()
+            # An echo answers every retry of a call (so that it is what the run reports); a drip
+            # one attempt (the retry goes through); a redirect a few calls.
+            hostiles.front.fault = _limited(fault, {"redirect elsewhere": rng.randint(1, 3), "drip": 1,
+                                                    "echoed token": 5}[kind])
+            report.faults[f"provision {kind}"] += 1
     provision, source = box.provision, box.oneroster
     provision.script.clear()
     provision.latency_s = 0.0
@@ -102,22 +144,34 @@ def _clear(box: Sandbox) -> None:
     box.oneroster.expire_tokens_at_request = None
 
 
-def _sync(config: Path, report: Report, kill_after: float | None = None) -> dict | None:
+def _sync(config: Path, report: Report, kill_after: float | None = None, secrets: tuple[str, ...] = ()) -> dict | None:
     report.runs += 1
+    started = time.monotonic()
     process = subprocess.Popen([SYNCD, "--config", str(config), "sync", "lincoln", "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if kill_after is not None:
         try:
             process.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             report.kills += 1
-    stdout, _ = process.communicate(timeout=300)
+    stdout, stderr = process.communicate(timeout=300)
+    report.check("the run ends within its bound", time.monotonic() - started < RUN_BOUND_S,
+                 f"({time.monotonic() - started:.0f} s)")
+    leaked = [s for s in secrets if s in stdout or s in stderr]
+    report.check("no secret in any output", not leaked, f"({len(leaked)} found)")
+    report.check("no traceback", "Traceback" not in stderr)
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[0]) if lines else None
 
 
-def _invariants(box: Sandbox, db: Path, report: Report) -> None:
+def _invariants(box: Sandbox, db: Path, report: Report, hostiles: Hostiles | None = None) -> None:
+    if hostiles:
+        report.check("nothing reached the origin a redirect pointed to", hostiles.elsewhere.seen == [])
+    if db.exists():
+        state = b"".join(p.read_bytes() for p in db.parent.glob("syncd.db*"))
+        report.check("no secret in the state file", box.provision.token.encode() not in state
+                     and box.oneroster.client_secret.encode() not in state)
     if not db.exists():  # killed before the state existed
         report.check("no duplicate in the target", box.provision.duplicates() == 0)
         return
@@ -140,8 +194,10 @@ def _invariants(box: Sandbox, db: Path, report: Report) -> None:
         report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
 
 
-def _converges(box: Sandbox, config: Path, report: Report) -> None:
+def _converges(box: Sandbox, config: Path, report: Report, hostiles: Hostiles | None = None) -> None:
     _clear(box)
+    if hostiles:
+        hostiles.front.fault = None
     first = _sync(config, report)
     after = expected_mapping(box.roster, ROLES)
     target = box.provision.snapshot()
@@ -157,9 +213,13 @@ def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
     rng = random.Random(seed)
     report = Report()
     roster = Roster.generate(seed=seed, users=120, classes=12, enrollments=480)
-    with Sandbox(roster, version="1.2", token_ttl=3600) as box:
+    with Sandbox(roster, version="1.2", token_ttl=3600) as box, Hostile(box.target_url) as front, \
+            Hostile() as elsewhere:
+        hostiles = Hostiles(front, elsewhere)
         config = box.write_config(workdir / "syncd.toml", workdir / "state",
                                   target_extra="concurrency = 4\ntimeout_s = 2")
+        config.write_text(config.read_text().replace(box.target_url, front.url))
+        secrets = (box.provision.token, box.oneroster.client_secret)
         db = workdir / "state" / "syncd.db"
         for step in range(1, steps + 1):
             report.steps = step
@@ -169,13 +229,13 @@ def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
             elif rng.random() < 0.2:
                 roster.touch_unmapped(seed=rng.randrange(1 << 30), count=5)
                 report.faults["source change to unmapped fields"] += 1
-            _inject(rng, box, report)
+            _inject(rng, box, report, hostiles)
             kill_after = rng.uniform(0.05, 0.6) if rng.random() < 0.3 else None
-            _sync(config, report, kill_after)
-            _invariants(box, db, report)
+            _sync(config, report, kill_after, secrets)
+            _invariants(box, db, report, hostiles)
             if step % check_every == 0 or step == steps:
-                _converges(box, config, report)
-                _invariants(box, db, report)
+                _converges(box, config, report, hostiles)
+                _invariants(box, db, report, hostiles)
     return report
 
 

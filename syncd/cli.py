@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC
@@ -19,7 +20,7 @@ from syncd import engine, lock, logs, render
 from syncd.lease import LeaseLost
 from syncd.render import render_summary
 from syncd.startup import warn_if_exposed
-from syncd.store import Store
+from syncd.store import StateError, Store
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_HELD, EXIT_BUSY = 0, 1, 2, 3, 4
 STATUS_EXIT = {engine.COMPLETED: EXIT_OK, engine.WITH_ERRORS: EXIT_ERRORS, engine.FAILED: EXIT_ERRORS,
@@ -49,8 +50,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_ERRORS
     except KeyboardInterrupt:
-        print("syncd: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except StateError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    except OSError as exc:
+        print(f"syncd: {exc.filename or 'error'}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERRORS
+    except Exception as exc:  # noqa: BLE001 - the edge: one clear line, never a traceback
+        if _caused_by_interrupt(exc):
+            return _interrupted()
+        print(f"syncd: unexpected error: {type(exc).__name__}: {logs.redact(str(exc))} "
+              "(please report it; run with log_level = \"debug\" for details)", file=sys.stderr)
+        return EXIT_ERRORS
+
+
+def _interrupted() -> int:
+    # A second Ctrl-C while worker threads finish ends the process at once, without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    print("syncd: interrupted", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether Ctrl-C is what started this error (an error raised while handling it)."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__context__, seen + 1
+    return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,10 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("--to", required=True, metavar="URL",
                       help="postgresql://… (or env:NAME, file:/path, credential:NAME holding it)")
     copy.set_defaults(handler=cmd_state_copy)
+    alerts = commands.add_parser("alerts", help="check the alert channels of [alerts] urls")
+    alerts_commands = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    alerts_commands.add_parser("test", help="send one test message to every channel").set_defaults(
+        handler=cmd_alerts_test)
 
     demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
-    demo.add_argument("--source", choices=("oneroster", "canvas"), default="oneroster")
+    demo.add_argument("--source", choices=("oneroster", "canvas", "gg4l"), default="oneroster")
     demo.set_defaults(handler=cmd_demo)
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
@@ -167,6 +200,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.all:
         names = [n for n, t in config.tenants.items() if t.enabled]
     elif args.tenants:
+        from syncd import gg4l_cli  # GG4L district tenants (gg4l-…) live in the state store
+
+        try:
+            config = gg4l_cli.with_districts(config, args.tenants)
+        except gg4l_cli.NotRunnable as exc:
+            print(f"syncd: {exc}", file=sys.stderr)
+            return EXIT_ERRORS
         unknown = [n for n in args.tenants if n not in config.tenants]
         if unknown:
             raise UsageError(f"unknown tenant(s): {', '.join(unknown)} (configured: {', '.join(config.tenants)})")
@@ -262,12 +302,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         holders = {h.name: h for h in store.holders() if h.kind == "tenant"} if store.url else None
-        report = [_tenant_status(config, store, name, holders) for name in names]
+        report = logs.redact([_tenant_status(config, store, name, holders) for name in names])
     finally:
         store.close()
+    from syncd import gg4l_cli
+
+    districts = [] if args.tenant else gg4l_cli.status_rows(config)  # GG4L districts: state and expiry
     if args.json:
-        print(json.dumps(report if not args.tenant else report[0]))
+        print(json.dumps(report + districts if not args.tenant else report[0]))
         return EXIT_OK
+    for row in districts:
+        print(gg4l_cli.status_line(row))
     for entry in report:
         upcoming = f" · next run {entry['next_run']}" if entry["next_run"] else ""
         if entry["degraded"]:
@@ -351,7 +396,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
         else:
             names = [args.tenant] if args.tenant else list(config.tenants)
             run_ids = [r for r in (store.last_run_id(n) for n in names) if r]
-        rows = [r for r in store.errors(run_ids) if not args.tenant or r["tenant"] == args.tenant]
+        rows = logs.redact([r for r in store.errors(run_ids) if not args.tenant or r["tenant"] == args.tenant])
     finally:
         store.close()
     if args.json:
@@ -403,6 +448,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from syncd import daemon
 
     return daemon.main(configuration.config_path(args.config))
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """One message to every channel, now, in this process: exit 0 when every channel took it."""
+    import socket
+
+    from syncd import alerts
+
+    config = _load(args)
+    if not config.alerts.urls:
+        raise UsageError(f"no alert channel: {config.path} has no [alerts] urls")
+    message = alerts.Message("syncd: test alert", f"A test message from syncd on {socket.gethostname()} "
+                             f"({config.path}): this channel receives syncd's alerts.")
+    results = alerts.deliver(config.alerts.urls, message, delays=(1.0,))
+    for number, sent in enumerate(results, 1):
+        print(f"channel {number}: {'sent' if sent else 'FAILED (see the log above)'}")
+    return EXIT_OK if all(results) else EXIT_ERRORS
 
 
 # --- config and demo -----------------------------------------------------------------------

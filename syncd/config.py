@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 import zoneinfo
@@ -49,12 +50,35 @@ class ConfigError(AdminNeeded):
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[daemon.http]``: the daemon's listener (SPEC §8); absent = no listener."""
+
+    host: str
+    port: int
+    max_body_bytes: int = 16 * 1024
+    # A client that sends nothing for this long is disconnected (slowloris).
+    channel_timeout_s: int = 30
+    threads: int = 4
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
     log_level: str = "info"
     log_format: str = "auto"
     retention_days: int = 30
     stop_timeout_s: float = 60.0
+    max_run_s: float = 21_600.0  # a run longer than this is stuck: the watchdog stops pinging
+    http: HttpConfig | None = None
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[alerts]``: Apprise notification URLs (resolved secrets) and the daily digest time."""
+
+    urls: tuple[str, ...] = field(default=(), repr=False)
+    digest: tuple[int, int] | None = None  # (hour, minute) in ``time_zone``
+    time_zone: str | None = None  # None: the machine's local time zone
 
 
 @dataclass(frozen=True)
@@ -64,10 +88,14 @@ class SourceConfig:
     client_id: str = ""
     client_secret: str = field(default="", repr=False)
     version: str = "1.1"
+    auth: str = ""  # OneRoster: "oauth1" | "oauth2"; "" picks by version (1.1: oauth1, 1.2: oauth2)
     token_url: str = ""
     scope: str = ""
     page_size: int = 1000
     timeout_s: float = 60.0
+    # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
+    privacy_shield: bool = False
+    max_pages: int = 100_000  # per run, all collections together (syncd.limits)
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
@@ -76,7 +104,7 @@ class SourceConfig:
     mode: str = "auto"  # auto | api | report
     term_id: str = ""
     sub_accounts: tuple[str, ...] = ()
-    concurrency: int = 8
+    concurrency: int = 8  # requests in flight (OneRoster default 4, set by the config reader)
     report_min_courses: int = 0  # 0: the measured default (syncd.sources.canvas.REPORT_MIN_COURSES)
     report_timeout_s: float = 1800.0
 
@@ -127,6 +155,7 @@ class Config:
     plain_secrets: tuple[str, ...] = ()
     gg4l: Any = None  # syncd.gg4l_config.Gg4lConfig when [gg4l] is set
     state_url: str = field(default="", repr=False)  # [state] url: PostgreSQL, shared by every node (SPEC §11)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -136,24 +165,71 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SECRET_BYTES = 64 << 10
+
+
 def load(path: Path) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (at byte {exc.start}); TOML files are UTF-8"]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: not valid TOML: arrays or tables nested too deeply"]) from None
     return parse(raw, path)
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file. A FIFO, a device (``/dev/zero``) or a directory is
+    refused at once (opened non-blocking, so a FIFO with no writer cannot hang us); a larger file is
+    refused rather than read into memory. Raises OSError, or ValueError with a message that never
+    quotes the content."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"larger than {limit >> 10} KiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path | str, what: str) -> str:
+    try:
+        data = read_regular(path, MAX_SECRET_BYTES)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot read {what}: {exc}") from None
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        # Never the decoder's message: it quotes the offending byte, a byte of the secret.
+        raise ValueError(f"{what} is not UTF-8 text") from None
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l", "state"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l", "alerts", "state"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
+    alerts = _alerts(checker, _table(checker, raw, "alerts"))
     state_url = _state_url(checker, _table(checker, raw, "state"))
     defaults = _table(checker, raw, "safety")
     from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
@@ -175,14 +251,15 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if checker.errors:
         raise ConfigError(checker.errors)
     return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
-                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l, state_url=state_url)
+                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l, alerts=alerts, state_url=state_url)
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
 def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig:
-    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s"})
+    _unknown(checker, body, "daemon", {"state_dir", "log_level", "log_format", "retention_days", "stop_timeout_s",
+                                       "max_run_s", "http"})
     state = checker.get(body, "daemon.state_dir", str, None)
     if state:
         # A relative state_dir is taken from the config file's folder, so that the same file
@@ -196,6 +273,8 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         log_format=checker.choice(body, "daemon.log_format", LOG_FORMATS, "auto"),
         retention_days=checker.number(body, "daemon.retention_days", int, 30, 1, 3650),
         stop_timeout_s=checker.number(body, "daemon.stop_timeout_s", float, 60.0, 1, 3600),
+        max_run_s=checker.number(body, "daemon.max_run_s", float, 21_600.0, 1, 7 * 86_400),
+        http=_http(checker, _table(checker, body, "http", "daemon")),
     )
 
 
@@ -213,6 +292,101 @@ def _state_url(checker: _Checker, body: dict[str, Any]) -> str:
         checker.error("state.url", "must be a postgresql://… URL (or env:, file:, credential: naming one)")
         return ""
     return url
+
+
+HTTP_KEYS = {"listen", "max_body_bytes", "channel_timeout_s", "threads"}
+
+
+def _http(checker: _Checker, body: dict[str, Any]) -> HttpConfig | None:
+    """``[daemon.http]``: off unless ``listen`` is set; ``HOST:PORT``, ``[::1]:PORT`` for IPv6."""
+    if not body:
+        return None
+    _unknown(checker, body, "daemon.http", HTTP_KEYS)
+    listen = checker.get(body, "daemon.http.listen", str, None, required=True)
+    address = listen_address(listen) if listen else None
+    if listen and address is None:
+        checker.error("daemon.http.listen", f'must be HOST:PORT, e.g. "127.0.0.1:8470", not {listen!r}')
+    limits = {
+        "max_body_bytes": checker.number(body, "daemon.http.max_body_bytes", int, 16 * 1024, 1024, 10 * 1024 * 1024),
+        "channel_timeout_s": checker.number(body, "daemon.http.channel_timeout_s", int, 30, 1, 3600),
+        "threads": checker.number(body, "daemon.http.threads", int, 4, 1, 64),
+    }
+    if address is None:
+        return None
+    return HttpConfig(host=address[0], port=address[1], **limits)
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """``127.0.0.1:8470`` / ``[::1]:8470`` / ``0.0.0.0:8470`` -> (host, port), else None.
+    A bare port listens on loopback: another interface is only ever the admin's explicit choice."""
+    value = value.strip()
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # an address, not a name: the admin says exactly which interface listens
+    return host, int(port)
+
+
+def _apprise_accepts(url: str) -> bool:
+    """Whether Apprise can build a channel from ``url``; its own log lines (which may quote the URL,
+    a secret) are silenced meanwhile."""
+    import logging
+
+    import apprise
+
+    logger = logging.getLogger("apprise")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return apprise.Apprise.instantiate(url) is not None
+    finally:
+        logger.setLevel(level)
+
+
+ALERT_KEYS = {"urls", "digest", "time_zone"}
+DIGEST_TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _alerts(checker: _Checker, body: dict[str, Any]) -> AlertsConfig:
+    """``[alerts]``: Apprise URLs (each a secret: it may carry a password or a webhook token)."""
+    _unknown(checker, body, "alerts", ALERT_KEYS)
+    urls = []
+    for i, _value in enumerate(checker.get(body, "alerts.urls", list, [])):
+        key = f"alerts.urls[{i}]"
+        url = checker.secret({f"urls[{i}]": _value}, key) if isinstance(_value, str) else ""
+        if not isinstance(_value, str):
+            checker.error(key, f"must be a string, not {_kind_name(type(_value))}")
+        elif url and "://" not in url:
+            checker.error(key, "must be an Apprise URL such as mailtos://… or json://… (the value is not shown)")
+        elif url:
+            if not _apprise_accepts(url):
+                checker.error(key, "Apprise cannot use this URL: unknown service or missing parts "
+                                   "(the value is not shown; see the Apprise wiki for its form)")
+            urls.append(url)
+    digest = None
+    text = checker.get(body, "alerts.digest", str, None)
+    if text is not None:
+        match = DIGEST_TIME.match(text.strip())
+        if match:
+            digest = (int(match.group(1)), int(match.group(2)))
+        else:
+            checker.error("alerts.digest", f'must be a time of day HH:MM, e.g. "07:00", not {text!r}')
+    time_zone = checker.get(body, "alerts.time_zone", str, None)
+    if time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            checker.error("alerts.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    return AlertsConfig(urls=tuple(urls), digest=digest, time_zone=time_zone)
 
 
 def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[str, Any]) -> TenantConfig | None:
@@ -303,11 +477,12 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
     return roles
 
 
-ONEROSTER_KEYS = {"type", "base_url", "version", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s"}
+ONEROSTER_KEYS = {"type", "base_url", "version", "auth", "client_id", "client_secret", "token_url", "scope",
+                  "page_size", "timeout_s", "concurrency", "max_pages"}
+ONEROSTER_AUTH = ("oauth1", "oauth2")
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
                "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
-               "concurrency", "report_min_courses", "report_timeout_s"}
+               "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
 CANVAS_MODES = ("auto", "api", "report")
 CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
 
@@ -325,19 +500,24 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         "page_size": checker.number(body, f"{key}.page_size", int, 1000 if kind == "oneroster" else 100,
                                     1, 100_000),
         "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
+        "max_pages": checker.number(body, f"{key}.max_pages", int, 100_000, 1, 100_000_000),
     }
     if kind == "oneroster":
         version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")
-        token_url = checker.url(body, f"{key}.token_url", required=version == "1.2")
-        if version == "1.1" and "token_url" in body:
-            checker.error(f"{key}.token_url", "only used with version = \"1.2\" (OAuth 2)")
+        # The version picks the usual auth; some 1.1 servers (GG4L) use OAuth 2 all the same.
+        auth = checker.choice(body, f"{key}.auth", ONEROSTER_AUTH, "oauth2" if version == "1.2" else "oauth1")
+        token_url = checker.url(body, f"{key}.token_url", required=auth == "oauth2")
+        if auth == "oauth1" and "token_url" in body:
+            checker.error(f"{key}.token_url", "only used with OAuth 2 (auth = \"oauth2\", the default for version 1.2)")
         return SourceConfig(
             type=kind,
             version=version or "1.1",
+            auth=auth or "",
+            concurrency=checker.number(body, f"{key}.concurrency", int, 4, 1, 32),
             client_id=checker.get(body, f"{key}.client_id", str, None, required=True) or "",
             client_secret=checker.secret(body, f"{key}.client_secret", required=True),
             token_url=token_url,
-            scope=checker.get(body, f"{key}.scope", str, None) or DEFAULT_SCOPE.get(version or "1.1", ""),
+            scope=_scope(checker.get(body, f"{key}.scope", str, None), version or "1.1"),
             **common,
         )
     refresh = checker.secret(body, f"{key}.refresh_token")
@@ -362,6 +542,11 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
         report_timeout_s=checker.number(body, f"{key}.report_timeout_s", float, 1800.0, 10, 86_400),
         **common,
     )
+
+
+def _scope(value: str | None, version: str) -> str:
+    """The OAuth 2 scope: the version's roster-core scope unless given; ``scope = ""`` sends none."""
+    return DEFAULT_SCOPE.get(version, "") if value is None else value
 
 
 def _canvas_id(checker: _Checker, body: dict[str, Any], key: str, default: str) -> str:
@@ -569,10 +754,7 @@ def _from_env(name: str) -> str:
 
 
 def _from_file(name: str) -> str:
-    try:
-        return Path(name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {name}: {exc.strerror}") from None
+    return _read_secret(name, f"secret file {name}")
 
 
 def _from_credential(name: str) -> str:
@@ -582,10 +764,7 @@ def _from_credential(name: str) -> str:
     if not directory:
         raise ValueError(f"credential {name}: $CREDENTIALS_DIRECTORY is not set "
                          "(use LoadCredential= in the systemd unit)")
-    try:
-        return (Path(directory) / name).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read credential {name}: {exc.strerror}") from None
+    return _read_secret(Path(directory) / name, f"credential {name}")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

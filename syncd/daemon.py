@@ -8,6 +8,10 @@ a queue (the one thing that is safe inside a handler); a control thread acts on 
 - SIGHUP: reload and re-validate the config; an invalid one is logged and the old one kept;
 - SIGUSR1: run every enabled tenant now (``systemctl kill -s USR1 syncd``).
 
+With ``[daemon.http]`` it serves /healthz and /metrics (syncd.web, syncd.metrics) for its whole
+life, across reloads; with ``[alerts] urls`` each run's outcome may raise an alert (syncd.alerts),
+and ``alerts.digest`` schedules the daily summary.
+
 Runs take the same per-tenant lock as ``syncd sync``, so a manual sync and a scheduled one
 never overlap; two tenants sync in parallel.
 """
@@ -31,6 +35,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from syncd import alerts as alerting
 from syncd import config as configuration
 from syncd import engine, http, lock, logs, schedule
 from syncd.notify import notify, watchdog_interval_s
@@ -51,14 +56,21 @@ class Daemon:
         self.config = config
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.running: dict[str, str] = {}  # tenant -> run_id ("" until the run has an id)
+        self._started: dict[str, float] = {}  # tenant -> monotonic start of its run
         self._running_changed = threading.Condition()
         self.stopping = threading.Event()
-        workers = max(2, sum(t.enabled for t in config.tenants.values()))
+        self._signals = 0  # SIGUSR1 runs so far: each gets a job id of its own
+        # GG4L districts share a few more workers (their runs queue beyond that).
+        workers = max(2, sum(t.enabled for t in config.tenants.values()) + (4 if config.gg4l else 0))
         self.scheduler = BlockingScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(workers), "housekeeping": ThreadPoolExecutor(1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S},
         )
+        self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir)
+        self.metrics: Any = None  # syncd.metrics.Metrics while the listener serves
+        self.listener: Any = None
+        self.gg4l: Any = None  # syncd.gg4l.daemon_wiring.Gg4lDaemon with [gg4l]
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -66,6 +78,14 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         self._schedule_tenants(catch_up=True)
+        if not self._listen():
+            return 1
+        if self.config.gg4l is not None:
+            from syncd.gg4l.daemon_wiring import Gg4lDaemon
+
+            self.gg4l = Gg4lDaemon.start(self)
+        self.alerts.start()
+        self._schedule_digest()
         interval = watchdog_interval_s()
         if interval:
             self.scheduler.add_job(self._watchdog, IntervalTrigger(seconds=interval), id="watchdog",
@@ -90,11 +110,47 @@ class Daemon:
         if left:
             log.error("daemon.stop_timeout", tenants=left, timeout_s=self.config.daemon.stop_timeout_s,
                       consequence="calls still in flight are not acknowledged; the next run re-sends them")
+            self._close()
             log.info("daemon.stopped")
             logging.shutdown()
             os._exit(0)  # the pool threads would otherwise hold the exit until their runs end
+        self._close()
         log.info("daemon.stopped")
         return 0
+
+    def _listen(self) -> bool:
+        """Start the HTTP listener if configured; False (logged) when it cannot bind."""
+        settings = self.config.daemon.http
+        if settings is None:
+            return True
+        from syncd import metrics, web
+
+        self.metrics = metrics.Metrics(self.config.daemon.state_dir, lambda: self.config.tenants,
+                                       lambda: iter(list(self.running)))
+        try:
+            self.listener = web.Listener(settings, self)
+        except web.ListenError as exc:
+            log.error("daemon.listen_failed", error=str(exc),
+                      hint="another process holds the port, or the address is not one of this host's")
+            return False
+        self.listener.start()
+        return True
+
+    def _close(self) -> None:
+        """After the runs: answer the last requests, send the queued alerts."""
+        if self.listener is not None:
+            self.listener.stop()
+        if self.gg4l is not None:
+            self.gg4l.stop()
+        self.alerts.stop(timeout=min(10.0, self.config.daemon.stop_timeout_s))
+
+    def health_problems(self) -> list[str]:
+        """Why the daemon is not healthy (for /healthz), besides the state store."""
+        if self.stopping.is_set():
+            return ["the daemon is stopping"]
+        if not self.scheduler.running:
+            return ["the scheduler is not running"]
+        return []
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.put(signum)  # SimpleQueue.put is reentrant: safe in a signal handler
@@ -143,6 +199,9 @@ class Daemon:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(tenant=name)
         tenant = self.config.tenants.get(name)
+        options, after = engine.Options(), None
+        if tenant is None and self.gg4l is not None and not self.stopping.is_set():
+            tenant, options, after = self.gg4l.lookup(name)  # a GG4L district, gated on new data
         if tenant is None or self.stopping.is_set():
             return
         # This job's slot: on PostgreSQL every node schedules every tenant, and the first to hold the
@@ -160,14 +219,20 @@ class Daemon:
                         log.info("daemon.slot_done_elsewhere", slot=slot)
                         return
                     self._mark(name, running=True)
+                    probe = self._probe(tenant)
+                    summary = None
                     try:
-                        summary = engine.run(tenant, store)
+                        summary = engine.run(tenant, store, options, **(
+                            {"source": probe.source, "client": probe.client} if probe else {}))
                     finally:
+                        self._observe(tenant, store, summary, probe)
                         self._mark(name, running=False)
                         if held is not None and held.alive:  # a failed run is done too: no re-run elsewhere
                             held.mark_done(slot)
             finally:
                 store.close()
+            if after is not None:
+                after(summary)
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
         except lock.Busy:
             return  # stopped while another process held the tenant
@@ -177,12 +242,57 @@ class Daemon:
         finally:
             structlog.contextvars.clear_contextvars()
 
+    def _probe(self, tenant: configuration.TenantConfig) -> Any:
+        """With metrics on, a metered source and client for engine.run (they count what they did)."""
+        if self.metrics is None:
+            return None
+        from syncd.metrics import RunProbe
+
+        return RunProbe(tenant, self.config.daemon.state_dir)
+
+    def _observe(self, tenant: configuration.TenantConfig, store: Store, summary: dict[str, Any] | None,
+                 probe: Any) -> None:
+        """Feed one finished run to the metrics and the alerts; never fails the job."""
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(tenant.name, summary, probe)
+            # A run cut short by SIGTERM says nothing about the tenant: no "failed" then "recovered".
+            if self.config.alerts.urls and not self.stopping.is_set():
+                last = store.runs(tenant.name, limit=1)
+                message = last[0]["message"] if last else None
+                self.alerts.after_run(tenant.name, summary, message, store.failed_in_a_row(tenant.name),
+                                      tenant.safety.degraded_after)
+        except Exception:
+            log.exception("daemon.observe_failed")
+
+    def _schedule_digest(self) -> None:
+        when = self.config.alerts.digest
+        if self.scheduler.get_job("digest"):
+            self.scheduler.remove_job("digest")
+        if when is None or not self.config.alerts.urls:
+            return
+        from zoneinfo import ZoneInfo
+
+        import tzlocal
+        from apscheduler.triggers.cron import CronTrigger
+
+        zone = ZoneInfo(self.config.alerts.time_zone) if self.config.alerts.time_zone else tzlocal.get_localzone()
+        self.scheduler.add_job(self._digest, CronTrigger(hour=when[0], minute=when[1], timezone=zone), id="digest",
+                               executor="housekeeping", misfire_grace_time=3600)
+        log.info("alerts.digest_scheduled", at=f"{when[0]:02d}:{when[1]:02d}", time_zone=str(zone))
+
+    def _digest(self) -> None:
+        message = alerting.digest(self.config.daemon.state_dir, list(self.config.tenants))
+        self.alerts.send(message.title, message.body)
+
     def _mark(self, name: str, running: bool) -> None:
         with self._running_changed:
             if running:
                 self.running[name] = ""
+                self._started[name] = time.monotonic()
             else:
                 self.running.pop(name, None)
+                self._started.pop(name, None)
             self._running_changed.notify_all()
         if not self.stopping.is_set():
             notify(f"STATUS={self._status()}")
@@ -190,13 +300,21 @@ class Daemon:
     def _run_all_now(self) -> None:
         now = datetime.now(UTC)
         names = [n for n, t in self.config.tenants.items() if t.enabled]
+        names += self.gg4l.tenants() if self.gg4l is not None else []
         log.info("daemon.run_all_now", tenants=names)
         for name in names:
             if name in self.running:
                 log.info("daemon.already_running", tenant=name)
                 continue
-            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}",
-                                   replace_existing=True, misfire_grace_time=None)
+            # A fresh id each time: APScheduler counts instances per job id, and the previous signal's
+            # job may still be returning (its run done) when this one arrives; the shared id made the
+            # scheduler skip the new run. The tenant lock still keeps two runs of a tenant apart.
+            for pending in self.scheduler.get_jobs():  # signals that have not fired yet make one run
+                if pending.id.startswith(f"now:{name}:"):
+                    pending.remove()
+            self._signals += 1
+            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}:{self._signals}",
+                                   misfire_grace_time=None)
 
     def _reload(self) -> None:
         path = self.config.path
@@ -210,21 +328,35 @@ class Daemon:
         logs.register_secrets(fresh.secrets)
         if fresh.daemon.state_dir != self.config.daemon.state_dir:
             log.warning("daemon.state_dir_unchanged", reason="a new state_dir takes effect on restart")
-            fresh = configuration.Config(fresh.path, self.config.daemon, fresh.tenants, fresh.secrets)
+            fresh = dataclasses.replace(fresh, daemon=self.config.daemon)
+        if fresh.daemon.http != self.config.daemon.http:
+            log.warning("daemon.http_unchanged", reason="a new [daemon.http] takes effect on restart")
+            fresh = dataclasses.replace(fresh, daemon=dataclasses.replace(fresh.daemon, http=self.config.daemon.http))
+        if self.gg4l is not None:
+            fresh = self.gg4l.reload(fresh)
         if fresh.state_url != self.config.state_url:
             log.warning("daemon.state_url_unchanged", reason="a new [state] url takes effect on restart")
-        fresh = dataclasses.replace(fresh, state_url=self.config.state_url)
+            fresh = dataclasses.replace(fresh, state_url=self.config.state_url)
         old = set(self.config.tenants)
         self.config = fresh
         for job in self.scheduler.get_jobs():
             if job.id.startswith("tenant:") and job.name not in fresh.tenants:
                 job.remove()
         self._schedule_tenants(catch_up=True)  # a new tenant, never synced, runs now
+        self._schedule_digest()
         log.info("daemon.reloaded", tenants=sorted(fresh.tenants), added=sorted(set(fresh.tenants) - old),
                  removed=sorted(old - set(fresh.tenants)))
         notify(f"STATUS={self._status()}")
 
     def _watchdog(self) -> None:
+        # A run past daemon.max_run_s is stuck (every request and page is bounded, so this is a
+        # bug or a hang): stop pinging, and systemd restarts the service.
+        limit = self.config.daemon.max_run_s
+        stuck = sorted(n for n, t in self._started.items() if time.monotonic() - t > limit)
+        if stuck:
+            log.error("daemon.run_stuck", tenants=stuck, max_run_s=limit, consequence="no watchdog ping")
+            notify(f"STATUS=stuck: {', '.join(stuck)} running for more than {limit:g} s")
+            return
         notify("WATCHDOG=1")
 
     def _prune(self) -> None:

@@ -39,6 +39,10 @@ def _student_to_refuse(mapping: dict[str, Any]) -> str:
 
 
 def main(directory: str, source: str = "oneroster") -> int:
+    if source == "gg4l":
+        from syncd.gg4l import demo as gg4l_demo  # its own story: webhook, discovery, districts
+
+        return gg4l_demo.main(directory)
     base = Path(directory).resolve()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     logs.configure("error", "console")

@@ -5,6 +5,7 @@ The only module that knows sources, the store and the target together.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import http, plan, safety
+from syncd import http, limits, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.entities import ENTITIES, PLURAL, SPECS, Call, Entity
 from syncd.errors import RecordFailure
@@ -180,17 +181,20 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
 def _extract(state: Run, store: TenantStore, source: Source) -> None:
     try:
         read = 0
+        guard = limits.ExtractGuard(state.tenant.source.max_pages)
         for page in source.extract():
             if http.stopping.is_set():
                 state.failure = "stopped by a signal during the extract"
                 return
             read += len(page)
             state.report("extract", read)
-            for error in store.stage(page):
+            staged = store.stage(page)
+            for error in staged:
                 if not error.message.startswith("duplicate id"):
                     state.unreadable += 1
                 _record_failed(state, store, RecordFailure(error.entity, error.source_id, "extract", error.message))
                 state.failed_extract[error.entity] += 1
+            guard.page(len(page), sum(e.message.startswith("duplicate id") for e in staged))
         state.complete = source.complete
     except (http.HttpError, SourceError) as exc:
         state.failure = f"extract failed: {exc}"
@@ -415,6 +419,13 @@ def _call_failed(state: Run, store: TenantStore, call: Call, message: str, statu
 def _record_failed(state: Run, store: TenantStore, failure: RecordFailure) -> None:
     """One record failed alone: stored (for `syncd errors`), logged once, and the run goes on."""
     state.errors += 1
+    # A server may echo a secret back: it is never stored or shown.
+    failure = dataclasses.replace(failure, message=logs.redact(failure.message))
+    if not limits.store_error_row(state.errors):
+        if state.errors == limits.MAX_ERROR_ROWS + 1:
+            log.warning("sync.error_rows_capped", stored=limits.MAX_ERROR_ROWS,
+                        consequence="further failures of this run are counted but not stored")
+        return
     attempts = store.record_error(state.run_id, failure)
     entity = failure.entity
     log.warning("sync.record_failed", entity=entity, source_id=failure.source_id, name=failure.name,
@@ -428,8 +439,8 @@ def _record_failed(state: Run, store: TenantStore, failure: RecordFailure) -> No
 
 def _finish(state: Run, store: TenantStore) -> dict[str, Any]:
     summary = state.summary()
-    store.finish_run(state.run_id, state.status, summary, state.failure or "; ".join(state.held_reasons) or None,
-                     state.complete)
+    store.finish_run(state.run_id, state.status, summary,
+                     logs.redact(state.failure or "; ".join(state.held_reasons) or None), state.complete)
     if state.failure and not state.options.dry_run:
         failures = store.failed_in_a_row()
         if failures == state.tenant.safety.degraded_after:

@@ -177,3 +177,97 @@ def cmd_discover(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             _say(f"warning: {warning}")
     return EXIT_OK
+
+
+# --- `syncd sync gg4l-…` and `syncd status` ------------------------------------------------------
+
+
+class NotRunnable(Exception):
+    """A known district that may not sync now (its state says why): exit 1, not a usage error."""
+
+
+def with_districts(config: configuration.Config, names: list[str]) -> configuration.Config:
+    """``config`` with the named GG4L district tenants added, after a discovery of this process.
+
+    A district's secret lives only in the memory of whoever discovered it, so ``syncd sync`` asks
+    the Partner API first. A name that is no district is a usage error (exit 2); a district that may
+    not sync now (pending mapping, expired, revoked, discovery down…) raises :class:`NotRunnable`.
+    """
+    import dataclasses
+
+    from syncd import cli
+    from syncd.gg4l.service import Gg4lService
+    from syncd.gg4l_store import DistrictStore
+    from syncd.store import DB_NAME, Store
+
+    wanted = [n for n in names if n not in config.tenants]
+    if not wanted or config.gg4l is None:
+        return config
+    Store.open(config.daemon.state_dir).close()
+    store = DistrictStore.open(str(config.daemon.state_dir / DB_NAME))
+    service = None
+    try:
+        unknown = [n for n in wanted if store.district(n) is None]
+        if unknown:
+            raise cli.UsageError(f"unknown tenant(s): {', '.join(unknown)} (configured: {', '.join(config.tenants)}; "
+                                 "GG4L districts: see `syncd tenants`)")
+        service = Gg4lService(config.gg4l, store)
+        found = service.poll()
+        extra = {}
+        for name in wanted:
+            record = store.district(name)
+            assert record is not None
+            tenant = service.tenant(record) if found is not None else None
+            if tenant is None:
+                raise NotRunnable(_why_not(record, found is not None))
+            extra[name] = dataclasses.replace(tenant, name=record.tenant)
+        return dataclasses.replace(config, tenants={**config.tenants, **extra})
+    finally:
+        if service is not None:
+            service.recorder.stop()
+        store.close()
+
+
+def _why_not(record: District, discovered: bool) -> str:
+    if not discovered:
+        return f"{record.tenant}: the GG4L Partner API did not answer, so the district's secret is unknown; try again"
+    hints = {"pending_mapping": "give it an install with `syncd tenants map`",
+             "paused": "resume it with `syncd tenants resume`",
+             "awaiting_data": "GG4L has not finished its first import yet",
+             "expired": "its data access expired; the district must extend it",
+             "recorded": "its mode creates no tenant (see [gg4l] modes)"}
+    hint = hints.get(record.state, "it syncs only when active or expiring")
+    return f"{record.tenant} is {record.state}: not synced ({hint})"
+
+
+def status_rows(config: configuration.Config) -> list[dict[str, Any]]:
+    """The GG4L districts for ``syncd status``: tenant, state, expiry, last sync (empty without [gg4l])."""
+    if config.gg4l is None:
+        return []
+    from syncd.gg4l_store import DistrictStore
+    from syncd.store import DB_NAME
+
+    path = config.daemon.state_dir / DB_NAME
+    if not path.exists():
+        return []
+    store = DistrictStore.open(str(path))
+    try:
+        now = datetime.now(UTC)
+        rows = []
+        for record in store.districts().values():
+            days = (record.expiry - now).days if record.expiry else None
+            rows.append({"tenant": record.tenant, "origin": "gg4l", "state": record.state, "guid": record.guid,
+                         "name": record.name, "expiry": iso(record.expiry), "expires_in_days": days,
+                         "revoked_at": iso(record.revoked_at), "purged_at": iso(record.purged_at),
+                         "synced_data_ts": iso(record.synced_data_ts)})
+        return rows
+    finally:
+        store.close()
+
+
+def status_line(row: dict[str, Any]) -> str:
+    expiry = f" · expires {row['expiry']}" if row["expiry"] else ""
+    if row["expires_in_days"] is not None and 0 <= row["expires_in_days"] <= 30:
+        expiry += f" (in {row['expires_in_days']} days)"
+    gone = f" · revoked {row['revoked_at']}" if row["revoked_at"] else ""
+    return f"{row['tenant']}: GG4L district {row['name'] or row['guid']} · {row['state'].upper()}{expiry}{gone}"

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 GG4L_KEYS = {"partner_url", "client_id", "client_secret", "webhook_headers", "modes", "on_new_district",
              "discovery_interval", "purge_after_days", "timeout_s", "tenant"}
 TEMPLATE_KEYS = {"schedule", "time_zone", "roles", "enabled", "safety", "deprovision", "source", "target"}
-TEMPLATE_SOURCE_KEYS = {"page_size", "timeout_s"}
+TEMPLATE_SOURCE_KEYS = {"page_size", "timeout_s", "privacy_shield"}
 TEMPLATE_TARGET_KEYS = {"base_url", "install_sid", "token", "concurrency", "timeout_s"}
 # RFC 9110 token characters: what a header name may be made of.
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -49,6 +49,7 @@ class TenantTemplate:
     deprovision: str = "report"
     page_size: int = MAX_PAGE
     source_timeout_s: float = 60.0
+    privacy_shield: bool = True  # masked e-mails are no e-mail (SourceConfig.privacy_shield)
 
 
 @dataclass(frozen=True)
@@ -168,5 +169,6 @@ def _template(checker: _Checker, body: dict[str, Any], defaults: dict[str, Any])
         deprovision=checker.choice(body, f"{key}.deprovision", base.DEPROVISION, "report"),
         page_size=checker.number(source, f"{key}.source.page_size", int, MAX_PAGE, 1, MAX_PAGE),
         source_timeout_s=checker.number(source, f"{key}.source.timeout_s", float, 60.0, 1, 3600),
+        privacy_shield=bool(checker.get(source, f"{key}.source.privacy_shield", bool, True)),
     )
 

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS district_webhooks (
 );
 """
 
+# A purge deletes these of the district's tenant, with every stage_* and desired_* table.
+PURGED_TABLES = ("plan_calls", "pending_removals", "held", "escrow", "errors")
 _TIMES = ("first_missing_at", "revoked_at", "purged_at", "expiry", "last_seen", "last_data_ts", "synced_data_ts",
           "created_at")
 _COLUMNS = tuple(f.name for f in fields(District))
@@ -154,6 +156,41 @@ class DistrictStore:
         with self._lock, self._transaction():
             self.conn.execute("UPDATE districts SET synced_data_ts = ?, updated_at = ? WHERE lower(guid) = lower(?)",
                               (_text(data_ts), _text(datetime.now(UTC)), guid))
+
+    def purge_roster(self, tenant: str, now: datetime | None = None) -> dict[str, int]:
+        """Delete a purged district's local roster (its PII), keeping only each object's key and sid.
+
+        Staging, desired state, plans, holds, escrow and per-record errors of the tenant are
+        deleted; every acknowledged row keeps its key and ``sid`` but loses its body and hash and
+        becomes a tombstone. A district listed again then syncs as updates carrying its old sids
+        (``ids.sid``), and, tombstones not being counted as acknowledged, no breaker holds it.
+        Run history (``runs``) stays as the audit trail. Returns the rows touched per table.
+        """
+        stamp = _text(now or datetime.now(UTC))
+        touched: dict[str, int] = {}
+        with self._lock, self._transaction():
+            for table, columns in self._tenant_tables():
+                if table.startswith("acked_") and {"body", "hash", "removed_at"} <= columns:
+                    cursor = self.conn.execute(
+                        f"UPDATE {table} SET body = '{{}}', hash = '', "  # noqa: S608 - names from sqlite_master
+                        "removed_at = coalesce(removed_at, ?) WHERE tenant = ?", (stamp, tenant))
+                elif table.startswith(("stage_", "desired_")) or table in PURGED_TABLES:
+                    cursor = self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (tenant,))  # noqa: S608
+                else:
+                    continue
+                if cursor.rowcount:
+                    touched[table] = cursor.rowcount
+        return touched
+
+    def _tenant_tables(self) -> list[tuple[str, set[str]]]:
+        """Every table with a ``tenant`` column and its columns (exam tables included when present)."""
+        names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        out = []
+        for name in names:
+            columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({name})")}
+            if "tenant" in columns:
+                out.append((name, columns))
+        return out
 
     def _events(self, events: Iterable[Event], now: datetime) -> None:
         self.conn.executemany(

@@ -1,32 +1,64 @@
-"""The one HTTP policy: sessions, timeouts, retries with backoff, typed errors, redaction.
+"""The one HTTP policy: sessions, deadlines, bounded bodies, same-origin redirects, retries with
+backoff, typed errors, redaction.
 
-Sources and the target call :func:`send`; none of them retries or sleeps on its own.
+Sources and the target call :func:`send` (or :func:`download` for a file); none of them retries,
+sleeps or follows a redirect on its own.
+
+Limits, each a defence against a server that misbehaves (see README, "Limits"):
+
+- every attempt has a wall-clock deadline (``ATTEMPT_DEADLINE_FACTOR`` x the timeout): a server
+  that drips one byte at a time is cut off, since a read timeout alone only bounds the gap
+  between two bytes; a whole request, retries and waits included, has a budget
+  (``BUDGET_FACTOR`` x the timeout);
+- a body is read as a stream and counted after decoding (gzip bombs included): at most
+  ``MAX_BODY_BYTES``;
+- ``Retry-After`` is honoured up to ``MAX_RETRY_AFTER_S``; a server asking for longer fails the
+  request now (the next run tries again) rather than holding the run;
+- redirects are never followed by requests itself: a redirect to the same origin (scheme, host,
+  port) is followed by hand, one to another origin is refused, because the request may carry a
+  credential (a ``token`` header, an Authorization header, a client secret in the body).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import heapq
+import itertools
 import json
 import random
 import re
+import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import requests
 import requests.adapters
+import urllib3
+import urllib3.connection
 
-from syncd import __version__
+from syncd import __version__, logs
 
 USER_AGENT = f"syncd/{__version__} (+roster sync for SmarterProctoring)"
 SENSITIVE_PARAMS = re.compile(
     r"(?i)^(access_token|refresh_token|token|client_secret|code|password|oauth_[a-z_]+|sig|signature)$"
 )
+CREDENTIAL_HEADERS = ("authorization", "token", "proxy-authorization", "cookie")
+ATTEMPT_DEADLINE_FACTOR = 4.0  # one attempt (connect, headers, body) ends within 4 x timeout
+BUDGET_FACTOR = 12.0  # one request, every retry and wait included, ends within 12 x timeout
+MAX_BODY_BYTES = 64 << 20  # a decoded answer; a page of 1,000 records is well under 2 MiB
+MAX_DOWNLOAD_BYTES = 4 << 30  # a report file, spooled to disk
+MAX_RETRY_AFTER_S = 60.0
+MAX_REDIRECTS = 5
+BREAKER_FAILURES = 8  # requests in a row that failed for good: the server is down for this run
+_CHUNK = 1 << 14  # small reads: a compressed chunk decodes to at most this much at a time
 # Set when the process is asked to stop: backoff sleeps end early and no new attempt starts.
+# A session may carry its own (``session.stop``); this one is the default for all.
 stopping = threading.Event()
 
 
@@ -35,12 +67,14 @@ class HttpError(Exception):
 
     def __init__(self, message: str, status: int | None = None, url: str = "", attempts: int = 1,
                  detail: str | None = None):
-        super().__init__(message)
+        # A server may echo what we sent (a token in "token X is not valid"): every message is
+        # redacted here, once, before anyone can store or show it.
+        super().__init__(logs.redact(message))
         self.status = status
         self.url = url
         self.attempts = attempts
         # What the server said, without our method and URL: what an admin reads in `syncd errors`.
-        self.detail = detail or message
+        self.detail = logs.redact(detail or message)
 
 
 class TransientError(HttpError):
@@ -48,11 +82,15 @@ class TransientError(HttpError):
 
 
 class RejectedError(HttpError):
-    """The server refused this request (4xx); retrying it now would not help."""
+    """The server refused this request (4xx), or answered in a way we refuse (a redirect to another
+    origin, a body over the cap); retrying it now would not help."""
 
 
 class AuthError(HttpError):
     """The credentials were refused even after one refresh."""
+
+
+RETRY, THROTTLE, REAUTHORIZE, AUTH, REJECT = "retry", "throttle", "reauthorize", "auth", "reject"
 
 
 @dataclass(frozen=True)
@@ -60,7 +98,7 @@ class RetryPolicy:
     attempts: int = 5
     base_s: float = 0.25
     cap_s: float = 20.0
-    max_retry_after_s: float = 120.0
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -68,44 +106,207 @@ class RetryPolicy:
         # "Full jitter": spreads retries of parallel workers instead of having them collide.
         return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
 
+    @staticmethod
+    def classify(response: requests.Response, vendor_transient: bool, can_reauthorize: bool) -> str:
+        """What to do with a non-2xx answer: retry it, retry it as a throttle, refresh the
+        credentials once, or give up (auth or reject)."""
+        status = response.status_code
+        if status == 401 and can_reauthorize:
+            return REAUTHORIZE
+        if vendor_transient:
+            return THROTTLE
+        if status == 429 or status >= 500:
+            return RETRY
+        return AUTH if status in (401, 403) else REJECT
+
+
+# --- deadlines: a watchdog that shuts the socket of an attempt past its deadline ------------
+
+
+class _Watch:
+    """The connections one attempt uses; :meth:`fire` shuts them, which ends any blocked read."""
+
+    def __init__(self) -> None:
+        self.connections: list[Any] = []
+        self.fired = False
+        self.done = False
+        self._lock = threading.Lock()
+
+    def attach(self, connection: Any) -> None:
+        with self._lock:
+            self.connections.append(connection)
+            if self.fired:
+                _shut(connection)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for connection in self.connections:
+                _shut(connection)
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    # The plain socket's shutdown, also for TLS: it wakes a recv() blocked in another thread.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Timers:
+    """One thread for every deadline of the process (a heap), rather than a thread per request."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, watch: _Watch) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), watch))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    watch = heapq.heappop(self._heap)[2]
+                    if not watch.done:
+                        watch.fire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_timers = _Timers()
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[_Watch]:
+    watch = _Watch()
+    _current.watch = watch
+    _timers.add(time.monotonic() + seconds, watch)
+    try:
+        yield watch
+    finally:
+        watch.done = True
+        _current.watch = None
+
+
+def _attach(connection: Any) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.attach(connection)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+# --- sessions ----------------------------------------------------------------------------
+
 
 class _Session(requests.Session):
-    """A Session that reads its environment (proxies, CA bundle) once per host, not per request.
+    """A Session that reads its environment (proxies, CA bundle) once per host, not per request,
+    counts its requests, and carries the stop token its requests obey.
 
     requests re-reads proxy variables and probes the CA bundle path with os.path calls on every
     request; at hundreds of calls a second that is a tenth of the push's CPU.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event | None = None) -> None:
         super().__init__()
         # Never pick up ~/.netrc credentials: they must not reach a source or the target.
         self.auth = _no_auth
+        self.stop = stop or stopping
+        self.requests = 0  # attempts sent, for metrics
+        self.failures_in_a_row = 0  # requests that failed for good (see send's breaker)
+        self._count_lock = threading.Lock()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
 
+    def count(self) -> None:
+        with self._count_lock:
+            self.requests += 1
+
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if proxies or stream is not None or verify is not None or cert is not None:
+        if proxies or verify is not None or cert is not None:
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         key = tuple(urllib.parse.urlsplit(url)[:2])
         if key not in self._environment:
             self._environment[key] = super().merge_environment_settings(url, {}, None, None, None)
         settings = self._environment[key]
-        return {**settings, "proxies": dict(settings["proxies"])}
+        # ``stream`` (always set by send) only passes through: it does not depend on the environment.
+        return {**settings, "proxies": dict(settings["proxies"]), "stream": stream}
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-def new_session(pool_size: int = 10) -> requests.Session:
-    session = _Session()
+def new_session(pool_size: int = 10, stop: threading.Event | None = None) -> requests.Session:
+    session = _Session(stop)
     session.headers["User-Agent"] = USER_AGENT
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
+    adapter = _Adapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
 
 
-def send(
+def _stop_of(session: requests.Session) -> threading.Event:
+    return getattr(session, "stop", stopping)
+
+
+# --- one request ---------------------------------------------------------------------------
+
+
+def send(session: requests.Session, method: str, url: str, *, timeout: float, **kwargs: Any) -> requests.Response:
+    """:func:`_send`, behind the session's breaker: once ``BREAKER_FAILURES`` requests in a row have
+    failed for good (every retry spent), the server is taken to be down for this run and every
+    further request fails at once, so a dead or stalling server costs a run minutes, not hours."""
+    failing = getattr(session, "failures_in_a_row", None)
+    if failing is not None and failing >= BREAKER_FAILURES:
+        shown = redact_url(url)
+        raise TransientError(f"{method} {shown}: not sent: the server failed {failing} requests in a row",
+                             None, shown, 0, f"not sent: the server failed {failing} requests in a row this run")
+    try:
+        response = _send(session, method, url, timeout=timeout, **kwargs)
+    except TransientError:
+        if failing is not None:
+            session.failures_in_a_row += 1  # type: ignore[attr-defined]
+        raise
+    if failing is not None:
+        session.failures_in_a_row = 0  # type: ignore[attr-defined]
+    return response
+
+
+def _send(
     session: requests.Session,
     method: str,
     url: str,
@@ -116,14 +317,21 @@ def send(
     on_attempt: Callable[[], None] | None = None,
     transient_status: Callable[[requests.Response], bool] | None = None,
     throttle_policy: RetryPolicy | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
     **kwargs: Any,
 ) -> requests.Response:
-    """Send one request under the policy and return the 2xx response, or raise a typed error.
+    """Send one request under the policy and return the 2xx response (its body read), or raise a
+    typed error.
 
     ``reauthorize`` is called once on a 401 (refresh a token) before the request is tried again.
     ``transient_status`` lets a client classify vendor-specific throttling (Canvas 403) as retryable;
     such answers are retried under ``throttle_policy`` (longer: a throttle drains slowly) if given.
     """
+    kwargs.pop("stream", None)  # every body is streamed and counted here
+    kwargs.pop("allow_redirects", None)
+    _register_sent_credentials(kwargs.get("headers"))
+    stop = _stop_of(session)
+    budget_end = time.monotonic() + BUDGET_FACTOR * timeout
     reauthorized = False
     attempt = 0
     shown = redact_url(url)
@@ -131,42 +339,239 @@ def send(
         attempt += 1
         if on_attempt:
             on_attempt()
+        if isinstance(session, _Session):
+            session.count()
         try:
-            response = session.request(method, url, timeout=timeout, **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            problem = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-            if attempt >= policy.attempts or stopping.is_set():
-                raise TransientError(f"{method} {shown}: {problem}", None, shown, attempt,
-                                     f"{problem} after {attempt} attempt(s)") from None
-            _pause(policy.delay(attempt, None))
+            response = _attempt(session, method, url, timeout, max_bytes, kwargs)
+        except _Failed as exc:
+            if exc.final or attempt >= policy.attempts or stop.is_set():
+                kind = RejectedError if exc.final else TransientError
+                raise kind(f"{method} {shown}: {exc}", None, shown, attempt,
+                           f"{exc} after {attempt} attempt(s)") from None
+            _pause(stop, policy.delay(attempt, None), budget_end, method, shown, attempt, str(exc))
             continue
         status = response.status_code
         if status < 300:
+            _register_received_tokens(response)
             return response
-        if status == 401 and reauthorize and not reauthorized:
+        action = RetryPolicy.classify(response, bool(transient_status and transient_status(response)),
+                                      bool(reauthorize) and not reauthorized)
+        if action == REAUTHORIZE:
             reauthorized = True
-            reauthorize()
+            reauthorize()  # type: ignore[misc]
             attempt -= 1  # the refresh is "once", not one of the transient retries
             continue
-        # The vendor's classifier sees every failure, so that it can also react to a plain 429.
-        vendor_transient = bool(transient_status and transient_status(response))
-        retryable = vendor_transient or status == 429 or status >= 500
         detail = error_message(response)
         message = f"{method} {shown}: HTTP {status}: {detail}"
-        if retryable:
-            rules = throttle_policy if vendor_transient and throttle_policy else policy
-            if attempt >= rules.attempts or stopping.is_set():
+        if action in (RETRY, THROTTLE):
+            rules = throttle_policy if action == THROTTLE and throttle_policy else policy
+            if attempt >= rules.attempts or stop.is_set():
                 raise TransientError(message, status, shown, attempt, f"HTTP {status} after {attempt} "
                                      f"attempt(s): {detail}")
-            _pause(rules.delay(attempt, retry_after(response)))
+            wait = retry_after(response)
+            if wait is not None and wait > rules.max_retry_after_s:
+                raise TransientError(message, status, shown, attempt,
+                                     f"HTTP {status}: the server asked to wait {wait:.0f} s, more than the "
+                                     f"{rules.max_retry_after_s:.0f} s syncd waits; trying again next run: {detail}")
+            _pause(stop, rules.delay(attempt, wait), budget_end, method, shown, attempt, f"HTTP {status}: {detail}",
+                   status)
             continue
-        if status in (401, 403):
-            raise AuthError(message, status, shown, attempt, detail)
-        raise RejectedError(message, status, shown, attempt, detail)
+        raise (AuthError if action == AUTH else RejectedError)(message, status, shown, attempt, detail)
 
 
-def _pause(seconds: float) -> None:
-    stopping.wait(seconds)
+class _Failed(Exception):
+    """One attempt failed before a usable answer; ``final``: retrying cannot help."""
+
+    def __init__(self, problem: str, final: bool = False):
+        super().__init__(problem)
+        self.final = final
+
+
+def _attempt(session: requests.Session, method: str, url: str, timeout: float, max_bytes: int,
+             kwargs: dict[str, Any]) -> requests.Response:
+    """One attempt, redirects to the same origin followed by hand, the body read and capped."""
+    deadline_s = ATTEMPT_DEADLINE_FACTOR * timeout
+    with _deadline(deadline_s) as watch:
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                response = session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
+                                           **kwargs)
+                if not response.is_redirect:
+                    _read_body(response, max_bytes)
+                    return response
+                response.close()
+                target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+                if origin(target) != origin(url):
+                    raise _Failed(f"HTTP {response.status_code} redirect to another origin "
+                                  f"({redact_url(target)}); not followed, so no credential leaves "
+                                  f"{origin(url)}", final=True)
+                if response.status_code in (301, 302, 303) and method != "GET":
+                    method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json", "files")}
+                url = target
+            raise _Failed(f"more than {MAX_REDIRECTS} redirects", final=True)
+        except _Failed:
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if watch.fired:
+                raise _Failed(f"no complete answer within the {deadline_s:g} s deadline") from None
+            if isinstance(exc, requests.Timeout):
+                raise _Failed("timed out") from None
+            raise _Failed("connection failed") from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_body(response: requests.Response, max_bytes: int) -> None:
+    """Read the body now, counting decoded bytes, so a bomb or an endless body stops at the cap."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            response.close()
+            raise _Failed(f"the answer is larger than {max_bytes >> 20} MiB once decoded; not read", final=True)
+        chunks.append(chunk)
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    _charset(response)
+
+
+def _charset(response: requests.Response) -> None:
+    """Text is decoded by its declared charset; without one it must be UTF-8 (RFC 8259 for JSON),
+    never guessed: Latin-1 bytes fail the request loudly instead of becoming U+FFFD silently.
+    (An error body is only read for its message, so it is decoded leniently.)"""
+    if "charset=" in response.headers.get("Content-Type", "").lower():
+        return
+    if response.status_code >= 300:
+        response.encoding = "utf-8"
+        return
+    try:
+        response.content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Failed(f"the answer is not UTF-8 (byte {exc.start}) and declares no charset", final=True) from None
+    response.encoding = "utf-8"
+
+
+def _pause(stop: threading.Event, seconds: float, budget_end: float, method: str, shown: str, attempt: int,
+           problem: str, status: int | None = None) -> None:
+    if time.monotonic() + seconds > budget_end:
+        raise TransientError(f"{method} {shown}: {problem}", status, shown, attempt,
+                             f"{problem} (gave up after {attempt} attempt(s): the request's time budget is spent)")
+    stop.wait(seconds)
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the default port filled in: what a credential is bound to."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+# --- a file (the Canvas report) -----------------------------------------------------------
+
+
+def download(session: requests.Session, url: str, spool: IO[bytes], *, timeout: float, credentials_origin: str,
+             auth: Any = None, on_attempt: Callable[[], None] | None = None,
+             max_bytes: int = MAX_DOWNLOAD_BYTES, deadline_s: float = 3600.0) -> int:
+    """Stream ``url`` into ``spool``; returns the bytes written.
+
+    Only https (or http to a loopback host) is fetched, at every hop. ``auth`` is sent only to
+    ``credentials_origin`` (Canvas itself); a redirect to file storage elsewhere is followed
+    without it. At most ``max_bytes``, within ``deadline_s``.
+    """
+    attempts = RetryPolicy().attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return _download_once(session, url, spool, timeout, origin(credentials_origin), auth, on_attempt,
+                                  max_bytes, deadline_s)
+        except TransientError:
+            if attempt >= attempts or _stop_of(session).is_set():
+                raise
+            spool.seek(0)
+            spool.truncate()
+            _stop_of(session).wait(RetryPolicy().delay(attempt, None))
+    raise AssertionError("unreachable")
+
+
+def _download_once(session: requests.Session, url: str, spool: IO[bytes], timeout: float,
+                   allowed: tuple[str, str, int | None], auth: Any, on_attempt: Callable[[], None] | None,
+                   max_bytes: int, deadline_s: float) -> int:
+    with _deadline(deadline_s) as watch:
+        try:
+            for _hop in range(MAX_REDIRECTS + 1):
+                _check_download_url(url)
+                if on_attempt:
+                    on_attempt()
+                if isinstance(session, _Session):
+                    session.count()
+                response = session.request("GET", url, timeout=timeout, stream=True, allow_redirects=False,
+                                           auth=auth if origin(url) == allowed else None)
+                if response.is_redirect:
+                    response.close()
+                    url = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+                    continue
+                if response.status_code >= 300:
+                    response.close()
+                    status = response.status_code
+                    kind = TransientError if status == 429 or status >= 500 else RejectedError
+                    raise kind(f"GET {redact_url(url)}: HTTP {response.status_code}", response.status_code,
+                               redact_url(url))
+                return _spool(response, spool, max_bytes, url)
+            raise RejectedError(f"GET {redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            problem = f"no complete file within {deadline_s:g} s" if watch.fired else type(exc).__name__
+            raise TransientError(f"GET {redact_url(url)}: {problem}", None, redact_url(url)) from None
+
+
+def _check_download_url(url: str) -> None:
+    from syncd.config import is_loopback
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
+        return
+    raise RejectedError(f"refusing to fetch {redact_url(url)}: only https (or http to this machine) is allowed")
+
+
+def _spool(response: requests.Response, spool: IO[bytes], max_bytes: int, url: str) -> int:
+    written = 0
+    with response:
+        for chunk in response.iter_content(chunk_size=1 << 16):
+            written += len(chunk)
+            if written > max_bytes:
+                raise RejectedError(f"GET {redact_url(url)}: the file is larger than {max_bytes >> 20} MiB; not read")
+            spool.write(chunk)
+    return written
+
+
+# --- secrets and messages ----------------------------------------------------------------
+
+
+def _register_sent_credentials(headers: Any) -> None:
+    """What we send as a credential is a secret, whoever obtained it (runtime tokens included)."""
+    if not headers:
+        return
+    for key, value in headers.items():
+        if key.lower() in CREDENTIAL_HEADERS and isinstance(value, str):
+            logs.register_secrets([value, value.partition(" ")[2]])
+
+
+def _register_received_tokens(response: requests.Response) -> None:
+    """A token endpoint's answer (OAuth 2): its tokens are secrets from now on."""
+    content = response.content
+    if not content or (b"access_token" not in content and b"refresh_token" not in content):
+        return
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return
+    if isinstance(body, dict):
+        logs.register_secrets(str(body[k]) for k in ("access_token", "refresh_token", "id_token") if body.get(k))
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -187,7 +592,8 @@ def retry_after(response: requests.Response) -> float | None:
 
 
 def error_message(response: requests.Response, limit: int = 300) -> str:
-    """A short human message from an error body: JSON message fields if any, else the text."""
+    """A short human message from an error body: JSON message fields if any, else the text.
+    Secrets syncd knows are masked (a server may echo them); control characters are dropped."""
     text = response.text or response.reason or ""
     try:
         body = json.loads(text)
@@ -199,7 +605,7 @@ def error_message(response: requests.Response, limit: int = 300) -> str:
                 value = body[key]
                 text = value if isinstance(value, str) else json.dumps(value)
                 break
-    text = " ".join(text.split())
+    text = logs.redact(" ".join("".join(c if c.isprintable() else " " for c in text[:4 * limit]).split()))
     return text[:limit] + ("…" if len(text) > limit else "")
 
 

@@ -24,7 +24,8 @@ def tenant_lock(state_dir: Path, tenant: str, *, wait: bool = True,
     """Hold the tenant for the duration of the block. ``stop`` ends a wait early (raises Busy)."""
     directory = state_dir / "locks"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / f"{tenant}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    # O_NOFOLLOW: a symlink planted in locks/ must not make us truncate and write another file.
+    fd = os.open(directory / f"{tenant}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

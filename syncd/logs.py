@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,13 +13,20 @@ import structlog
 
 SENSITIVE_KEYS = re.compile(r"(?i)(secret|password|token|authorization|signature|api_key)")
 _secrets: tuple[str, ...] = ()
+_known: set[str] = set()
+_lock = threading.Lock()
 
 
 def register_secrets(values: Iterable[str]) -> None:
     """Values that must never be printed (resolved config secrets, tokens obtained at run time)."""
     global _secrets
-    # Longest first, so that a secret containing another is masked whole.
-    _secrets = tuple(sorted({v for v in (*_secrets, *values) if v and len(v) >= 4}, key=len, reverse=True))
+    fresh = {v for v in values if isinstance(v, str) and len(v) >= 4} - _known
+    if not fresh:
+        return  # the common case (a token sent again): no sort, no lock
+    with _lock:
+        _known.update(fresh)
+        # Longest first, so that a secret containing another is masked whole.
+        _secrets = tuple(sorted(_known, key=len, reverse=True))
 
 
 def redact(value: Any) -> Any:

@@ -126,6 +126,13 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
+M008 = """
+CREATE TABLE alert_state (
+    tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, topic));
+CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+"""
+
 ACKED_TABLES = ("acked_courses", "acked_users", "acked_enrollments")
 DESIRED_TABLES = ("desired_courses", "desired_users", "desired_enrollments")
 KEY_TABLES = ("pending_removals", "held", "escrow")
@@ -156,6 +163,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", m005_canonical_hashes),
+    ("m008_alerts", M008),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

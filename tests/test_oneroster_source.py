@@ -15,12 +15,12 @@ from syncd.sources.oneroster import OneRosterSource, SourceError
 TODAY = date.today()  # noqa: DTZ011
 
 
-def source_for(box: Sandbox, page_size: int = 50, secret: str | None = None) -> OneRosterSource:
+def source_for(box: Sandbox, page_size: int = 50, secret: str | None = None, concurrency: int = 4) -> OneRosterSource:
     app = box.oneroster
     config = SourceConfig(type="oneroster", base_url=box.source_url, version=app.version,
                           client_id=app.client_id, client_secret=secret or app.client_secret,
                           token_url=box.token_url if app.version == "1.2" else "", page_size=page_size,
-                          timeout_s=5)
+                          timeout_s=5, concurrency=concurrency)
     return OneRosterSource(config, TODAY)
 
 
@@ -56,7 +56,9 @@ def test_a_server_that_clamps_limit_silently_is_read_to_the_end(roster):
 
 def test_paging_without_count_or_link_headers_stops_on_a_short_page(roster):
     with Sandbox(roster, total_count=False, link=False) as box:
-        source = source_for(box, page_size=100)
+        # One request at a time: with several, pages asked ahead of an unannounced end are
+        # spent (tests/test_oneroster_parallel.py bounds those).
+        source = source_for(box, page_size=100, concurrency=1)
         records = read_all(source)
         requests = box.oneroster.requests
     assert len(ids(records, Enrollment)) == 400
@@ -156,3 +158,47 @@ def test_a_collection_that_ends_short_of_its_total_count_is_not_complete():
         records = [r for page in source.extract() for r in page]
         assert len(records) > len(roster.users)  # everything there was is read
         assert source.complete is False and source.short == ["users"]
+
+
+def test_the_text_fast_path_cleans_exactly_like_the_slow_path():
+    """text_field returns most values untouched without cleaning them; a seeded fuzz of the
+    characters that cleaning changes proves the shortcut never skips a needed change."""
+    import random
+    import unicodedata
+
+    from syncd.sources import CONTROL, MAX_TEXT, text_field
+
+    def slow(value: str) -> str | None:
+        text = " ".join(unicodedata.normalize("NFC", CONTROL.sub(" ", value)).split())
+        if len(text) > MAX_TEXT:
+            return "too long"
+        return text or None
+
+    def fast(value: str) -> str | None:
+        try:
+            return text_field({"k": value}, "k")
+        except ValueError:
+            return "too long"
+
+    pieces = ["a", "B", " ", "  ", "\t", "\n", "\x00", "\x7f", "\x85", "\xa0", "é", "e\u0301", "\u2028", "\u3000",
+              "\u200b", "ß", "ﬁ", "\u1680", "\x1c", "\x9f", "\ufeff", "😀", "A\u030a", "O'Brien"]
+    rng = random.Random(7)
+    for _ in range(30_000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert fast(value) == slow(value), repr(value)
+    for value in ("x" * MAX_TEXT, "x" * (MAX_TEXT + 1), " " + "x" * MAX_TEXT):
+        assert fast(value) == slow(value)
+
+
+def test_numbers_in_text_fields_keep_every_digit_and_utf16_pages_are_read(roster):
+    roster.classes["cls-00002"]["classCode"] = 123456789012345678901234567890
+    with Sandbox(roster) as box:
+        records = {r.source_id: r for r in read_all(source_for(box)) if isinstance(r, Course)}
+    assert records["cls-00002"].code == "123456789012345678901234567890"
+    from syncd.sources.oneroster import _envelope
+
+    class Utf16:
+        content = '{"users": [{"sourcedId": "\u00fc"}]}'.encode("utf-16")
+        headers: dict = {}
+
+    assert _envelope(Utf16(), "users") == [{"sourcedId": "\u00fc"}]

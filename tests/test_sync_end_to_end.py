@@ -192,7 +192,10 @@ def test_a_rejected_record_waits_in_escrow_and_is_retried_when_due(sandbox, conf
 
 def test_oneroster_12_tokens_revoked_mid_run_are_refreshed(tmp_path, roster):
     with Sandbox(roster, version="1.2", expire_tokens_at_request=4) as box:
-        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", source_extra="page_size = 100")
+        # One request at a time, so exactly one is refused (the parallel case, where every request
+        # in flight is, is in tests/test_oneroster_parallel.py).
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state",
+                                  source_extra="page_size = 100\nconcurrency = 1")
         result = syncd(config, "sync", "lincoln", "--json")
         assert result.returncode == 0, result.stderr[-3000:]
         assert box.oneroster.token_requests == 2

@@ -110,7 +110,7 @@ def tenant_config(record: District, credentials: Credentials | None, template: A
     """The tenant a syncing district runs as; None when it must not run now (or has no secret yet).
 
     ``template`` is the config's ``Gg4lConfig.tenant``. The source is the district's OneRoster 1.1
-    Data API with OAuth 2 client credentials (``source.auth = "oauth2"`` where SourceConfig has it).
+    Data API with OAuth 2 client credentials (``source.auth = "oauth2"``).
     """
     if not record.syncing or credentials is None:
         return None
@@ -120,11 +120,13 @@ def tenant_config(record: District, credentials: Credentials | None, template: A
     install_sid = record.install_sid or template.install_sid
     if not token or not install_sid:
         return None
-    auth = {"auth": "oauth2"} if "auth" in SourceConfig.__dataclass_fields__ else {}
-    source = SourceConfig(type="oneroster", base_url=credentials.api_url, version="1.1",
+    # GG4L serves OneRoster 1.1 behind OAuth 2 client credentials; Privacy Shield may blank or
+    # randomise e-mails, which must then count as none (template ``source.privacy_shield``).
+    source = SourceConfig(type="oneroster", base_url=credentials.api_url, version="1.1", auth="oauth2",
                           client_id=credentials.client_id, client_secret=credentials.client_secret,
                           token_url=credentials.token_url, page_size=template.page_size,
-                          timeout_s=template.source_timeout_s, **auth)
+                          timeout_s=template.source_timeout_s, concurrency=4,  # OneRoster's default
+                          privacy_shield=getattr(template, "privacy_shield", True))
     target = TargetConfig(base_url=template.target_base_url, install_sid=install_sid, token=token,
                           concurrency=template.target_concurrency, timeout_s=template.target_timeout_s)
     extra = {"safety": template.safety} if template.safety is not None else {}

@@ -111,8 +111,10 @@ def _new(listing: Listing, now: datetime, rules: Rules, mode: str | None) -> tup
                       mode=mode or "standard", policy=rules.on_new_district, created_at=now)
     record = _apply_listing(record, listing, now)
     record = replace(record, state=decide(record, now, rules))
+    # A district that is new and already expiring (or expired) is worth a warning, once.
     return record, [Event(listing.guid, "gg4l.district_new", {"tenant": record.tenant, "state": record.state,
-                                                               "mode": record.mode, "name": record.name})]
+                                                               "mode": record.mode, "name": record.name},
+                          alert=record.state in ("expiring", "expired"))]
 
 
 def _apply_listing(record: District, listing: Listing, now: datetime) -> District:

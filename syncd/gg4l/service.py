@@ -42,6 +42,8 @@ class Gg4lService:
         self.trigger = Trigger(self.poll, min_gap_s=min_gap_s)
         self.recorder = BufferedRecorder(store.record_webhook)
         self._webhook = Webhook(settings.webhook_headers, self.recorder, self.trigger)
+        # Called with each successful discovery's Result, on the discovery thread (the daemon schedules).
+        self.listeners: list[Callable[[Result], None]] = []
 
     @classmethod
     def start(cls, settings: Any, conn: sqlite3.Connection, **options: Any) -> Gg4lService:
@@ -76,12 +78,28 @@ class Gg4lService:
         web.register("POST", path, handle)
 
     def poll(self) -> Result | None:
-        """One discovery; a Partner API failure is logged and changes nothing."""
+        """One discovery; a Partner API failure is logged and changes nothing.
+
+        A district that became ``purged`` has its local roster deleted here (keys and sids kept);
+        then every listener sees the result.
+        """
         try:
-            return self.discovery.run()
+            result = self.discovery.run()
         except PartnerError as exc:
             log.error("gg4l.discovery_failed", error=str(exc))
             return None
+        for event in result.events:
+            if event.event == "gg4l.district_purged":
+                tenant = str(event.detail.get("tenant", ""))
+                touched = self.store.purge_roster(tenant)
+                log.warning("gg4l.roster_purged", tenant=tenant, rows=sum(touched.values()),
+                            kept="each object's key and sid, so that a district listed again keeps them")
+        for listener in list(self.listeners):
+            try:
+                listener(result)
+            except Exception:  # a listener's bug must not stop discovery
+                log.exception("gg4l.listener_failed")
+        return result
 
     def runnable(self, only_changed: bool = True) -> list[tuple[TenantConfig, bool]]:
         """(tenant config, dry run?) for every district that may sync now."""

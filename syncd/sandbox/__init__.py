@@ -81,7 +81,9 @@ class Sandbox(_Sandbox):
 
     def source_toml(self, source_extra: str, **options: Any) -> str:
         app = self.oneroster
-        token_url = f'token_url = "{self.token_url}"\n' if app.version == "1.2" else ""
+        token_url = f'token_url = "{self.token_url}"\n' if app.auth == "oauth2" else ""
+        if app.auth != ("oauth1" if app.version == "1.1" else "oauth2"):
+            token_url += f'auth = "{app.auth}"\n'
         return (f'type = "oneroster"\nbase_url = "{self.source_url}"\nversion = "{app.version}"\n'
                 f'client_id = "{app.client_id}"\nclient_secret = "{app.client_secret}"\n{token_url}{source_extra}')
 

@@ -3,8 +3,12 @@
 - 1.1: every request must carry a valid OAuth 1.0a signature (HMAC-SHA256 or -SHA1), verified
   with oauthlib's signature endpoint, query parameters included, nonces not replayable.
 - 1.2: OAuth 2 client credentials at ``/oauth/token`` (Basic auth), bearer tokens that expire
-  after ``token_ttl`` seconds; several live tokens per client.
-- Paging by limit/offset; ``max_limit`` clamps silently; ``X-Total-Count`` / ``Link`` can be off.
+  after ``token_ttl`` seconds; several live tokens per client. ``auth`` overrides the version's
+  choice (GG4L serves 1.1 behind OAuth 2).
+- Paging by limit/offset; ``max_limit`` clamps silently (GG4L: 500); ``X-Total-Count`` / ``Link``
+  can be off; ``link_style = "gg4l"`` writes the Link header as GG4L documents it (no ``<>``,
+  smart quotes, ``next`` one past the right offset); ``latency_s`` per page; ``peak_in_flight``
+  records the most requests served at once.
 - 1.2 value formats: ``roles[]`` on users, ``"true"``/``"false"`` strings, nulls.
 - Faults: per collection and offset, a status for N requests (or forever), HTML with 200,
   an offset-ignoring server (pagination loop).
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
@@ -54,6 +59,12 @@ class OneRosterApp:
     max_limit: int | None = None
     total_count: bool = True
     link: bool = True
+    link_style: str = "rfc"  # "rfc" | "gg4l"
+    auth: str = ""  # "oauth1" | "oauth2"; "": by version
+    latency_s: float = 0.0  # per collection page: the time a real server takes to build it
+    # Serve each page's JSON from a cache (per roster revision): a real server builds pages in
+    # parallel, this one has one GIL, so the benchmarks keep its own CPU out of the way.
+    cache_pages: bool = False
     token_ttl: float = 3600.0
     ignore_offset: bool = False
     expire_tokens_at_request: int | None = None  # revoke every token when this request arrives
@@ -64,15 +75,20 @@ class OneRosterApp:
     requests: int = 0
     token_requests: int = 0
     rejected_auth: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
     _tokens: dict[str, float] = field(default_factory=dict)
     _nonces: set[tuple[str, str]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _order: dict[str, tuple[tuple[int, int], list[str]]] = field(default_factory=dict)
+    _cache: dict[tuple[Any, ...], tuple[bytes, dict[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.prefix:
             self.prefix = "/ims/oneroster/v1p1" if self.version == "1.1" else "/ims/oneroster/rostering/v1p2"
         self._endpoint = SignatureOnlyEndpoint(_Validator(self))
+        if not self.auth:
+            self.auth = "oauth1" if self.version == "1.1" else "oauth2"
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -106,7 +122,18 @@ class OneRosterApp:
         fault = self._fault(collection, offset)
         if fault:
             return fault
-        return self._page(request, collection, limit, offset)
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency_s:
+                time.sleep(self.latency_s)
+            if self.cache_pages:
+                return self._cached_page(request, collection, limit, offset)
+            return self._page(request, collection, limit, offset)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _fault(self, collection: str, offset: int) -> Response | object | None:
         with self._lock:
@@ -133,9 +160,26 @@ class OneRosterApp:
         if self.total_count:
             headers["X-Total-Count"] = str(len(ids))
         if self.link and start + size < len(ids):
-            query = urllib.parse.urlencode({"limit": limit, "offset": start + size})
-            headers["Link"] = f'<{request.url.split("?")[0]}?{query}>; rel="next"'
+            headers["Link"] = self._link(request.url.split("?")[0], limit, start, size)
         return Response(200, {collection: page}, headers)
+
+    def _cached_page(self, request: Request, collection: str, limit: int, offset: int) -> Response:
+        key = (collection, limit, offset, self.roster.revision, len(self.roster.collection(collection)))
+        cached = self._cache.get(key)
+        if cached is None:
+            response = self._page(request, collection, limit, offset)
+            cached = self._cache[key] = (json.dumps(response.body).encode(), response.headers)
+        return Response(200, raw=cached[0], headers=dict(cached[1]))
+
+    def _link(self, url: str, limit: int, start: int, size: int) -> str:
+        if self.link_style == "gg4l":
+            # As dev.gg4l.com/reference/pagination shows it: no <>, smart quotes, next one too far.
+            prev = f"{url}?{urllib.parse.urlencode({'limit': limit, 'offset': max(0, start - size)})}"
+            nxt = f"{url}?{urllib.parse.urlencode({'limit': limit, 'offset': start + size + 1})}"
+            header = f"{prev}; rel=\u201cprev\u201d, {nxt}; rel=\u201cnext\u201d"
+            return header.encode().decode("latin-1")  # UTF-8 bytes on the wire, as a vendor would send
+        query = urllib.parse.urlencode({"limit": limit, "offset": start + size})
+        return f'<{url}?{query}>; rel="next"'
 
     def _ids(self, collection: str, records: dict[str, Any]) -> list[str]:
         key = (self.roster.revision, len(records))
@@ -162,7 +206,7 @@ class OneRosterApp:
     # --- auth ----------------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> Response | None:
-        if self.version == "1.1":
+        if self.auth == "oauth1":
             valid, _ = self._endpoint.validate_request(request.url, "GET", None,
                                                        {"Authorization": request.headers.get("authorization", "")})
             return None if valid else _error(401, "unauthorisedrequest", "invalid OAuth 1.0a signature")

@@ -27,12 +27,23 @@ def text_field(item: dict[str, Any], key: str) -> str | None:
     value = item.get(key)
     if value is None:
         return None
+    if type(value) is str and _clean(value):
+        return value or None  # most values: already clean, returned as they came (fast path)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"{key} is not a string ({type(value).__name__})")
     text = " ".join(unicodedata.normalize("NFC", CONTROL.sub(" ", str(value))).split())
     if len(text) > MAX_TEXT:
         raise ValueError(f"{key} is {len(text):,} characters long (at most {MAX_TEXT:,})")
     return text or None
+
+
+def _clean(text: str) -> bool:
+    """True if cleaning would leave ``text`` as it is. A printable string has no control
+    character and no whitespace but the plain space (both are Unicode "other"/"separator"
+    categories, which isprintable() rejects), so only doubled or outer spaces, NFC and the length
+    remain to check; ASCII is always NFC."""
+    return (text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " "
+            and len(text) <= MAX_TEXT and (text.isascii() or unicodedata.is_normalized("NFC", text)))
 
 
 def map_record(entity: Entity, mapper: Callable[[dict[str, Any]], Record], item: Any,

@@ -11,7 +11,6 @@ collection was read to its end.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import queue
@@ -219,13 +218,9 @@ class CanvasSource:
             report = self._get(self._url(f"{base}/{report['id']}", [])).json()
 
     def _download(self, url: str, spool: IO[bytes]) -> None:
-        same_host = urllib.parse.urlsplit(url)[:2] == self._host
-        # The token goes only to Canvas itself; requests drops it on a redirect to file storage.
-        response = http.send(self.session, "GET", url, timeout=self.config.timeout_s, stream=True,
-                             auth=self.auth if same_host else None, on_attempt=self._count)
-        with contextlib.closing(response):
-            for chunk in response.iter_content(chunk_size=1 << 16):
-                spool.write(chunk)
+        # https only (http to loopback), the token only to Canvas itself, size and time capped.
+        http.download(self.session, url, spool, timeout=self.config.timeout_s, credentials_origin=self.config.base_url,
+                      auth=self.auth, on_attempt=self._count, deadline_s=self.config.report_timeout_s)
 
 
 def _poll_pause(report: dict[str, Any], elapsed: float, backoff: float) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 import requests
 import structlog
 
-from syncd import http
+from syncd import http, logs
 from syncd.config import SourceConfig
 from syncd.errors import AdminNeeded
 from syncd.sources import SourceError
@@ -38,6 +38,8 @@ SCOPES = (
 )
 # Refresh this long before Canvas says the token dies, so no request leaves with a dying token.
 EARLY_S = 120.0
+MAX_TOKEN_LIFETIME_S = 86_400.0  # Canvas access tokens live an hour; a cached expiry beyond a day is wrong
+LISTENER_READ_S = 5.0  # a connection to the redirect listener that sends no request within this is closed
 
 
 def credentials_dir(state_dir: Path) -> Path:
@@ -80,6 +82,7 @@ class CanvasToken(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         token = self.token()
+        logs.register_secrets([token])  # obtained at run time: an echo of it must be masked too
         self._used.token = token
         request.headers["Authorization"] = f"Bearer {token}"
         return request
@@ -129,9 +132,11 @@ class CanvasToken(requests.auth.AuthBase):
 
     def _stored_refresh_token(self) -> str:
         try:
-            return (self._dir / f"{self.tenant}.refresh_token").read_text(encoding="utf-8").strip()
+            token = (self._dir / f"{self.tenant}.refresh_token").read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return ""
+        logs.register_secrets([token])
+        return token
 
     def _load_cached(self) -> None:
         try:
@@ -139,7 +144,10 @@ class CanvasToken(requests.auth.AuthBase):
             token, expires_at = str(cached["access_token"]), float(cached["expires_at"])
         except (OSError, ValueError, KeyError, TypeError):
             return
-        if time.time() < expires_at:
+        # An expiry further ahead than any token lives (a clock that was ahead when it was written)
+        # is not trusted: the token is refreshed instead of being used for years.
+        if time.time() < expires_at <= time.time() + MAX_TOKEN_LIFETIME_S:
+            logs.register_secrets([token])
             self._token, self._expires_at = token, expires_at
 
     def _save_cached(self) -> None:
@@ -189,13 +197,21 @@ def code_from_redirect(url: str, state: str) -> str:
     """The ``code`` of the URL Canvas redirected to, after checking ``state`` (CSRF)."""
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query)
     if "error" in query:
-        raise SourceError(f"Canvas did not authorize the key: {query['error'][0]}"
-                          + (f" ({query['error_description'][0]})" if "error_description" in query else ""))
+        # Whoever sent the browser here wrote these: printed raw, an escape sequence or a newline
+        # could forge lines on the admin's terminal.
+        raise SourceError(f"Canvas did not authorize the key: {printable(query['error'][0])}"
+                          + (f" ({printable(query['error_description'][0])})" if "error_description" in query else ""))
     if query.get("state", [""])[0] != state:
         raise SourceError("the redirect's state does not match this authorization (an old or forged link)")
     if not query.get("code"):
         raise SourceError("the redirect carries no code")
     return query["code"][0]
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` with every control character (escape sequences, newlines) replaced, and shortened."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return clean + ("…" if len(text) > limit else "")
 
 
 def store_refresh_token(tenant: str, state_dir: Path, payload: dict[str, Any]) -> Path:
@@ -219,7 +235,7 @@ def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[
     """
     state = secrets.token_urlsafe(24)
     # Listen before printing the URL: a fast browser (or admin) must never find the port closed.
-    listener = _Listener.start(config.redirect_uri)
+    listener = _Listener.start(config.redirect_uri, state)
     try:
         say("Enable these scopes on the Canvas developer key (Enforce Scopes on, and tick "
             "'Allow Include Parameters'):")
@@ -259,7 +275,12 @@ def _await_redirect(listener: _Listener | None, pasted: Callable[[float], str | 
 
 
 class _Listener:
-    """A one-shot HTTP listener on the loopback redirect URI."""
+    """A one-shot HTTP listener on the loopback redirect URI.
+
+    Each connection is served on its own thread with a read timeout, so an idle or slow client
+    can neither block the redirect nor keep the listener open; a request whose ``state`` is not
+    this authorization's is answered 400 and ignored (a stray or forged request must not end the
+    flow)."""
 
     def __init__(self, server: Any, path: str):
         self.server = server
@@ -267,8 +288,8 @@ class _Listener:
         self.result: str | None = None
 
     @classmethod
-    def start(cls, redirect_uri: str) -> _Listener | None:
-        from http.server import BaseHTTPRequestHandler, HTTPServer
+    def start(cls, redirect_uri: str, state: str) -> _Listener | None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from syncd.config import is_loopback
 
@@ -277,11 +298,17 @@ class _Listener:
             return None
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = LISTENER_READ_S
+
             def do_GET(self) -> None:
-                if urllib.parse.urlsplit(self.path).path != listener.path:
+                target = urllib.parse.urlsplit(self.path)
+                if target.path != listener.path:
                     self.send_error(404)
                     return
-                listener.result = f"{redirect_uri.split('?')[0]}?{urllib.parse.urlsplit(self.path).query}"
+                if urllib.parse.parse_qs(target.query).get("state", [""])[0] != state:
+                    self.send_error(400, "not the authorization syncd is waiting for")
+                    return
+                listener.result = f"{redirect_uri.split('?')[0]}?{target.query}"
                 body = b"syncd: authorization received. You can close this window.\n"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -293,7 +320,9 @@ class _Listener:
                 pass
 
         try:
-            server = HTTPServer((parts.hostname, parts.port or 80), Handler)
+            server = ThreadingHTTPServer((parts.hostname, parts.port or 80), Handler)
+            server.daemon_threads = True
+            server.block_on_close = False
         except OSError as exc:
             log.warning("canvas.auth_listener_unavailable", redirect_uri=redirect_uri, error=exc.strerror)
             return None

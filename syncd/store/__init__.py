@@ -22,6 +22,7 @@ the target returned.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -64,38 +65,102 @@ class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds):
         return self.store.failed_in_a_row(self.name)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Processes that open the store at the same moment (a daemon, cron'd syncs) set it up one at a
+    time: pragmas and migrations are not safe to run twice at once on a fresh file."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot use the state directory ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a state file written by a newer syncd: an older one would misread its tables.
+    (A newer file has every step this version knows, so the migrations above changed nothing.)"""
+    applied = conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+                           (migrations.name,)).fetchall()
+    unknown = [name for (name,) in applied if not _registered(name)]
+    if unknown:
+        raise StateError(f"{path}: the state file was written by a newer syncd (schema step {unknown[-1]} "
+                         "is unknown to this version); upgrade syncd")
+
+
+def _registered(name: str) -> bool:
+    return any(m.name == name for m in migrations._migrations)
+
+
+class StateError(Exception):
+    """The state directory or file cannot be used (missing rights, damaged, from a newer syncd);
+    the message says which and what to do."""
+
+
 class Store(History, Approvals):
     url = ""  # the PostgreSQL URL of a shared store; "" for the SQLite file
     leases: Any = None  # syncd.store.postgres.Leases on PostgreSQL
 
     def __init__(self, path: Path):
         self.path = path
-        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        try:
+            conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the state file ({exc})") from None
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power loss can
-        # roll back the last transactions, which are then re-pushed as idempotent upserts.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
-        conn.create_function("digest", 1, content_hash, deterministic=True)
-        migrations.apply(self.db)
+        try:
+            with _exclusive(path.with_name(f".{path.name}.lock")):
+                self._prepare()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _prepare(self) -> None:
+        conn = self.conn
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power loss can
+            # roll back the last transactions, which are then re-pushed as idempotent upserts.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
+            conn.create_function("digest", 1, content_hash, deterministic=True)
+            migrations.apply(self.db)
+            _check_schema(conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: the state file cannot be used ({exc}). If it is damaged, move it "
+                             "away: the next run starts afresh and re-pushes every record as an upsert.") from None
 
     @classmethod
     def open(cls, state_dir: Path, url: str = "") -> Store:
         """The SQLite file in ``state_dir``, or with ``url`` the PostgreSQL store."""
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if url:
             from syncd.store import postgres
 
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             store = cls.__new__(cls)
             postgres.open_store(store, url, state_dir)
             return store
         path = state_dir / DB_NAME
-        if not path.exists():
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not state_dir.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(state_dir))
+        except OSError as exc:
+            raise StateError(f"{exc.filename or state_dir}: cannot use the state directory ({exc.strerror})") from None
+        try:
             # Create it owner-only before SQLite does, so no moment exists where others can read it.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            # O_EXCL: never open (and close) a file SQLite may already use in this process, since
+            # closing any descriptor of a file drops every POSIX lock the process holds on it.
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StateError(f"{exc.filename or path}: cannot use the state directory ({exc.strerror})") from None
         return cls(path)
 
     def close(self) -> None:
@@ -127,4 +192,4 @@ class Store(History, Approvals):
         return lease.holders(self.url)
 
 
-__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "Store", "TenantStore", "key_sql", "utcnow"]
+__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "StateError", "Store", "TenantStore", "key_sql", "utcnow"]

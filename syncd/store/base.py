@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from syncd import limits
 from syncd.entities import KEYS, Entity
 from syncd.store.dialect import SQLITE, Dialect
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, never earlier than a time this process already wrote: a clock stepped back mid-run must
+    not make acknowledgements look older than the run that made them (syncd.limits.monotonic_iso)."""
+    return limits.monotonic_iso(datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
 def key_sql(alias: str, entity: Entity, dialect: Dialect = SQLITE) -> str:

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from syncd import limits
 from syncd.entities import ENTITIES, KEYS, PLURAL, Entity
 from syncd.store.base import Connected, Scoped, join, key_json, key_sql, utcnow
 
@@ -147,21 +148,23 @@ class Holds(Scoped):
     def defer_escrowed(self) -> list[dict[str, Any]]:
         """Changes whose record waits in escrow are not planned this run; returns those records."""
         now = utcnow()
+        # A retry time further ahead than the longest delay was set by a clock that was ahead: due now.
+        horizon = limits.iso_after(max(ESCROW_DELAYS_H) * 3600.0)
         deferred: list[dict[str, Any]] = []
         with self._write():
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 waiting = (f"FROM desired_{plural} d JOIN escrow x ON x.tenant = d.tenant AND x.entity = ? "
                            f"AND x.key = {key_sql('d', entity, self.dialect)} WHERE d.tenant = ? "
-                           "AND d.change IN ('create', 'update') AND x.next_retry_at > ?")
+                           "AND d.change IN ('create', 'update') AND x.next_retry_at > ? AND x.next_retry_at <= ?")
                 rows = self.conn.execute(
                     f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id, "
                     f"d.body {waiting}",
-                    (entity, self.name, now)).fetchall()
+                    (entity, self.name, now, horizon)).fetchall()
                 self.conn.execute(
                     f"UPDATE desired_{plural} SET change = 'deferred' WHERE tenant = ? AND "
                     f"({', '.join(KEYS[entity])}) IN (SELECT {', '.join('d.' + k for k in KEYS[entity])} {waiting})",
-                    (self.name, entity, self.name, now))
+                    (self.name, entity, self.name, now, horizon))
                 deferred += [{"entity": entity, "key": tuple(json.loads(r[0])), "attempts": r[1], "next_retry_at": r[2],
                               "http_status": r[3], "message": r[4], "first_seen": r[5], "source_id": r[6],
                               "body": json.loads(r[7])} for r in rows]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from syncd import limits
 from syncd.errors import RecordFailure
 from syncd.store.base import Connected, Scoped, utcnow
 
@@ -42,6 +43,8 @@ class History(Connected):
 
     def prune(self, keep_days: int) -> int:
         """Forget runs and their errors older than ``keep_days``; returns the runs removed."""
+        if not limits.clock_trusted(self.path.parent):
+            return 0  # a clock that jumped ahead must not prune the real history
         cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
         cutoff = cutoff.replace("+00:00", "Z")
         with self._write():

@@ -137,3 +137,17 @@ def m005_canonical_hashes(db: sqlite_utils.Database) -> None:
 
 def _canonical_digest(body: str) -> str:
     return body_hash(json.loads(body))
+
+
+@migrations()
+def m008_alerts(db: sqlite_utils.Database) -> None:
+    """The last state alerted per tenant and topic (syncd.alerts: one message per change, across
+    restarts), and the row /healthz writes to prove the store takes a write."""
+    db.executescript(
+        """
+        CREATE TABLE alert_state (
+            tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
+            PRIMARY KEY (tenant, topic)) WITHOUT ROWID;
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+        """
+    )
