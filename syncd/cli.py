@@ -151,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
     gg4l_cli.register(commands)
+    from syncd import exams_cli  # `syncd exams TENANT`
+
+    exams_cli.register(commands)
     return parser
 
 
@@ -177,8 +180,8 @@ def cmd_state_copy(args: argparse.Namespace) -> int:
 
 def _only(value: str) -> tuple[str, str]:
     kind, _, source_id = value.partition(":")
-    if kind not in ("user", "course") or not source_id:
-        raise argparse.ArgumentTypeError("expected user:ID or course:ID")
+    if kind not in ("user", "course", "exam") or not source_id:
+        raise argparse.ArgumentTypeError("expected user:ID, course:ID or exam:ID (exam:quiz:123)")
     return kind, source_id
 
 
@@ -508,8 +511,11 @@ def cmd_auth(args: argparse.Namespace) -> int:
                          "(source.client_id and source.client_secret)")
     stdin = _StdinLines()
     try:
+        from syncd.sources.canvas_exams import scopes as exam_scopes
+
         canvas_auth.authorize(args.tenant, tenant.source, config.daemon.state_dir,
-                              lambda line: print(line, flush=True), stdin.line, args.timeout)
+                              lambda line: print(line, flush=True), stdin.line, args.timeout,
+                              exam_scopes(tenant.exams))
     except SourceError as exc:
         print(f"syncd: {args.tenant}: {exc}", file=sys.stderr)
         return EXIT_ERRORS

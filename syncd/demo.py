@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from syncd import config as configuration
 from syncd import engine, logs, render
 from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, canvas_roster, expected_mapping
+from syncd.sandbox import oneroster_lineitems as lineitems
+from syncd.sandbox.provision_exams import snapshot as exam_snapshot
 from syncd.store import Store
 
 
@@ -28,6 +31,31 @@ def _sandbox(source: str) -> tuple[Any, Any, Callable[..., dict[str, Any]], str]
              f"roster:  {len(roster.classes)} classes, {len(roster.users)} users, "
              f"{len(roster.enrollments)} enrollments (with inactive, ended and unmapped records)")
     return box, roster, expected_mapping, about
+
+
+# The demo's exams (SPEC §7): the "Unit Exam" lineItems, with the tenant's defaults.
+EXAMS_TABLE = """
+[tenants.lincoln.exams]
+select = "title"
+title_pattern = "^Unit Exam"
+proctor_types = { "TS4b894875a1b24f4e9b2e1c9d0f8a7b6c" = {} }
+default_duration_min = 60
+default_password = "demo-exam-password"
+url_template = "https://lms.example.edu/classes/{class_id}/items/{id}"
+"""
+
+
+def _exam_changes(sandbox: Sandbox) -> tuple[str, str]:
+    """Rename an exam that has not opened; move the close of one that has (the guard holds it)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    synced = exam_snapshot(sandbox.provision)
+    items = [i for i in sandbox.oneroster.line_items.values() if f"lineitem:{i['sourcedId']}" in synced
+             and i["assignDate"] and i["dueDate"] and len(i["dueDate"]) > 10]
+    later = next(i for i in items if i["assignDate"] > now)
+    later["title"] += " (retitled)"
+    opened = next(i for i in items if i["assignDate"] < now)
+    opened["dueDate"] = (datetime.now(UTC) + timedelta(days=45)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"lineitem:{later['sourcedId']}", f"lineitem:{opened['sourcedId']}"
 
 
 def _student_to_refuse(mapping: dict[str, Any]) -> str:
@@ -49,6 +77,11 @@ def main(directory: str, source: str = "oneroster") -> int:
     sandbox, roster, expect, about = _sandbox(source)
     with sandbox:
         path = sandbox.write_config(base / "syncd.toml", base / "state")
+        exams_on = source == "oneroster"
+        if exams_on:
+            sandbox.oneroster.line_items = lineitems.generate(roster, per_class=2)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(EXAMS_TABLE)
         config = configuration.load(path)
         tenant = config.tenants[sandbox.default_tenant]
         # One student whose e-mail the target refuses, so that `syncd errors` has something to show.
@@ -68,10 +101,17 @@ def main(directory: str, source: str = "oneroster") -> int:
                   f"renamed, {made['new_enrollments']} new and {made['dropped']} dropped enrollments, "
                   f"{_many(made['retitled'], 'course')} retitled, and 10 users changed only in fields "
                   "syncd does not map")
+            if exams_on:
+                renamed, moved = _exam_changes(sandbox)
+                print(f"   and two exams change: {renamed} is retitled, and {moved}, whose window has "
+                      "already opened, gets a later close")
             calls_before = sandbox.provision.calls
             second = engine.run(tenant, store)
             print(render.render_summary(second))
-            print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls\n")
+            print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls")
+            for reason in second.get("held_because", []):
+                print(f"   held for an admin: {reason} -> `syncd approve lincoln` releases it")
+            print()
             print("3. nothing changes: a resync sends nothing (the refused record waits in escrow, see below)")
             third = engine.run(tenant, store)
             print(render.render_summary(third), "\n")
@@ -87,6 +127,12 @@ def main(directory: str, source: str = "oneroster") -> int:
                   f"{'every in-scope record as the source says it' if matches else 'NOT as expected'} "
                   f"(but the student refused on purpose), plus {kept} removed record(s) that the "
                   "provision API cannot delete, kept as tombstones in syncd's state\n")
+            if exams_on:
+                exams = exam_snapshot(sandbox.provision)
+                print(f"the target holds {len(exams)} exams with their window, duration and password "
+                      f"(`syncd exams lincoln` lists them); the moved window was not sent: "
+                      f"{'students bookings are safe' if not sandbox.provision.exam_book.late_changes else 'NOT held'}"
+                      "\n")
             errors = store.errors([third["run_id"]])
             if errors:
                 print("the record the target refused (retried after 1 h, 6 h, 24 h, then daily, until it is fixed):")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Entity = Literal["course", "user", "enrollment"]
+Entity = Literal["course", "user", "enrollment", "exam"]
 
 
 def _course_name(bodies: Mapping[str, dict[str, Any]]) -> str | None:
@@ -26,6 +26,10 @@ def _person(bodies: Mapping[str, dict[str, Any]]) -> str | None:
     if not user:
         return None
     return f"{user.get('firstName', '')} {user.get('lastName', '')}".strip() or None
+
+
+def _exam_title(bodies: Mapping[str, dict[str, Any]]) -> str | None:
+    return (bodies.get("exam") or {}).get("title")
 
 
 def _enrollment_name(bodies: Mapping[str, dict[str, Any]]) -> str | None:
@@ -77,13 +81,17 @@ class EntitySpec:
         return f"stage_{self.plural}"
 
 
-# In payload order: a call carries one course, at most one user, and that user's enrollment.
+# In payload order: a call carries one course, at most one user and that user's enrollment, and at
+# most one exam (SPEC §7; a tenant without ``exams`` never has an exam row).
 SPECS: dict[Entity, EntitySpec] = {
     "course": EntitySpec("course", "courses", ("source_id",), "course", _course_name),
     "user": EntitySpec("user", "users", ("source_id",), "user", _person),
     "enrollment": EntitySpec("enrollment", "enrollments", ("course_id", "user_id"), "enrollment", _enrollment_name),
+    "exam": EntitySpec("exam", "exams", ("source_id",), "exam", _exam_title),
 }
 ENTITIES: tuple[Entity, ...] = tuple(SPECS)
+ROSTER: tuple[Entity, ...] = ("course", "user", "enrollment")  # the entities of a tenant without exams
+SPECIFIC: tuple[Entity, ...] = ("enrollment", "exam", "user", "course")  # most specific first
 PLURAL: dict[Entity, str] = {e: s.plural for e, s in SPECS.items()}
 KEYS: dict[Entity, tuple[str, ...]] = {e: s.keys for e, s in SPECS.items()}
 
@@ -103,7 +111,7 @@ class Part:
 @dataclass(frozen=True)
 class Call:
     """One planned provision call, its parts by entity in payload order: one course, at most one
-    user with their enrollment."""
+    user with their enrollment, at most one exam."""
 
     seq: int
     parts: dict[Entity, Part]
@@ -118,9 +126,15 @@ class Call:
         return user.key[0] if user else None
 
     @property
+    def exam_id(self) -> str | None:
+        exam = self.parts.get("exam")
+        return exam.key[0] if exam else None
+
+    @property
     def innermost(self) -> Entity:
-        """The entity the call exists for: its enrollment, else its user, else its course."""
-        return list(self.parts)[-1]
+        """The most specific object the call carries, which a rejection is put on: its enrollment,
+        else its exam, else its user, else its course."""
+        return next(e for e in SPECIFIC if e in self.parts)
 
     def source_id(self, entity: Entity) -> str:
         part = self.parts.get(entity)
@@ -138,4 +152,6 @@ class Call:
             words.append(f"user {self.user_id}")
         if "enrollment" in self.parts:
             words.append(f"enrollment as {self.parts['enrollment'].body.get('role')}")
+        if self.exam_id:
+            words.append(f"exam {self.exam_id}")
         return ", ".join(words)

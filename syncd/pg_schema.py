@@ -126,6 +126,28 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
+# m005 re-hashed SQLite's acknowledged bodies over their canonical JSON; a PostgreSQL store only
+# ever receives state copied from an upgraded SQLite file, or hashes with model.body_hash itself.
+
+# Exams (SPEC §7): syncd/store/exams.py's SCHEMA and PLAN_COLUMN, bodies as canonical TEXT (after m005).
+M007 = """
+CREATE UNLOGGED TABLE stage_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, title TEXT, description TEXT, practice INTEGER,
+    published INTEGER, url TEXT, open_at TEXT, close_at TEXT, duration_min INTEGER, password_digest TEXT,
+    attempts INTEGER, override_count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, source_id));
+CREATE UNLOGGED TABLE desired_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, body TEXT, hash TEXT, change TEXT,
+    PRIMARY KEY (tenant, source_id));
+CREATE INDEX desired_exams_by_course ON desired_exams (tenant, course_id, change);
+CREATE TABLE acked_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, sid TEXT, configuration_sid TEXT, hash TEXT, body TEXT,
+    acked_at TEXT, removed_at TEXT, deleted_at TEXT,
+    PRIMARY KEY (tenant, source_id));
+ALTER TABLE plan_calls ADD COLUMN exam_id TEXT;
+CREATE INDEX plan_calls_by_exam ON plan_calls (tenant, exam_id);
+"""
+
 M008 = """
 CREATE TABLE alert_state (
     tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
@@ -163,11 +185,12 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
     ("m005_canonical_hashes", m005_canonical_hashes),
+    ("m007_exams", M007),
     ("m008_alerts", M008),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
-STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments",
+STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments", "acked_exams",
                 "pending_removals", "held", "approvals", "escrow")
 JSONB_COLUMNS = {"body", "key"}
 

@@ -56,8 +56,9 @@ def describe_change(change: dict[str, Any]) -> str:
         return f"create {entity} {label}: " + " ".join(f"{k}={v!r}" for k, v in change["fields"].items())
     if change["action"] == "carried":
         return f"(unchanged {entity} {label}, carried by this call)"
-    return f"update {entity} {label}: " + "; ".join(f"{k}: {old!r} -> {new!r}"
-                                                     for k, (old, new) in change["changes"].items())
+    return f"update {entity} {label}: " + "; ".join(
+        f"{k}: {v}" if isinstance(v, str) else f"{k}: {v[0]!r} -> {v[1]!r}"  # a secret only says "changed"
+        for k, v in change["changes"].items())
 
 
 def printer(write: Callable[[str], None]) -> Callable[[Item], None]:

@@ -3,7 +3,7 @@ returned calls, before anything is sent again on their behalf; tombstones restor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity
@@ -29,17 +29,21 @@ def _ack_row(key: tuple[str, ...], sid: str, digest: str | None, body: dict[str,
 
 class Acknowledgements(Scoped):
 
-    def acknowledge(self, acks: Iterable[tuple[Call, dict[Entity, str]]]) -> None:
+    def acknowledge(self, acks: Iterable[tuple[Call, Mapping[str, str]]]) -> None:
         """Record what the target acknowledged for the calls that just returned, in one
-        transaction, before any further call is sent on their behalf. One ``executemany`` per
-        table (in call order: a later acknowledgement of the same object wins), so PostgreSQL
-        pipelines the batch instead of a round trip per row."""
+        transaction, before any further call is sent on their behalf. ``sids`` is entity -> sid,
+        plus ``configuration`` -> the exam's configuration sid when the call carried an exam. One
+        ``executemany`` per table (in call order: a later acknowledgement of the same object wins),
+        so PostgreSQL pipelines the batch instead of a round trip per row."""
         now = utcnow()
         rows: dict[Entity, list[tuple[Any, ...]]] = {}
         released: list[tuple[str, str, str]] = []
+        exams: list[tuple[Call, str, str, str | None, str | None, dict[str, Any]]] = []
         for call, sids in acks:
             for entity, part in call.parts.items():
-                if entity in sids:
+                if entity == "exam" and entity in sids:
+                    exams.append((call, part.key[0], sids["exam"], sids.get("configuration"), part.hash, part.body))
+                elif entity in sids:
                     rows.setdefault(entity, []).append(
                         _ack_row((self.name, *part.key), sids[entity], part.hash, part.body, now))
                     released.append((self.name, entity, key_json(part.key)))
@@ -48,6 +52,34 @@ class Acknowledgements(Scoped):
                 self.conn.executemany(_ack_sql(entity), batch)
             if released:
                 self.conn.executemany("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?", released)
+            for call, source_id, sid, configuration_sid, digest, body in exams:
+                self._ack_exam(call, source_id, sid, configuration_sid, digest, body, now)
+
+    def _ack_exam(self, call: Call, source_id: str, sid: str, configuration_sid: str | None, digest: str | None,
+                  body: dict[str, Any], now: str) -> None:
+        """An exam with both its sids; acknowledging it again undoes a soft delete (the target
+        reactivates an exam provisioned again)."""
+        stored = {**body, "ids": {k: v for k, v in body.get("ids", {}).items() if k != "sid"}}
+        self.conn.execute(
+            "INSERT INTO acked_exams (tenant, source_id, course_id, sid, configuration_sid, hash, body, acked_at, "
+            "removed_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (tenant, source_id) "
+            "DO UPDATE SET course_id = excluded.course_id, sid = excluded.sid, "
+            "configuration_sid = coalesce(excluded.configuration_sid, configuration_sid), hash = excluded.hash, "
+            "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL, deleted_at = NULL",
+            (self.name, source_id, call.course_id, sid, configuration_sid, digest, canonical_json(stored), now))
+
+    def exams_to_delete(self) -> list[tuple[str, str, str, str]]:
+        """Tombstoned exams not yet deleted in the target: (source id, course sid, exam sid, title)."""
+        return self.conn.execute(
+            "SELECT x.source_id, c.sid, x.sid, json_extract(x.body, '$.title') FROM acked_exams x "
+            "JOIN acked_courses c ON c.tenant = x.tenant AND c.source_id = x.course_id "
+            "WHERE x.tenant = ? AND x.removed_at IS NOT NULL AND x.deleted_at IS NULL AND x.sid IS NOT NULL "
+            "AND c.sid IS NOT NULL ORDER BY x.source_id", (self.name,)).fetchall()
+
+    def set_exam_deleted(self, source_id: str) -> None:
+        with self._write():
+            self.conn.execute("UPDATE acked_exams SET deleted_at = ? WHERE tenant = ? AND source_id = ?",
+                              (utcnow(), self.name, source_id))
 
     def users_to_disable(self) -> list[tuple[str, str]]:
         return self.conn.execute("SELECT source_id, sid FROM acked_users WHERE tenant = ? AND removed_at IS NOT NULL "

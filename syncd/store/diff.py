@@ -22,6 +22,13 @@ class Diff(Scoped):
                     f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
                     (self.name,),
                 )
+            # An exam is sent again with the same body when the target deleted it (on_removed =
+            # "delete": provisioning reactivates it) or when it moved to another course (the course
+            # is not in the exam's body, but the call that carries it is the course's).
+            self.conn.execute(
+                "UPDATE desired_exams AS d SET change = 'update' WHERE d.tenant = ? AND d.change = 'none' "
+                "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
+                "AND (a.deleted_at IS NOT NULL OR a.course_id IS NOT d.course_id))", (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
@@ -63,6 +70,8 @@ class Diff(Scoped):
 
     def describe_object(self, entity: str, source_id: str) -> str:
         """What the source said of one object this run, for `--only`."""
+        if entity == "exam":
+            return self._describe_exam(source_id)
         spec = SPECS["user" if entity == "user" else "course"]
         staged = self.conn.execute(f"SELECT active FROM {spec.stage} WHERE tenant = ? AND source_id = ?",
                                    (self.name, source_id)).fetchone()
@@ -78,3 +87,16 @@ class Diff(Scoped):
                                         (self.name, source_id)).fetchone()[0]
         state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
         return f"{entity} {source_id} is in scope ({state}) with {enrollments} in-scope enrollment(s)"
+
+    def _describe_exam(self, source_id: str) -> str:
+        staged = self.conn.execute("SELECT published, course_id FROM stage_exams WHERE tenant = ? AND source_id = ?",
+                                   (self.name, source_id)).fetchone()
+        if staged is None:
+            return f"the source has no exam {source_id} (or the tenant's exams.select does not pick it)"
+        desired = self.conn.execute("SELECT change FROM desired_exams WHERE tenant = ? AND source_id = ?",
+                                    (self.name, source_id)).fetchone()
+        if desired is None:
+            why = "unpublished" if not staged[0] else f"its course {staged[1]} is out of scope"
+            return f"exam {source_id} is in the source but out of scope ({why})"
+        state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
+        return f"exam {source_id} is in scope ({state}) in course {staged[1]}"

@@ -140,6 +140,15 @@ def _canonical_digest(body: str) -> str:
 
 
 @migrations()
+def m007_exams(db: sqlite_utils.Database) -> None:
+    """Exams (SPEC §7): staged, desired and acknowledged (exam and configuration sids), and the
+    plan's exam column. m006 is left to another change (explain)."""
+    from syncd.store.exams import PLAN_COLUMN, SCHEMA
+
+    db.executescript(SCHEMA + PLAN_COLUMN)
+
+
+@migrations()
 def m008_alerts(db: sqlite_utils.Database) -> None:
     """The last state alerted per tenant and topic (syncd.alerts: one message per change, across
     restarts), and the row /healthz writes to prove the store takes a write."""

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncd.entities import SPECS, Entity
+from syncd.exams import Exam
+from syncd.exams_config import ExamsConfig
 from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
+from syncd.store import exams as exam_sql
 from syncd.store.base import Scoped
 from syncd.store.dialect import Dialect, Obj
 
@@ -17,13 +20,18 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
     CourseCode: ("stage_course_codes", "course"),
     User: ("stage_users", "user"),
     Enrollment: ("stage_enrollments", "enrollment"),
+    Exam: ("stage_exams", "exam"),
 }
 STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
-RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
-              "desired_courses", "desired_users", "desired_enrollments", "plan_calls")
+RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
+              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
 
 
 class Staging(Scoped):
+    # The install's key for exam passwords (exams.password_key): set by the engine when the tenant
+    # has exams; a password is staged only as its keyed digest.
+    exam_key: bytes | None = None
+
     def reset_stage(self) -> None:
         """Forget the last run's staged rows, desired state and plan."""
         with self._write():
@@ -34,9 +42,13 @@ class Staging(Scoped):
         """Stage one page in one transaction. Returns the records that could not be staged:
         those the source could not read, and duplicates of an id already read (first one wins)."""
         failed: list[RecordError] = [r for r in records if isinstance(r, RecordError)]
-        rows: dict[type, list[tuple[Any, ...]]] = {Course: [], CourseCode: [], User: [], Enrollment: []}
+        rows: dict[type, list[tuple[Any, ...]]] = {kind: [] for kind in STAGE_TABLES}
         for record in records:
-            if not isinstance(record, RecordError):
+            if isinstance(record, Exam):
+                if self.exam_key is None:
+                    raise ValueError("an exam was read for a tenant without exams")
+                rows[Exam].append(exam_sql.stage_row(self.name, record, self.exam_key))
+            elif not isinstance(record, RecordError):
                 rows[type(record)].append(_stage_row(self.name, record))
         with self._write():
             for kind, batch in rows.items():
@@ -70,8 +82,8 @@ class Staging(Scoped):
         return {e: self.conn.execute(f"SELECT count(*) FROM {spec.stage} WHERE tenant = ?",
                                      (self.name,)).fetchone()[0] for e, spec in SPECS.items()}
 
-    def build_desired(self, roles: dict[str, str], time_zone: str | None) -> None:
-        """Map staged rows to provision bodies in scope (SPEC §4), all in SQL."""
+    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> None:
+        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL."""
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         with self._write():
             for sql in self.dialect.analyze(*STAGE_NAMES):
@@ -80,6 +92,8 @@ class Staging(Scoped):
             self.conn.execute(courses, (self.name,))
             self.conn.execute(enrollments, (role_rows, self.name))
             self.conn.execute(users, (time_zone, self.name))
+            if exams is not None:  # after the courses: an exam is in scope when its course is
+                self.conn.execute(exam_sql.DESIRED_EXAMS, exam_sql.desired_params(self.name, exams))
             for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
                 self.conn.execute(sql)
 
