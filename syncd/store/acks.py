@@ -71,7 +71,7 @@ class Acknowledgements(Scoped):
     def exams_to_delete(self) -> list[tuple[str, str, str, str]]:
         """Tombstoned exams not yet deleted in the target: (source id, course sid, exam sid, title)."""
         return self.conn.execute(
-            "SELECT x.source_id, c.sid, x.sid, json_extract(x.body, '$.title') FROM acked_exams x "
+            f"SELECT x.source_id, c.sid, x.sid, {self.dialect.member('x.body', 'title')} FROM acked_exams x "
             "JOIN acked_courses c ON c.tenant = x.tenant AND c.source_id = x.course_id "
             "WHERE x.tenant = ? AND x.removed_at IS NOT NULL AND x.deleted_at IS NULL AND x.sid IS NOT NULL "
             "AND c.sid IS NOT NULL ORDER BY x.source_id", (self.name,)).fetchall()

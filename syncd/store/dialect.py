@@ -72,6 +72,10 @@ class Dialect:
     def differs(self, left: str, right: str) -> str:
         raise NotImplementedError
 
+    def member(self, text: str, key: str) -> str:
+        """SQL for one text member of a JSON object's text."""
+        raise NotImplementedError
+
     def analyze(self, *tables: str) -> list[str]:
         """Statements that refresh the planner's statistics of freshly filled tables."""
         return []
@@ -107,6 +111,9 @@ class SQLite(Dialect):
     def same(self, left: str, right: str) -> str:
         return f"{left} IS {right}"
 
+    def member(self, text: str, key: str) -> str:
+        return f"json_extract({text}, '$.{key}')"
+
     def differs(self, left: str, right: str) -> str:
         return f"{left} IS NOT {right}"
 
@@ -137,6 +144,9 @@ class Postgres(Dialect):
 
     def same(self, left: str, right: str) -> str:
         return f"{left} IS NOT DISTINCT FROM {right}"
+
+    def member(self, text: str, key: str) -> str:
+        return f"(CAST({text} AS json)->>'{key}')"
 
     def analyze(self, *tables: str) -> list[str]:
         return [f"ANALYZE {', '.join(tables)}"]

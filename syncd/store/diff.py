@@ -28,7 +28,8 @@ class Diff(Scoped):
             self.conn.execute(
                 "UPDATE desired_exams AS d SET change = 'update' WHERE d.tenant = ? AND d.change = 'none' "
                 "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
-                "AND (a.deleted_at IS NOT NULL OR a.course_id IS NOT d.course_id))", (self.name,))
+                f"AND (a.deleted_at IS NOT NULL OR {self.dialect.differs('a.course_id', 'd.course_id')}))",
+                (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(

@@ -31,7 +31,7 @@ class Holds(Scoped):
             for entity in entities:
                 plural = PLURAL[entity]
                 failed = ("AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.run_id = ? AND e.entity = 'exam' "
-                          "AND e.source_id = a.source_id)" if entity == "exam" else "AND ? IS NULL")
+                          "AND e.source_id = a.source_id)" if entity == "exam" else "AND CAST(? AS TEXT) IS NULL")
                 counts[entity] = self.conn.execute(
                     "INSERT INTO pending_removals (tenant, entity, key) "
                     f"SELECT a.tenant, ?, {key_sql('a', entity, self.dialect)} "
@@ -142,8 +142,9 @@ class Holds(Scoped):
     def hold_exam_update(self, run_id: str, source_id: str) -> None:
         """The window guard: this exam keeps its acknowledged body this run."""
         with self._write():
-            self.conn.execute("INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) "
-                              "VALUES (?, ?, 'exam', 'update', ?)", (self.name, run_id, key_json((source_id,))))
+            self.conn.execute("INSERT INTO held (tenant, run_id, entity, kind, key) "
+                              "VALUES (?, ?, 'exam', 'update', ?) ON CONFLICT DO NOTHING",
+                              (self.name, run_id, key_json((source_id,))))
             self.conn.execute(
                 "UPDATE desired_exams AS d SET change = 'held', body = a.body, hash = a.hash FROM acked_exams a "
                 "WHERE a.tenant = d.tenant AND a.source_id = d.source_id AND d.tenant = ? AND d.source_id = ?",

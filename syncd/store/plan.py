@@ -66,10 +66,11 @@ class Planning(Scoped):
         Asked after the enrollment calls are planned; empty when no exam changed."""
         rows = self.conn.execute(
             "SELECT x.course_id, count(*), "
-            "coalesce((SELECT c.change IN ('create', 'update') FROM desired_courses c "
+            "coalesce((SELECT CASE WHEN c.change IN ('create', 'update') THEN 1 ELSE 0 END FROM desired_courses c "
             "          WHERE c.tenant = x.tenant AND c.source_id = x.course_id), 0), "
             "(SELECT count(*) FROM plan_calls p WHERE p.tenant = x.tenant AND p.course_id = x.course_id) "
-            "FROM desired_exams x WHERE x.tenant = ? AND x.change IN ('create', 'update') GROUP BY x.course_id",
+            "FROM desired_exams x WHERE x.tenant = ? AND x.change IN ('create', 'update') "
+            "GROUP BY x.tenant, x.course_id",
             (self.name,))
         return {course: max(0, max(exams, changed) - calls) for course, exams, changed, calls in rows}
 
