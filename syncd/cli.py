@@ -11,11 +11,13 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from importlib import resources
 from typing import Any
 
 from syncd import config as configuration
 from syncd import engine, lock, logs, render
+from syncd.lease import LeaseLost
 from syncd.render import render_summary
 from syncd.startup import warn_if_exposed
 from syncd.store import StateError, Store
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LeaseLost as exc:  # the PostgreSQL state store cannot be reached (no password in the text)
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
     except KeyboardInterrupt:
         return _interrupted()
     except StateError as exc:
@@ -240,7 +245,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.only and len(names) != 1:
         raise UsageError("--only needs exactly one tenant")
     options = engine.Options(dry_run=args.dry_run, force=args.force, full=args.full, only=args.only)
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     worst = EXIT_OK
     try:
         for name in names:
@@ -272,7 +277,7 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
     if args.only and show:
         show_line(f"{name}: syncing only {args.only[0]} {args.only[1]}")
     try:
-        with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
+        with store.hold(name, wait=not args.no_wait, on_wait=waiting):
             try:
                 summary = engine.run(config.tenants[name], store, options, show=show,
                                      progress=bar.update if bar else None)
@@ -283,7 +288,7 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
     except lock.Busy as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except NotImplementedError as exc:
+    except (NotImplementedError, LeaseLost) as exc:
         print(f"syncd: {name}: {exc}", file=sys.stderr)
         return EXIT_ERRORS
     if args.json:
@@ -346,9 +351,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = [args.tenant] if args.tenant else list(config.tenants)
     if args.tenant and args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
-        report = logs.redact([_tenant_status(config, store, name) for name in names])
+        holders = {h.name: h for h in store.holders() if h.kind == "tenant"} if store.url else None
+        report = logs.redact([_tenant_status(config, store, name, holders) for name in names])
     finally:
         store.close()
     from syncd import gg4l_cli
@@ -364,7 +370,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if entry["degraded"]:
             print(f"{entry['tenant']}: DEGRADED: the last {entry['failed_in_a_row']} runs failed")
         print(f"{entry['tenant']}: {'enabled' if entry['enabled'] else 'disabled'} · schedule "
-              f"{entry['schedule']}{upcoming} · {'RUNNING now' if entry['running'] else 'idle'}")
+              f"{entry['schedule']}{upcoming} · {_running_text(entry)}")
         if not entry["runs"]:
             print("  no runs yet")
         for run in entry["runs"]:
@@ -383,7 +389,15 @@ def _count_line(entity: str, counts: dict[str, int]) -> str:
     return f"{entity} +{counts.get('created', 0)} ~{counts.get('updated', 0)} -{counts.get('removed', 0)}{failed}"
 
 
-def _tenant_status(config: configuration.Config, store: Store, name: str) -> dict[str, Any]:
+def _running_text(entry: dict[str, Any]) -> str:
+    where = entry.get("running_on")
+    if not entry["running"]:
+        return "idle"
+    return f"RUNNING now on {where['node']} since {where['since']}" if where else "RUNNING now"
+
+
+def _tenant_status(config: configuration.Config, store: Store, name: str,
+                   holders: dict[str, Any] | None = None) -> dict[str, Any]:
     tenant = config.tenants[name]
     runs = []
     for run in store.runs(name, limit=5):
@@ -403,7 +417,16 @@ def _tenant_status(config: configuration.Config, store: Store, name: str) -> dic
     return {"tenant": name, "enabled": tenant.enabled, "schedule": tenant.schedule,
             "degraded": failed >= tenant.safety.degraded_after, "failed_in_a_row": failed,
             "next_run": upcoming.isoformat(timespec="seconds").replace("+00:00", "Z") if upcoming else None,
-            "running": _is_running(config, name), "runs": runs}
+            "runs": runs, **_running(config, name, holders)}
+
+
+def _running(config: configuration.Config, name: str, holders: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the tenant runs now, and on PostgreSQL on which node and since when."""
+    if holders is None:
+        return {"running": _is_running(config, name)}
+    held = holders.get(name)
+    since = held.since.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if held else None
+    return {"running": held is not None, "running_on": {"node": held.node, "since": since} if held else None}
 
 
 def _is_running(config: configuration.Config, name: str) -> bool:
@@ -418,7 +441,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant and args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         if args.run:
             run_ids = [args.run]
@@ -454,7 +477,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         run_id, held = store.approve(args.tenant, args.run)
     except LookupError as exc:

@@ -103,7 +103,7 @@ def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
         sandbox.provision.reject = lambda body: (
             (422, "user.email is already used by another account")
             if refused in (body.get("user", {}).get("ids", {}).get(k) for k in ("external", "lms")) else None)
-        store = Store.open(config.daemon.state_dir)
+        store = Store.open(config.daemon.state_dir, config.state_url)
         try:
             print(f"{about}\n         provision API at {sandbox.target_url}\n")
             print("1. first sync: everything in scope is created")

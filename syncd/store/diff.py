@@ -28,7 +28,8 @@ class Diff(Scoped):
             self.conn.execute(
                 "UPDATE desired_exams AS d SET change = 'update' WHERE d.tenant = ? AND d.change = 'none' "
                 "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
-                "AND (a.deleted_at IS NOT NULL OR a.course_id IS NOT d.course_id))", (self.name,))
+                f"AND (a.deleted_at IS NOT NULL OR {self.dialect.differs('a.course_id', 'd.course_id')}))",
+                (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
@@ -41,7 +42,7 @@ class Diff(Scoped):
         counts: dict[Entity, dict[str, int]] = {}
         for entity, spec in SPECS.items():
             rows = self.conn.execute(
-                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
+                f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
                 "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
             result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}

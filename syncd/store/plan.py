@@ -19,6 +19,8 @@ class Planning(Scoped):
                 "INSERT INTO plan_calls (tenant, seq, course_id, user_id) "
                 "SELECT tenant, row_number() OVER (ORDER BY course_id, user_id), course_id, user_id "
                 "FROM desired_enrollments WHERE tenant = ? AND change IN ('create', 'update')", (self.name,))
+            for sql in self.dialect.analyze("plan_calls"):
+                self.conn.execute(sql)
 
     def uncovered_edges(self) -> Iterator[tuple[str, str]]:
         """(user, course) enrollment pairs of changed users not yet covered by a call, towards
@@ -64,10 +66,11 @@ class Planning(Scoped):
         Asked after the enrollment calls are planned; empty when no exam changed."""
         rows = self.conn.execute(
             "SELECT x.course_id, count(*), "
-            "coalesce((SELECT c.change IN ('create', 'update') FROM desired_courses c "
+            "coalesce((SELECT CASE WHEN c.change IN ('create', 'update') THEN 1 ELSE 0 END FROM desired_courses c "
             "          WHERE c.tenant = x.tenant AND c.source_id = x.course_id), 0), "
             "(SELECT count(*) FROM plan_calls p WHERE p.tenant = x.tenant AND p.course_id = x.course_id) "
-            "FROM desired_exams x WHERE x.tenant = ? AND x.change IN ('create', 'update') GROUP BY x.course_id",
+            "FROM desired_exams x WHERE x.tenant = ? AND x.change IN ('create', 'update') "
+            "GROUP BY x.tenant, x.course_id",
             (self.name,))
         return {course: max(0, max(exams, changed) - calls) for course, exams, changed, calls in rows}
 
@@ -105,7 +108,7 @@ class Planning(Scoped):
         """Drop every planned call that does not carry this object; returns the calls kept."""
         column = {"user": "user_id", "exam": "exam_id"}.get(entity, "course_id")
         with self._write():
-            self.conn.execute(f"DELETE FROM plan_calls WHERE tenant = ? AND {column} IS NOT ?",
+            self.conn.execute(f"DELETE FROM plan_calls WHERE tenant = ? AND {self.dialect.differs(column, '?')}",
                               (self.name, source_id))
         return self.call_count()
 

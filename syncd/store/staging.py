@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from syncd.exams_config import ExamsConfig
 from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
 from syncd.store import exams as exam_sql
 from syncd.store.base import Scoped
+from syncd.store.dialect import Dialect, Obj
 
 STAGE_TABLES: dict[type, tuple[str, Entity]] = {
     Course: ("stage_courses", "course"),
@@ -20,6 +22,7 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
     Enrollment: ("stage_enrollments", "enrollment"),
     Exam: ("stage_exams", "exam"),
 }
+STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
 RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
               "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
 
@@ -58,7 +61,7 @@ class Staging(Scoped):
         ids = [row[1] for row in batch]
         already = {r[0] for r in self.conn.execute(
             f"SELECT source_id FROM {table} WHERE tenant = ? "
-            "AND source_id IN (SELECT value FROM json_each(?))", (self.name, json.dumps(ids)))}
+            f"AND source_id IN ({self.dialect.each_text('?')})", (self.name, json.dumps(ids)))}
         duplicates: list[RecordError] = []
         fresh: list[tuple[Any, ...]] = []
         for row in batch:
@@ -68,8 +71,11 @@ class Staging(Scoped):
             else:
                 already.add(row[1])
                 fresh.append(row)
-        marks = ",".join("?" * len(batch[0]))
-        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
+        if hasattr(self.conn, "copy_rows"):  # PostgreSQL: COPY, one round trip per page
+            self.conn.copy_rows(table, fresh)
+        else:
+            marks = ",".join("?" * len(batch[0]))
+            self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
         return duplicates
 
     def staged_counts(self) -> dict[Entity, int]:
@@ -80,11 +86,16 @@ class Staging(Scoped):
         """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL."""
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         with self._write():
-            self.conn.execute(DESIRED_COURSES, (self.name,))
-            self.conn.execute(DESIRED_ENROLLMENTS, (role_rows, self.name))
-            self.conn.execute(DESIRED_USERS, (time_zone, self.name))
+            for sql in self.dialect.analyze(*STAGE_NAMES):
+                self.conn.execute(sql)
+            courses, enrollments, users = desired_sql(self.dialect)
+            self.conn.execute(courses, (self.name,))
+            self.conn.execute(enrollments, (role_rows, self.name))
+            self.conn.execute(users, (time_zone, self.name))
             if exams is not None:  # after the courses: an exam is in scope when its course is
                 self.conn.execute(exam_sql.DESIRED_EXAMS, exam_sql.desired_params(self.name, exams))
+            for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
+                self.conn.execute(sql)
 
     def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
         """Active enrollments whose class or user is missing from a complete extract."""
@@ -113,45 +124,52 @@ def _stage_row(tenant: str, record: Record) -> tuple[Any, ...]:
             record.status, record.end_date)
 
 
-# json_patch('{}', …) drops every null member (RFC 7396), so an empty field is omitted, not null.
-# Keys are written in sorted order, nested ones too: the body text is then its canonical JSON
-# (model.canonical_json), the text the content hash is defined over.
-DESIRED_COURSES = """
+# The bodies' text is their canonical JSON (model.canonical_json: keys sorted, nested ones too, an
+# empty field omitted, not null), built by the dialect (dialect.py), so the hash is taken over it.
+def _desired_courses(d: Dialect) -> str:
+    body = d.body(Obj({"code": "coalesce(c.code, cc.code)",
+                       "ids": Obj({"external": "c.external_id", "lms": "c.lms_id"}), "title": "c.title"}))
+    return f"""
 INSERT INTO desired_courses (tenant, source_id, body, hash)
-SELECT tenant, source_id, body, digest(body) FROM (
-    SELECT c.tenant, c.source_id, json_patch('{}', json_object(
-        'code', coalesce(c.code, cc.code), 'ids', json_object('external', c.external_id, 'lms', c.lms_id),
-        'title', c.title)) AS body
+SELECT tenant, source_id, body, {d.hash('body')} FROM (
+    SELECT c.tenant, c.source_id, {body} AS body
     FROM stage_courses c
     LEFT JOIN stage_course_codes cc ON cc.tenant = c.tenant AND cc.source_id = c.parent_id
-    WHERE c.tenant = ? AND c.active = 1)
+    WHERE c.tenant = ? AND c.active = 1) AS b
 """
 
-# One enrollment per (course, user): the role listed first in `roles` wins (SQLite returns the
-# bare columns of the row that holds min()).
-DESIRED_ENROLLMENTS = """
+
+# One enrollment per (course, user): the role listed first in `roles` wins.
+def _desired_enrollments(d: Dialect) -> str:
+    return f"""
 INSERT INTO desired_enrollments (tenant, course_id, user_id, source_id, body, hash)
-SELECT tenant, course_id, user_id, source_id, body, digest(body) FROM (
-    SELECT e.tenant, e.course_id, e.user_id, e.source_id, min(r.priority),
-           json_object('role', r.target_role) AS body
+SELECT tenant, course_id, user_id, source_id, body, {d.hash('body')} FROM (
+    SELECT e.tenant, e.course_id, e.user_id, e.source_id, {d.body(Obj({"role": "r.target_role"}))} AS body,
+           row_number() OVER (PARTITION BY e.tenant, e.course_id, e.user_id ORDER BY r.priority) AS choice
     FROM stage_enrollments e
-    JOIN (SELECT json_extract(value, '$[0]') AS source_role, json_extract(value, '$[1]') AS target_role,
-                 CAST(key AS INTEGER) AS priority FROM json_each(?)) r ON r.source_role = e.role
+    JOIN ({d.roles('?')}) r ON r.source_role = e.role
     JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id AND c.active = 1
     JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id AND u.active = 1
-    WHERE e.tenant = ? AND e.active = 1
-    GROUP BY e.tenant, e.course_id, e.user_id)
+    WHERE e.tenant = ? AND e.active = 1) AS b
+WHERE choice = 1
 """
 
-DESIRED_USERS = """
+
+def _desired_users(d: Dialect) -> str:
+    body = d.body(Obj({"email": "u.email", "firstName": "u.first_name",
+                       "ids": Obj({"external": "u.external_id", "lms": "u.lms_id"}),
+                       "lastName": "u.last_name", "timeZone": "CAST(? AS TEXT)"}))
+    return f"""
 INSERT INTO desired_users (tenant, source_id, body, hash)
-SELECT tenant, source_id, body, digest(body) FROM (
-    SELECT u.tenant, u.source_id, json_patch('{}', json_object(
-        'email', u.email, 'firstName', u.first_name,
-        'ids', json_object('external', u.external_id, 'lms', u.lms_id),
-        'lastName', u.last_name, 'timeZone', ?)) AS body
+SELECT tenant, source_id, body, {d.hash('body')} FROM (
+    SELECT u.tenant, u.source_id, {body} AS body
     FROM stage_users u
     WHERE u.tenant = ? AND u.active = 1 AND EXISTS (
-        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id))
+        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id)) AS b
 """
 
+
+@functools.cache
+def desired_sql(d: Dialect) -> tuple[str, str, str]:
+    """The three statements that build the desired state, in the order they run."""
+    return _desired_courses(d), _desired_enrollments(d), _desired_users(d)
