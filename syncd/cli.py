@@ -543,8 +543,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from syncd import demo
 
     if args.serve:
-        if not 1024 <= args.port_base <= 65535 - 3:
-            raise UsageError(f"--port-base must be between 1024 and {65535 - 3}, not {args.port_base}")
+        last = 65535 - len(demo.PORTS) + 1
+        if not 1024 <= args.port_base <= last:
+            raise UsageError(f"--port-base must be between 1024 and {last}, not {args.port_base}")
         return demo.serve(args.dir, args.port_base)
     return demo.main(args.dir, args.source, quiet=args.quiet)
 

@@ -25,6 +25,7 @@ from syncd.sandbox import (
     route_installs,
 )
 from syncd.sandbox import oneroster_lineitems as lineitems
+from syncd.sandbox.gg4l import WEBHOOK_KEY, Gg4lApp
 from syncd.sandbox.provision_exams import snapshot as exam_snapshot
 from syncd.store import Store
 
@@ -185,7 +186,10 @@ def _progress(tenant: str, quiet: bool) -> Callable[[], engine.Progress | None]:
 
 # Offsets from --port-base. GG4L School Passport (its Partner API and the districts' Data APIs)
 # joins the sandbox on the fourth port when it exists: serve() reserves it and says so.
-PORTS = {"oneroster": 0, "canvas": 1, "provision": 2, "gg4l": 3}
+PORTS = {"oneroster": 0, "canvas": 1, "provision": 2, "gg4l": 3, "listener": 4}  # the last: `syncd run`'s own
+
+
+SERVE_DISTRICT = "7f3c2a10-5b4e-4c8d-9a61-0e2f4b6d8c1a"
 
 
 def serve(directory: str, port_base: int) -> int:
@@ -197,7 +201,7 @@ def serve(directory: str, port_base: int) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
-    installs = [ProvisionApp(install_sid="AI" + "0" * 31 + "1"), ProvisionApp(install_sid="AI" + "0" * 31 + "2")]
+    installs = [ProvisionApp(install_sid="AI" + "0" * 31 + n) for n in "123"]  # lincoln, stateu, GG4L districts
     servers: list[Any] = []
     try:
         target = Serving(route_installs(installs), port_base + PORTS["provision"])
@@ -207,8 +211,13 @@ def serve(directory: str, port_base: int) -> int:
         stateu = CanvasSandbox(CanvasRoster.generate(seed=7, users=120, courses=12, enrollments=500),
                                port=port_base + PORTS["canvas"], target=(installs[1], target.url))
         servers.append(stateu)
-        # GG4L (another issue): serve its Partner API here on port_base + PORTS["gg4l"], append it to
-        # `servers`, and add its [gg4l] table to the config _write_serve_config writes.
+        gg4l = Gg4lApp()
+        partner = Serving(gg4l, port_base + PORTS["gg4l"])
+        gg4l.base_url = partner.url
+        servers.append(partner)
+        # One district that has activated the application: `syncd run` discovers it and syncs it.
+        gg4l.add_district(SERVE_DISTRICT, Roster.generate(seed=21, users=60, classes=6, enrollments=200),
+                          name="Riverside Unified", privacy_shield=True)
     except OSError as exc:
         for server in servers:
             server.stop()
@@ -216,12 +225,13 @@ def serve(directory: str, port_base: int) -> int:
               "choose others with --port-base", file=sys.stderr)
         return 1
     try:
-        path = _write_serve_config(base, lincoln, stateu)
+        path = _write_serve_config(base, lincoln, stateu, _gg4l_toml(gg4l, partner.url, installs[2], target.url),
+                                   port_base + PORTS["listener"])
         refused = _student_to_refuse(expected_mapping(roster, configuration.load(path).tenants["lincoln"].roles))
         installs[0].reject = lambda body: (
             (422, "user.email is already used by another account")
             if body.get("user", {}).get("ids", {}).get("external") == refused else None)
-        _say_what_to_try(path, port_base, lincoln, stateu, refused, roster)
+        _say_what_to_try(path, port_base, lincoln, stateu, refused, roster, partner.url)
         while not stop.wait(0.5):
             pass
     finally:
@@ -231,18 +241,29 @@ def serve(directory: str, port_base: int) -> int:
     return 0
 
 
-def _write_serve_config(base: Path, lincoln: Sandbox, stateu: CanvasSandbox) -> Path:
+def _write_serve_config(base: Path, lincoln: Sandbox, stateu: CanvasSandbox, gg4l: str, listen: int) -> Path:
     path = base / "syncd.toml"
     path.write_text(
         f'# Written by `syncd demo --serve`: it points at the sandbox while that runs.\n'
         f'[daemon]\nstate_dir = "{base / "state"}"\nlog_level = "info"\nlog_format = "auto"\n\n'
-        + lincoln.tenant_toml() + "\n" + stateu.tenant_toml(), encoding="utf-8")
+        f'[daemon.http]\nlisten = "127.0.0.1:{listen}"\n\n'
+        + lincoln.tenant_toml() + "\n" + stateu.tenant_toml() + "\n" + gg4l, encoding="utf-8")
     path.chmod(0o600)
     return path
 
 
+def _gg4l_toml(gg4l: Gg4lApp, partner_url: str, install: ProvisionApp, target_url: str) -> str:
+    """The [gg4l] table: the fake Partner API, the webhook key, and districts synced into their own install."""
+    return (f'[gg4l]\npartner_url = "{partner_url}"\nclient_id = "{gg4l.client_id}"\n'
+            f'client_secret = "{gg4l.client_secret}"\nwebhook_headers = {{ "X-Syncd-Key" = "{WEBHOOK_KEY}" }}\n'
+            'modes = ["standard"]\non_new_district = "sync"\ndiscovery_interval = "15m"\n\n'
+            '[gg4l.tenant]\nschedule = "every 15m"\nroles = { student = "learner", teacher = "instructor" }\n'
+            f'[gg4l.tenant.target]\nbase_url = "{target_url}"\ninstall_sid = "{install.install_sid}"\n'
+            f'token = "{install.token}"\n')
+
+
 def _say_what_to_try(path: Path, port_base: int, lincoln: Sandbox, stateu: CanvasSandbox, refused: str,
-                     roster: Roster) -> None:
+                     roster: Roster, partner_url: str) -> None:
     inactive = next((u for u, v in roster.users.items() if v["status"] != "active"), None)
     ended = next((e for e in roster.enrollments.values() if e.get("endDate")), None)
     tries = [
@@ -257,12 +278,17 @@ def _say_what_to_try(path: Path, port_base: int, lincoln: Sandbox, stateu: Canva
     if ended:
         pair = f"{ended['class']['sourcedId']}/{ended['user']['sourcedId']}"
         tries.append((f"syncd explain lincoln enrollment:{pair}", "an enrollment that ended"))
-    tries.append(("curl http://127.0.0.1:8470/metrics", "once the daemon serves HTTP ([daemon.http] listen)"))
+    listener = f"http://127.0.0.1:{port_base + PORTS['listener']}"
+    tries += [(f"curl {listener}/metrics", "while `syncd run` runs: its Prometheus metrics"),
+              (f"curl {listener}/healthz", "its health"),
+              ("syncd tenants", "every tenant, with the GG4L district `syncd run` discovered"),
+              (f"curl -X POST -H 'X-Syncd-Key: {WEBHOOK_KEY}' -d districtGUID={SERVE_DISTRICT} "
+               f"{listener}/webhooks/gg4l", "GG4L's webhook: a discovery now")]
     width = max(len(command) for command, _ in tries) + 3
     servers = [("OneRoster 1.1", f"{lincoln.source_url}  (tenant lincoln)"),
                ("Canvas", f"{stateu.source_url}  (tenant stateu)"),
                ("provision API", lincoln.target_url),
-               ("GG4L", f"127.0.0.1:{port_base + PORTS['gg4l']}  (reserved: not in the sandbox yet)")]
+               ("GG4L Partner API", f"{partner_url}  (one district, {SERVE_DISTRICT})")]
     lines = ["sandbox running on loopback (Ctrl-C to stop):"]
     lines += [f"  {name:<15} {where}" for name, where in servers]
     lines += [f"config: {path} (state in {path.parent / 'state'})", "", "try, in another terminal:",

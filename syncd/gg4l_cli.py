@@ -207,12 +207,13 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
     store = DistrictStore.open(str(config.daemon.state_dir / DB_NAME))
     service = None
     try:
+        # Discovery first: a district GG4L lists but no daemon has seen yet is a tenant all the same.
+        service = Gg4lService(config.gg4l, store)
+        found = service.poll()
         unknown = [n for n in wanted if store.district(n) is None]
         if unknown:
             raise cli.UsageError(f"unknown tenant(s): {', '.join(unknown)} (configured: {', '.join(config.tenants)}; "
                                  "GG4L districts: see `syncd tenants`)")
-        service = Gg4lService(config.gg4l, store)
-        found = service.poll()
         extra = {}
         for name in wanted:
             record = store.district(name)

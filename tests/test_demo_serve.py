@@ -91,6 +91,8 @@ def test_demo_serve_keeps_the_sandbox_up_for_real_commands_until_ctrl_c(tmp_path
         assert outcome["status"] == "completed_with_errors" and outcome["calls"] > 100, lincoln.stderr[-2000:]
         stateu = syncd(config, "sync", "stateu", "--json")
         assert stateu.returncode == 0 and json.loads(stateu.stdout)["calls"] > 100, stateu.stderr[-2000:]
+        district = syncd(config, "sync", "gg4l-7f3c2a105b4e4c8d9a610e2f4b6d8c1a", "--json")
+        assert district.returncode == 0 and json.loads(district.stdout)["calls"] > 50, district.stderr[-2000:]
         why = json.loads(syncd(config, "explain", "lincoln", f"user:{refused}", "--json").stdout)
         assert why["state"] == "escrow"
         again = syncd(config, "sync", "lincoln", "--json")
@@ -108,7 +110,7 @@ def test_demo_serve_says_when_its_ports_are_taken_and_stops_on_sigterm(tmp_path)
         first.wait_for(r"^config: ")
         second = subprocess.run([SYNCD, "demo", "--serve", "--dir", str(tmp_path / "two"), "--port-base", str(base)],
                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        assert second.returncode == 1 and f"cannot listen on 127.0.0.1 ports {base}-{base + 3}" in second.stderr
+        assert second.returncode == 1 and f"cannot listen on 127.0.0.1 ports {base}-{base + 4}" in second.stderr
         assert "--port-base" in second.stderr
     finally:
         assert first.stop(signal.SIGTERM) == 0
