@@ -139,3 +139,22 @@ def pg_database(pg_server, request) -> str:
 
     name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}_{id(request) % 10000}"
     return pg_server.create_database(name)
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """Start `syncd run` daemons for a test; any still running at its end are killed."""
+    from test_daemon import Daemon  # the `syncd run` wrapper the daemon tests share
+
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        daemon = Daemon(config, tmp_path)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()

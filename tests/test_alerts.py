@@ -131,22 +131,6 @@ def wait(predicate, timeout: float = 30, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def start_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    def start(config: Path) -> Daemon:
-        daemon = Daemon(config, tmp_path)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-
-
 def test_one_message_per_state_change_and_one_on_recovery(sandbox, tmp_path, mailbox, hook, start_daemon):
     state = tmp_path / "state"
     config = with_alerts(sandbox.write_config(tmp_path / "syncd.toml", state), mailbox.url, hook.url)

@@ -80,22 +80,6 @@ def wait_healthy(daemon: Daemon, port: int) -> dict:
     return json.loads(get(port, "/healthz")[2])
 
 
-@pytest.fixture
-def start_daemon(tmp_path):
-    started: list[Daemon] = []
-
-    def start(config: Path) -> Daemon:
-        daemon = Daemon(config, tmp_path)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-
-
 def acked(state: Path, table: str) -> int:
     with sqlite3.connect(state / "syncd.db") as conn:
         return conn.execute(f"SELECT count(*) FROM {table} WHERE removed_at IS NULL").fetchone()[0]
