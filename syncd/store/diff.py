@@ -16,12 +16,23 @@ class Diff(Scoped):
         same = "'update'" if force else "'none'"
         with self._write():
             for entity, spec in SPECS.items():
+                self._fill_hashes(entity, spec.desired, spec.acked)
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET change = coalesce((SELECT CASE "
                     f"WHEN a.hash = d.hash THEN {same} ELSE 'update' END FROM {spec.acked} a "
                     f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
                     (self.name,),
                 )
+
+    def _fill_hashes(self, entity: Entity, desired: str, acked: str) -> None:
+        """Give each desired row its content hash. A body whose text is the acknowledged body's
+        text has the acknowledged hash (both are the hash of that canonical text), so only bodies
+        that are new or changed are hashed, by the Python ``digest`` function."""
+        self.conn.execute(
+            f"UPDATE {desired} AS d SET hash = a.hash FROM {acked} a WHERE {join('d', 'a', entity)} "
+            "AND d.tenant = ? AND d.hash IS NULL AND a.body = d.body AND a.hash IS NOT NULL", (self.name,))
+        self.conn.execute(f"UPDATE {desired} SET hash = digest(body) WHERE tenant = ? AND hash IS NULL",
+                          (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
