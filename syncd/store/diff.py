@@ -11,28 +11,25 @@ from syncd.store.base import Scoped, join
 
 class Diff(Scoped):
     def classify(self, force: bool) -> None:
-        """Mark each desired row create / update / none against the acknowledged state.
-        With ``force`` every acknowledged row is an update: the whole roster is pushed again."""
+        """Mark each desired row create / update / none against the acknowledged state, and give
+        it its content hash. With ``force`` every acknowledged row is an update: the whole roster
+        is pushed again. A body whose text is the acknowledged body's text has the acknowledged
+        hash (both are the hash of that canonical text), so only bodies that are new or changed
+        are hashed by the Python ``digest`` function; every row is written once."""
         same = "'update'" if force else "'none'"
         with self._write():
             for entity, spec in SPECS.items():
-                self._fill_hashes(entity, spec.desired, spec.acked)
                 self.conn.execute(
-                    f"UPDATE {spec.desired} AS d SET change = coalesce((SELECT CASE "
-                    f"WHEN a.hash = d.hash THEN {same} ELSE 'update' END FROM {spec.acked} a "
-                    f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
-                    (self.name,),
-                )
-
-    def _fill_hashes(self, entity: Entity, desired: str, acked: str) -> None:
-        """Give each desired row its content hash. A body whose text is the acknowledged body's
-        text has the acknowledged hash (both are the hash of that canonical text), so only bodies
-        that are new or changed are hashed, by the Python ``digest`` function."""
-        self.conn.execute(
-            f"UPDATE {desired} AS d SET hash = a.hash FROM {acked} a WHERE {join('d', 'a', entity)} "
-            "AND d.tenant = ? AND d.hash IS NULL AND a.body = d.body AND a.hash IS NOT NULL", (self.name,))
-        self.conn.execute(f"UPDATE {desired} SET hash = digest(body) WHERE tenant = ? AND hash IS NULL",
-                          (self.name,))
+                    f"UPDATE {spec.desired} AS d SET "
+                    f"change = CASE WHEN a.body = d.body OR a.hash = coalesce(d.hash, digest(d.body)) "
+                    f"THEN {same} ELSE 'update' END, "
+                    "hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash "
+                    "ELSE coalesce(d.hash, digest(d.body)) END "
+                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ?", (self.name,))
+                self.conn.execute(
+                    f"UPDATE {spec.desired} AS d SET change = 'create', hash = coalesce(d.hash, digest(d.body)) "
+                    f"WHERE d.tenant = ? AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
+                    (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
