@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import http, limits, logs, plan, safety
+from syncd import delta, http, limits, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.entities import ENTITIES, PLURAL, SPECS, Call, Entity
 from syncd.errors import RecordFailure
 from syncd.model import RecordError
-from syncd.sources import Source, SourceError, open_source
+from syncd.sources import DeltaRejected, Source, SourceError, open_source
 from syncd.store import Store, TenantStore, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
@@ -58,6 +58,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=utcnow)
     complete: bool = False
+    delta: bool = False  # this run read only the source's changes (syncd.delta)
     failure: str | None = None
     errors: int = 0
     failed_extract: dict[Entity, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
@@ -141,8 +142,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         state.failure = f"source authorization failed: {exc}"
         log.error("sync.source_auth_failed", error=str(exc))
         return
-    store.reset_stage()
-    _extract(state, store, source)
+    delta.read(state, store, source, _extract)  # full or delta extract into stage_* (issue 15)
     store.build_desired(state.tenant.roles, state.tenant.time_zone)
     if state.complete:
         for source_id, course_id, user_id, missing in store.dangling_enrollments():
@@ -178,7 +178,9 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
 
 
-def _extract(state: Run, store: TenantStore, source: Source) -> None:
+def _extract(state: Run, store: TenantStore, source: Source,
+             stage: Callable[[list[Any]], list[RecordError]] | None = None) -> None:
+    stage = stage or store.stage
     try:
         read = 0
         guard = limits.ExtractGuard(state.tenant.source.max_pages)
@@ -188,7 +190,7 @@ def _extract(state: Run, store: TenantStore, source: Source) -> None:
                 return
             read += len(page)
             state.report("extract", read)
-            staged = store.stage(page)
+            staged = stage(page)
             for error in staged:
                 if not error.message.startswith("duplicate id"):
                     state.unreadable += 1
@@ -196,6 +198,8 @@ def _extract(state: Run, store: TenantStore, source: Source) -> None:
                 state.failed_extract[error.entity] += 1
             guard.page(len(page), sum(e.message.startswith("duplicate id") for e in staged))
         state.complete = source.complete
+    except DeltaRejected:
+        raise  # syncd.delta makes a full extract instead
     except (http.HttpError, SourceError) as exc:
         state.failure = f"extract failed: {exc}"
         log.error("sync.extract_failed", error=str(exc), source_requests=source.requests)

@@ -31,6 +31,7 @@ import sqlite_utils
 from syncd.model import content_hash
 from syncd.store.acks import Acknowledgements
 from syncd.store.base import key_sql, utcnow
+from syncd.store.delta import Delta
 from syncd.store.diff import Diff
 from syncd.store.holds import ESCROW_DELAYS_H, Approvals, Holds
 from syncd.store.plan import Planning
@@ -41,7 +42,7 @@ from syncd.store.staging import Staging
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Delta):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):
