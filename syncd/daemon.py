@@ -59,6 +59,7 @@ class Daemon:
         self._started: dict[str, float] = {}  # tenant -> monotonic start of its run
         self._running_changed = threading.Condition()
         self.stopping = threading.Event()
+        self._signals = 0  # SIGUSR1 runs so far: each gets a job id of its own
         # GG4L districts share a few more workers (their runs queue beyond that).
         workers = max(2, sum(t.enabled for t in config.tenants.values()) + (4 if config.gg4l else 0))
         self.scheduler = BlockingScheduler(
@@ -295,8 +296,15 @@ class Daemon:
             if name in self.running:
                 log.info("daemon.already_running", tenant=name)
                 continue
-            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}",
-                                   replace_existing=True, misfire_grace_time=None)
+            # A fresh id each time: APScheduler counts instances per job id, and the previous signal's
+            # job may still be returning (its run done) when this one arrives; the shared id made the
+            # scheduler skip the new run. The tenant lock still keeps two runs of a tenant apart.
+            for pending in self.scheduler.get_jobs():  # signals that have not fired yet make one run
+                if pending.id.startswith(f"now:{name}:"):
+                    pending.remove()
+            self._signals += 1
+            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}:{self._signals}",
+                                   misfire_grace_time=None)
 
     def _reload(self) -> None:
         path = self.config.path
