@@ -49,10 +49,12 @@ def read(state: Any, store: TenantStore, source: Source, extract: Extract) -> No
                 store.mark_extract(started, full=False)
             log.info("sync.delta_read", since=since)
             return
-    store.forget_marks()
+    allowed = _delta_allowed(state, source)  # with delta off, the marks are never touched
+    if allowed:
+        store.forget_marks()
     store.reset_stage()
     extract(state, store, source, store.stage)
-    if _read_to_end(state) and _delta_allowed(state, source):
+    if allowed and _read_to_end(state):
         store.mark_extract(started, full=True)
 
 

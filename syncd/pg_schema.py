@@ -120,6 +120,12 @@ CREATE TABLE alert_state (
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
+# Delta runs' marks (syncd.store.delta). Not in STATE_TABLES: they vouch for the stage_* mirror,
+# which is not copied either, so a copied state starts with a full run.
+M009 = """
+CREATE TABLE source_marks (tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m001_initial", M001),
@@ -128,6 +134,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
     ("m008_alerts", M008),
+    ("m009_delta", M009),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
