@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # full run (~10 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # a small smoke version
+    .venv/bin/python bench/run.py --state-url throwaway   # SQLite beside PostgreSQL (SPEC §11)
 
 Reports, for a roster of 20k users / 2k classes / 100k enrollments: initial sync, no-change and
 1 %-change resync wall time, provision calls against the SPEC §4 minimum, source requests and
@@ -13,11 +14,17 @@ throughput with 20 ms of latency per provision call at concurrency 8, 16 and 32.
 Results are printed as Markdown and written to bench/results.md.
 
     --skip-slow   leave out the `--force` baseline and the RSS growth table (about half the time)
+
+``--state-url URL`` (an empty PostgreSQL database it may fill, or ``throwaway`` for a server that
+tests/pg.py starts and removes) runs only the store comparison: the same roster synced on the SQLite
+file and on PostgreSQL (initial, no-change and 1 %-change resync), with the ratio, written to
+bench/postgres-results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -153,9 +160,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-slow", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--state-url", help="compare SQLite with PostgreSQL at this URL (or 'throwaway')")
     args = parser.parse_args()
     factor = 10 if args.quick else 1
     users, classes, enrollments = 20_000 // factor, 2_000 // factor, 100_000 // factor
+    if args.state_url:
+        publish(compare_stores(args.state_url, users, classes, enrollments), "postgres-results.md", args.quick)
+        return
     lines = [f"# syncd benchmark ({datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} cores, "
              f"Python {sys.version.split()[0]})", ""]
 
@@ -260,6 +271,50 @@ def main() -> None:
 
     report = "\n".join(lines)
     publish(report, "results.md", args.quick)
+
+
+def store_runs(url: str, users: int, classes: int, enrollments: int) -> dict[str, dict]:
+    """Initial, no-change and 1 %-change runs of one roster on one store ("" for SQLite)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        roster, box, config = scale(users, classes, enrollments, Path(tmp), concurrency="8")
+        if url:
+            config.write_text(config.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n', encoding="utf-8")
+        with box:
+            first = run_syncd(config)
+            nochange = run_syncd(config)
+            before = expected_mapping(roster, ROLES)
+            roster.mutate(seed=1, fraction=0.01)
+            change = run_syncd(config)
+            change["minimum"] = minimal_calls(before, expected_mapping(roster, ROLES))
+    return {"initial sync": first, "no-change resync": nochange, "1 % change resync": change}
+
+
+def compare_stores(url: str, users: int, classes: int, enrollments: int) -> str:
+    import pg  # tests/pg.py
+    import psycopg
+
+    with contextlib.ExitStack() as stack:
+        if url == "throwaway":
+            url = stack.enter_context(pg.running()).create_database("bench")
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            busy = conn.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
+        if busy:
+            raise SystemExit("--state-url: the database already holds a syncd store; give an empty one")
+        sqlite = store_runs("", users, classes, enrollments)
+        postgres = store_runs(url, users, classes, enrollments)
+    lines = [f"# SQLite and PostgreSQL state stores ({datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
+             f"{os.cpu_count()} cores, Python {sys.version.split()[0]})", "",
+             f"{users:,} users / {classes:,} classes / {enrollments:,} enrollments, no latency, concurrency 8; "
+             "wall time of the whole `syncd sync` process (PostgreSQL on loopback).", "",
+             "| run | SQLite | PostgreSQL | ratio | calls (SQLite / PostgreSQL) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, on_sqlite in sqlite.items():
+        on_pg = postgres[name]
+        lines.append(f"| {name} | {on_sqlite['wall_s']:.2f} s | {on_pg['wall_s']:.2f} s | "
+                     f"{on_pg['wall_s'] / on_sqlite['wall_s']:.2f}x | "
+                     f"{on_sqlite['summary']['calls']:,} / {on_pg['summary']['calls']:,} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

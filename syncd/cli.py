@@ -11,11 +11,13 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from importlib import resources
 from typing import Any
 
 from syncd import config as configuration
 from syncd import engine, lock, logs, render
+from syncd.lease import LeaseLost
 from syncd.render import render_summary
 from syncd.startup import warn_if_exposed
 from syncd.store import StateError, Store
@@ -25,6 +27,10 @@ STATUS_EXIT = {engine.COMPLETED: EXIT_OK, engine.WITH_ERRORS: EXIT_ERRORS, engin
                engine.HELD: EXIT_HELD}
 ERROR_COLUMNS = ("run_id", "tenant", "entity", "source_id", "name", "stage", "http_status", "message", "attempts",
                  "first_seen", "last_seen", "next_retry_at", "course_id", "user_id")
+
+
+QUIET_HELP = "only the result: no progress, no informational lines (warnings and errors still on stderr)"
+DEMO_PORT_BASE = 8471
 
 
 class UsageError(Exception):
@@ -44,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LeaseLost as exc:  # the PostgreSQL state store cannot be reached (no password in the text)
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_ERRORS
     except KeyboardInterrupt:
         return _interrupted()
     except StateError as exc:
@@ -81,12 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncd", description="Roster sync for SmarterProctoring.")
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $SYNCD_CONFIG, else /etc/syncd/syncd.toml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    # --quiet is accepted after the command too; SUPPRESS keeps the subparser from resetting it.
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="the daemon: schedule every enabled tenant until SIGTERM")
     run.set_defaults(handler=cmd_run)
 
-    sync = commands.add_parser("sync", help="run one sync now, in this process")
+    sync = commands.add_parser("sync", help="run one sync now, in this process", parents=[quiet])
     sync.add_argument("tenants", nargs="*", metavar="TENANT")
     sync.add_argument("--all", action="store_true", help="every enabled tenant")
     sync.add_argument("--dry-run", action="store_true", help="extract and diff, print the plan, change nothing")
@@ -108,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("tenant", nargs="?")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    explain = commands.add_parser("explain", parents=[quiet],
+                                  help="why is this record (not) in the proctoring platform?")
+    explain.add_argument("tenant", metavar="TENANT")
+    explain.add_argument("record", metavar="RECORD",
+                         help="user:ID, course:ID, enrollment:CLASS_ID/USER_ID or exam:ID (the source's ids)")
+    explain.add_argument("--json", action="store_true", help="the same answer as one JSON object")
+    explain.set_defaults(handler=cmd_explain)
 
     errors = commands.add_parser("errors", help="the sync errors of the last run (or --run ID)")
     errors.add_argument("tenant", nargs="?")
@@ -139,13 +160,23 @@ def _parser() -> argparse.ArgumentParser:
     alerts_commands.add_parser("test", help="send one test message to every channel").set_defaults(
         handler=cmd_alerts_test)
 
-    demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result")
+    demo = commands.add_parser("demo", help="sync the built-in sandbox on loopback and show the result",
+                               parents=[quiet])
     demo.add_argument("--dir", default="syncd-demo", help="where the demo keeps its config and state")
     demo.add_argument("--source", choices=("oneroster", "canvas", "gg4l"), default="oneroster")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the sandbox running on fixed loopback ports until Ctrl-C, with a config that "
+                           "points at it, to try `syncd run`, `syncd explain` and the rest")
+    demo.add_argument("--port-base", type=int, default=DEMO_PORT_BASE, metavar="PORT",
+                      help=f"--serve: the first of its 4 ports (default {DEMO_PORT_BASE}: OneRoster, Canvas, "
+                           "provision, GG4L)")
     demo.set_defaults(handler=cmd_demo)
     from syncd import gg4l_cli  # `syncd tenants …` and `syncd gg4l discover`
 
     gg4l_cli.register(commands)
+    from syncd import exams_cli  # `syncd exams TENANT`
+
+    exams_cli.register(commands)
     return parser
 
 
@@ -172,14 +203,17 @@ def cmd_state_copy(args: argparse.Namespace) -> int:
 
 def _only(value: str) -> tuple[str, str]:
     kind, _, source_id = value.partition(":")
-    if kind not in ("user", "course") or not source_id:
-        raise argparse.ArgumentTypeError("expected user:ID or course:ID")
+    if kind not in ("user", "course", "exam") or not source_id:
+        raise argparse.ArgumentTypeError("expected user:ID, course:ID or exam:ID (exam:quiz:123)")
     return kind, source_id
 
 
 def _load(args: argparse.Namespace) -> configuration.Config:
     config = configuration.load(configuration.config_path(args.config))
-    logs.configure(config.daemon.log_level, config.daemon.log_format)
+    level = config.daemon.log_level
+    if getattr(args, "quiet", False) and level in ("debug", "info"):
+        level = "warning"  # --quiet: no informational lines; what needs an admin still shows
+    logs.configure(level, config.daemon.log_format)
     logs.register_secrets(config.secrets)
     warn_if_exposed(config)
     return config
@@ -211,7 +245,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.only and len(names) != 1:
         raise UsageError("--only needs exactly one tenant")
     options = engine.Options(dry_run=args.dry_run, force=args.force, full=args.full, only=args.only)
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     worst = EXIT_OK
     try:
         for name in names:
@@ -224,15 +258,26 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_one(config: configuration.Config, store: Store, name: str, options: engine.Options,
               args: argparse.Namespace) -> int:
-    def waiting(message: str) -> None:
-        print(f"syncd: {message}", file=sys.stderr, flush=True)
+    quiet = args.quiet
+    bar = ProgressBar(name) if sys.stderr.isatty() and not args.json and not quiet else None
 
-    show = None if args.json else render.printer(lambda line: print(line, flush=True))
-    if args.only and not args.json:
-        print(f"{name}: syncing only {args.only[0]} {args.only[1]}", flush=True)
-    bar = ProgressBar(name) if sys.stderr.isatty() and not args.json else None
+    def waiting(message: str) -> None:
+        if not quiet:
+            if bar:
+                bar.interrupt()
+            print(f"syncd: {message}", file=sys.stderr, flush=True)
+
+    def show_line(line: str) -> None:
+        if bar:
+            bar.interrupt()  # the bar's line ends before a line of output starts
+        print(line, flush=True)
+
+    # --quiet keeps a dry run's plan (it is the result) and drops --only's running commentary.
+    show = None if args.json or (quiet and not args.dry_run) else render.printer(show_line)
+    if args.only and show:
+        show_line(f"{name}: syncing only {args.only[0]} {args.only[1]}")
     try:
-        with lock.tenant_lock(config.daemon.state_dir, name, wait=not args.no_wait, on_wait=waiting):
+        with store.hold(name, wait=not args.no_wait, on_wait=waiting):
             try:
                 summary = engine.run(config.tenants[name], store, options, show=show,
                                      progress=bar.update if bar else None)
@@ -243,7 +288,7 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
     except lock.Busy as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except NotImplementedError as exc:
+    except (NotImplementedError, LeaseLost) as exc:
         print(f"syncd: {name}: {exc}", file=sys.stderr)
         return EXIT_ERRORS
     if args.json:
@@ -254,20 +299,24 @@ def _sync_one(config: configuration.Config, store: Store, name: str, options: en
 
 
 class ProgressBar:
-    """One line per phase on a terminal (extract, plan, push), redrawn in place at most 10x/s."""
+    """One line per phase on a terminal (extract, scope, plan, push, removals), redrawn in place
+    at most 10x/s. ``interrupt`` ends the line before other output, so the two never share a line."""
+
+    UNITS = {"extract": "records read", "scope": "", "removals": ""}
 
     def __init__(self, tenant: str):
         self.tenant = tenant
         self.phase = ""
         self.drawn = 0.0
+        self.open = False  # a line is drawn and not yet ended
+        self.width = 0
 
     def update(self, phase: str, done: int, total: int | None) -> None:
         import time
 
         now = time.monotonic()
         if phase != self.phase:
-            if self.phase:
-                sys.stderr.write("\n")
+            self.interrupt()
             self.phase, self.drawn = phase, 0.0
         if now - self.drawn < 0.1 and (total is None or done < total):
             return
@@ -276,14 +325,22 @@ class ProgressBar:
             filled = int(30 * min(done, total) / total)
             line = f"{self.tenant} {phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}"
         else:
-            line = f"{self.tenant} {phase:<8} {done:,} records"
-        sys.stderr.write(f"\r{line}")
+            unit = self.UNITS.get(phase, "done")
+            line = f"{self.tenant} {phase:<8} {done:,} {unit}" if unit else f"{self.tenant} {phase:<8} …"
+        # Padded to the last line drawn, so that a shorter line leaves nothing of the longer one behind.
+        sys.stderr.write(f"\r{line:<{self.width}}")
         sys.stderr.flush()
+        self.open, self.width = True, len(line)
 
-    def close(self) -> None:
-        if self.phase:
+    def interrupt(self) -> None:
+        if self.open:
             sys.stderr.write("\n")
             sys.stderr.flush()
+            self.open, self.width = False, 0
+            self.drawn = 0.0  # redraw at once after the interruption
+
+    def close(self) -> None:
+        self.interrupt()
 
 
 # --- status and errors ---------------------------------------------------------------------
@@ -294,9 +351,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = [args.tenant] if args.tenant else list(config.tenants)
     if args.tenant and args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
-        report = logs.redact([_tenant_status(config, store, name) for name in names])
+        holders = {h.name: h for h in store.holders() if h.kind == "tenant"} if store.url else None
+        report = logs.redact([_tenant_status(config, store, name, holders) for name in names])
     finally:
         store.close()
     from syncd import gg4l_cli
@@ -312,7 +370,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if entry["degraded"]:
             print(f"{entry['tenant']}: DEGRADED: the last {entry['failed_in_a_row']} runs failed")
         print(f"{entry['tenant']}: {'enabled' if entry['enabled'] else 'disabled'} · schedule "
-              f"{entry['schedule']}{upcoming} · {'RUNNING now' if entry['running'] else 'idle'}")
+              f"{entry['schedule']}{upcoming} · {_running_text(entry)}")
         if not entry["runs"]:
             print("  no runs yet")
         for run in entry["runs"]:
@@ -331,7 +389,15 @@ def _count_line(entity: str, counts: dict[str, int]) -> str:
     return f"{entity} +{counts.get('created', 0)} ~{counts.get('updated', 0)} -{counts.get('removed', 0)}{failed}"
 
 
-def _tenant_status(config: configuration.Config, store: Store, name: str) -> dict[str, Any]:
+def _running_text(entry: dict[str, Any]) -> str:
+    where = entry.get("running_on")
+    if not entry["running"]:
+        return "idle"
+    return f"RUNNING now on {where['node']} since {where['since']}" if where else "RUNNING now"
+
+
+def _tenant_status(config: configuration.Config, store: Store, name: str,
+                   holders: dict[str, Any] | None = None) -> dict[str, Any]:
     tenant = config.tenants[name]
     runs = []
     for run in store.runs(name, limit=5):
@@ -351,7 +417,16 @@ def _tenant_status(config: configuration.Config, store: Store, name: str) -> dic
     return {"tenant": name, "enabled": tenant.enabled, "schedule": tenant.schedule,
             "degraded": failed >= tenant.safety.degraded_after, "failed_in_a_row": failed,
             "next_run": upcoming.isoformat(timespec="seconds").replace("+00:00", "Z") if upcoming else None,
-            "running": _is_running(config, name), "runs": runs}
+            "runs": runs, **_running(config, name, holders)}
+
+
+def _running(config: configuration.Config, name: str, holders: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the tenant runs now, and on PostgreSQL on which node and since when."""
+    if holders is None:
+        return {"running": _is_running(config, name)}
+    held = holders.get(name)
+    since = held.since.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if held else None
+    return {"running": held is not None, "running_on": {"node": held.node, "since": since} if held else None}
 
 
 def _is_running(config: configuration.Config, name: str) -> bool:
@@ -366,7 +441,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant and args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         if args.run:
             run_ids = [args.run]
@@ -402,7 +477,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant not in config.tenants:
         raise UsageError(f"unknown tenant: {args.tenant}")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         run_id, held = store.approve(args.tenant, args.run)
     except LookupError as exc:
@@ -467,7 +542,39 @@ def example_config() -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from syncd import demo
 
-    return demo.main(args.dir, args.source)
+    if args.serve:
+        if not 1024 <= args.port_base <= 65535 - 3:
+            raise UsageError(f"--port-base must be between 1024 and {65535 - 3}, not {args.port_base}")
+        return demo.serve(args.dir, args.port_base)
+    return demo.main(args.dir, args.source, quiet=args.quiet)
+
+
+# --- explain -------------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import difflib
+
+    from syncd import explain
+
+    config = _load(args)
+    tenant = config.tenants.get(args.tenant)
+    if tenant is None:
+        close = difflib.get_close_matches(args.tenant, list(config.tenants), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f" (configured: {', '.join(config.tenants)})"
+        raise UsageError(f"unknown tenant: {args.tenant}{hint}")
+    try:
+        kind, ident = explain.parse_subject(args.record)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store.open(config.daemon.state_dir)
+    try:
+        report = explain.explain(store, args.tenant, kind, ident, tenant.roles,
+                                 exams_configured=tenant.exams is not None)
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else render.render_explain(report))
+    return EXIT_OK if report["found"] else EXIT_ERRORS
 
 
 # --- auth ----------------------------------------------------------------------------------
@@ -485,8 +592,11 @@ def cmd_auth(args: argparse.Namespace) -> int:
                          "(source.client_id and source.client_secret)")
     stdin = _StdinLines()
     try:
+        from syncd.sources.canvas_exams import scopes as exam_scopes
+
         canvas_auth.authorize(args.tenant, tenant.source, config.daemon.state_dir,
-                              lambda line: print(line, flush=True), stdin.line, args.timeout)
+                              lambda line: print(line, flush=True), stdin.line, args.timeout,
+                              exam_scopes(tenant.exams))
     except SourceError as exc:
         print(f"syncd: {args.tenant}: {exc}", file=sys.stderr)
         return EXIT_ERRORS

@@ -157,6 +157,7 @@ class Config:
     # Key paths whose secret is written in the file itself (no env:, file: or credential:).
     plain_secrets: tuple[str, ...] = ()
     gg4l: Any = None  # syncd.gg4l_config.Gg4lConfig when [gg4l] is set
+    state_url: str = field(default="", repr=False)  # [state] url: PostgreSQL, shared by every node (SPEC §11)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
@@ -229,9 +230,10 @@ def _read_secret(path: Path | str, what: str) -> str:
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
     checker = _Checker()
-    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l", "alerts"})
+    _unknown(checker, raw, "", {"daemon", "safety", "tenants", "gg4l", "alerts", "state"})
     daemon = _daemon(checker, _table(checker, raw, "daemon"), path)
     alerts = _alerts(checker, _table(checker, raw, "alerts"))
+    state_url = _state_url(checker, _table(checker, raw, "state"))
     defaults = _table(checker, raw, "safety")
     from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
     gg4l = parse_gg4l(checker, raw, defaults)
@@ -252,7 +254,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if checker.errors:
         raise ConfigError(checker.errors)
     return Config(path=path, daemon=daemon, tenants=tenants, secrets=frozenset(checker.secrets),
-                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l, alerts=alerts)
+                  plain_secrets=tuple(checker.plain_secrets), gg4l=gg4l, alerts=alerts, state_url=state_url)
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -277,6 +279,22 @@ def _daemon(checker: _Checker, body: dict[str, Any], path: Path) -> DaemonConfig
         max_run_s=checker.number(body, "daemon.max_run_s", float, 21_600.0, 1, 7 * 86_400),
         http=_http(checker, _table(checker, body, "http", "daemon")),
     )
+
+
+def _state_url(checker: _Checker, body: dict[str, Any]) -> str:
+    """``[state] url``: a postgresql:// URL, or a secret reference to one (it may carry a password)."""
+    _unknown(checker, body, "state", {"url"})
+    if "url" not in body:
+        return ""
+    reference = checker.get(body, "state.url", str, None)
+    if reference is None:
+        return ""
+    password = urllib.parse.urlsplit(reference).password if "://" in reference else None
+    url = reference if "://" in reference and not password else checker.secret(body, "state.url")
+    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+        checker.error("state.url", "must be a postgresql://… URL (or env:, file:, credential: naming one)")
+        return ""
+    return url
 
 
 HTTP_KEYS = {"listen", "max_body_bytes", "channel_timeout_s", "threads"}

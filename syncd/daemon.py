@@ -177,12 +177,12 @@ class Daemon:
 
     def _schedule_tenants(self, catch_up: bool) -> None:
         now = datetime.now(UTC)
-        store = Store.open(self.config.daemon.state_dir)
+        store = Store.open(self.config.daemon.state_dir, self.config.state_url)
         try:
             for i, (name, tenant) in enumerate(self.config.tenants.items()):
                 if not tenant.enabled:
                     continue
-                last = store.last_started(name)
+                last = store.last_started(name, ended=True)
                 first = None
                 if catch_up and schedule.overdue(tenant.schedule, last, now):
                     first = now + timedelta(seconds=min(CATCH_UP_SPREAD_S, 0.5 * i))
@@ -204,23 +204,33 @@ class Daemon:
             tenant, options, after = self.gg4l.lookup(name)  # a GG4L district, gated on new data
         if tenant is None or self.stopping.is_set():
             return
-        state_dir = self.config.daemon.state_dir
+        # This job's slot: on PostgreSQL every node schedules every tenant, and the first to hold the
+        # tenant's lease runs the slot; a node that gets the lease after it skips it (SPEC §11).
+        # A node that dies mid-run never marks its slot done, so a node waiting for the lease runs it.
+        slot = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
         try:
-            with lock.tenant_lock(state_dir, name, stop=self.stopping,
-                                  on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)):
-                if self.stopping.is_set():
-                    return
-                self._mark(name, running=True)
-                store = Store.open(state_dir)
-                probe = self._probe(tenant)
-                summary = None
-                try:
-                    summary = engine.run(tenant, store, options, **({"source": probe.source, "client": probe.client}
-                                                                    if probe else {}))
-                finally:
-                    self._observe(tenant, store, summary, probe)
-                    store.close()
-                    self._mark(name, running=False)
+            store = Store.open(self.config.daemon.state_dir, self.config.state_url)
+            try:
+                with store.hold(name, stop=self.stopping,
+                                on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)) as held:
+                    if self.stopping.is_set():
+                        return
+                    if held is not None and held.slot_done(slot):
+                        log.info("daemon.slot_done_elsewhere", slot=slot)
+                        return
+                    self._mark(name, running=True)
+                    probe = self._probe(tenant)
+                    summary = None
+                    try:
+                        summary = engine.run(tenant, store, options, **(
+                            {"source": probe.source, "client": probe.client} if probe else {}))
+                    finally:
+                        self._observe(tenant, store, summary, probe)
+                        self._mark(name, running=False)
+                        if held is not None and held.alive:  # a failed run is done too: no re-run elsewhere
+                            held.mark_done(slot)
+            finally:
+                store.close()
             if after is not None:
                 after(summary)
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
@@ -324,6 +334,9 @@ class Daemon:
             fresh = dataclasses.replace(fresh, daemon=dataclasses.replace(fresh.daemon, http=self.config.daemon.http))
         if self.gg4l is not None:
             fresh = self.gg4l.reload(fresh)
+        if fresh.state_url != self.config.state_url:
+            log.warning("daemon.state_url_unchanged", reason="a new [state] url takes effect on restart")
+            fresh = dataclasses.replace(fresh, state_url=self.config.state_url)
         old = set(self.config.tenants)
         self.config = fresh
         for job in self.scheduler.get_jobs():
@@ -347,7 +360,7 @@ class Daemon:
         notify("WATCHDOG=1")
 
     def _prune(self) -> None:
-        store = Store.open(self.config.daemon.state_dir)
+        store = Store.open(self.config.daemon.state_dir, self.config.state_url)
         try:
             removed = store.prune(self.config.daemon.retention_days)
         finally:

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from syncd import cli, engine, logs, render
 from syncd import config as configuration
-from syncd import engine, logs, render
-from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, canvas_roster, expected_mapping
+from syncd.sandbox import (
+    CanvasRoster,
+    CanvasSandbox,
+    ProvisionApp,
+    Roster,
+    Sandbox,
+    Serving,
+    canvas_roster,
+    expected_mapping,
+    route_installs,
+)
+from syncd.sandbox import oneroster_lineitems as lineitems
+from syncd.sandbox.provision_exams import snapshot as exam_snapshot
 from syncd.store import Store
 
 
@@ -30,6 +46,31 @@ def _sandbox(source: str) -> tuple[Any, Any, Callable[..., dict[str, Any]], str]
     return box, roster, expected_mapping, about
 
 
+# The demo's exams (SPEC §7): the "Unit Exam" lineItems, with the tenant's defaults.
+EXAMS_TABLE = """
+[tenants.lincoln.exams]
+select = "title"
+title_pattern = "^Unit Exam"
+proctor_types = { "TS4b894875a1b24f4e9b2e1c9d0f8a7b6c" = {} }
+default_duration_min = 60
+default_password = "demo-exam-password"
+url_template = "https://lms.example.edu/classes/{class_id}/items/{id}"
+"""
+
+
+def _exam_changes(sandbox: Sandbox) -> tuple[str, str]:
+    """Rename an exam that has not opened; move the close of one that has (the guard holds it)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    synced = exam_snapshot(sandbox.provision)
+    items = [i for i in sandbox.oneroster.line_items.values() if f"lineitem:{i['sourcedId']}" in synced
+             and i["assignDate"] and i["dueDate"] and len(i["dueDate"]) > 10]
+    later = next(i for i in items if i["assignDate"] > now)
+    later["title"] += " (retitled)"
+    opened = next(i for i in items if i["assignDate"] < now)
+    opened["dueDate"] = (datetime.now(UTC) + timedelta(days=45)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"lineitem:{later['sourcedId']}", f"lineitem:{opened['sourcedId']}"
+
+
 def _student_to_refuse(mapping: dict[str, Any]) -> str:
     """A user with an e-mail and a single enrollment: the demo's target refuses them."""
     enrolled: dict[str, int] = {}
@@ -38,7 +79,7 @@ def _student_to_refuse(mapping: dict[str, Any]) -> str:
     return min(u for u, body in mapping["users"].items() if body.get("email") and enrolled.get(u) == 1)
 
 
-def main(directory: str, source: str = "oneroster") -> int:
+def main(directory: str, source: str = "oneroster", quiet: bool = False) -> int:
     if source == "gg4l":
         from syncd.gg4l import demo as gg4l_demo  # its own story: webhook, discovery, districts
 
@@ -47,8 +88,14 @@ def main(directory: str, source: str = "oneroster") -> int:
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     logs.configure("error", "console")
     sandbox, roster, expect, about = _sandbox(source)
+    progress = _progress(sandbox.default_tenant, quiet)
     with sandbox:
         path = sandbox.write_config(base / "syncd.toml", base / "state")
+        exams_on = source == "oneroster"
+        if exams_on:
+            sandbox.oneroster.line_items = lineitems.generate(roster, per_class=2)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(EXAMS_TABLE)
         config = configuration.load(path)
         tenant = config.tenants[sandbox.default_tenant]
         # One student whose e-mail the target refuses, so that `syncd errors` has something to show.
@@ -56,11 +103,11 @@ def main(directory: str, source: str = "oneroster") -> int:
         sandbox.provision.reject = lambda body: (
             (422, "user.email is already used by another account")
             if refused in (body.get("user", {}).get("ids", {}).get(k) for k in ("external", "lms")) else None)
-        store = Store.open(config.daemon.state_dir)
+        store = Store.open(config.daemon.state_dir, config.state_url)
         try:
             print(f"{about}\n         provision API at {sandbox.target_url}\n")
             print("1. first sync: everything in scope is created")
-            first = engine.run(tenant, store)
+            first = engine.run(tenant, store, progress=progress())
             print(render.render_summary(first), "\n")
             made = roster.mutate(seed=8, fraction=0.02)
             roster.touch_unmapped(seed=9)
@@ -68,12 +115,19 @@ def main(directory: str, source: str = "oneroster") -> int:
                   f"renamed, {made['new_enrollments']} new and {made['dropped']} dropped enrollments, "
                   f"{_many(made['retitled'], 'course')} retitled, and 10 users changed only in fields "
                   "syncd does not map")
+            if exams_on:
+                renamed, moved = _exam_changes(sandbox)
+                print(f"   and two exams change: {renamed} is retitled, and {moved}, whose window has "
+                      "already opened, gets a later close")
             calls_before = sandbox.provision.calls
-            second = engine.run(tenant, store)
+            second = engine.run(tenant, store, progress=progress())
             print(render.render_summary(second))
-            print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls\n")
+            print(f"   only the changes were sent: {sandbox.provision.calls - calls_before} provision calls")
+            for reason in second.get("held_because", []):
+                print(f"   held for an admin: {reason} -> `syncd approve lincoln` releases it")
+            print()
             print("3. nothing changes: a resync sends nothing (the refused record waits in escrow, see below)")
-            third = engine.run(tenant, store)
+            third = engine.run(tenant, store, progress=progress())
             print(render.render_summary(third), "\n")
             expected = expect(roster, tenant.roles)
             expected["users"].pop(refused, None)
@@ -87,6 +141,12 @@ def main(directory: str, source: str = "oneroster") -> int:
                   f"{'every in-scope record as the source says it' if matches else 'NOT as expected'} "
                   f"(but the student refused on purpose), plus {kept} removed record(s) that the "
                   "provision API cannot delete, kept as tombstones in syncd's state\n")
+            if exams_on:
+                exams = exam_snapshot(sandbox.provision)
+                print(f"the target holds {len(exams)} exams with their window, duration and password "
+                      f"(`syncd exams lincoln` lists them); the moved window was not sent: "
+                      f"{'students bookings are safe' if not sandbox.provision.exam_book.late_changes else 'NOT held'}"
+                      "\n")
             errors = store.errors([third["run_id"]])
             if errors:
                 print("the record the target refused (retried after 1 h, 6 h, 24 h, then daily, until it is fixed):")
@@ -99,8 +159,116 @@ def main(directory: str, source: str = "oneroster") -> int:
           f"  syncd --config {path} status          last runs, counts, errors per run\n"
           f"  syncd --config {path} errors          what failed, and why\n"
           f"  syncd --config {path} errors --csv    the same for a spreadsheet\n"
+          f"  syncd --config {path} explain {sandbox.default_tenant} user:{refused}    why the refused student "
+          "is not in the target\n"
+          f"  syncd demo --serve                   keep a sandbox up to try `syncd run` and the rest on it\n"
           f"  syncd config example                 an annotated config for your own institution")
     return 0 if engine.FAILED not in (first["status"], second["status"], third["status"]) else 1
+
+
+def _progress(tenant: str, quiet: bool) -> Callable[[], engine.Progress | None]:
+    """A fresh progress bar per run on a terminal (none with --quiet, none into a pipe)."""
+    def bar() -> engine.Progress | None:
+        if quiet or not sys.stderr.isatty():
+            return None
+        drawn = cli.ProgressBar(tenant)
+
+        def update(phase: str, done: int, total: int | None) -> None:
+            drawn.update(phase, done, total)
+            if phase == "removals":
+                drawn.close()  # the last phase: its line ends before the summary is printed
+        return update
+    return bar
+
+
+# --- demo --serve: a sandbox that stays up -----------------------------------------------------
+
+# Offsets from --port-base. GG4L School Passport (its Partner API and the districts' Data APIs)
+# joins the sandbox on the fourth port when it exists: serve() reserves it and says so.
+PORTS = {"oneroster": 0, "canvas": 1, "provision": 2, "gg4l": 3}
+
+
+def serve(directory: str, port_base: int) -> int:
+    """Keep the sandbox up on fixed loopback ports with a config pointing at it, until SIGINT/SIGTERM."""
+    base = Path(directory).resolve()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logs.configure("error", "console")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
+    installs = [ProvisionApp(install_sid="AI" + "0" * 31 + "1"), ProvisionApp(install_sid="AI" + "0" * 31 + "2")]
+    servers: list[Any] = []
+    try:
+        target = Serving(route_installs(installs), port_base + PORTS["provision"])
+        servers.append(target)
+        lincoln = Sandbox(roster, port=port_base + PORTS["oneroster"], target=(installs[0], target.url))
+        servers.append(lincoln)
+        stateu = CanvasSandbox(CanvasRoster.generate(seed=7, users=120, courses=12, enrollments=500),
+                               port=port_base + PORTS["canvas"], target=(installs[1], target.url))
+        servers.append(stateu)
+        # GG4L (another issue): serve its Partner API here on port_base + PORTS["gg4l"], append it to
+        # `servers`, and add its [gg4l] table to the config _write_serve_config writes.
+    except OSError as exc:
+        for server in servers:
+            server.stop()
+        print(f"syncd: cannot listen on 127.0.0.1 ports {port_base}-{port_base + len(PORTS) - 1}: {exc.strerror}; "
+              "choose others with --port-base", file=sys.stderr)
+        return 1
+    try:
+        path = _write_serve_config(base, lincoln, stateu)
+        refused = _student_to_refuse(expected_mapping(roster, configuration.load(path).tenants["lincoln"].roles))
+        installs[0].reject = lambda body: (
+            (422, "user.email is already used by another account")
+            if body.get("user", {}).get("ids", {}).get("external") == refused else None)
+        _say_what_to_try(path, port_base, lincoln, stateu, refused, roster)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    print("sandbox stopped", flush=True)
+    return 0
+
+
+def _write_serve_config(base: Path, lincoln: Sandbox, stateu: CanvasSandbox) -> Path:
+    path = base / "syncd.toml"
+    path.write_text(
+        f'# Written by `syncd demo --serve`: it points at the sandbox while that runs.\n'
+        f'[daemon]\nstate_dir = "{base / "state"}"\nlog_level = "info"\nlog_format = "auto"\n\n'
+        + lincoln.tenant_toml() + "\n" + stateu.tenant_toml(), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def _say_what_to_try(path: Path, port_base: int, lincoln: Sandbox, stateu: CanvasSandbox, refused: str,
+                     roster: Roster) -> None:
+    inactive = next((u for u, v in roster.users.items() if v["status"] != "active"), None)
+    ended = next((e for e in roster.enrollments.values() if e.get("endDate")), None)
+    tries = [
+        ("syncd sync lincoln", "one sync now (the target refuses one student on purpose)"),
+        ("syncd run", "the daemon: every tenant every 15 minutes, until Ctrl-C"),
+        ("syncd status", "last runs and counts"),
+        ("syncd errors lincoln", "what failed, and why"),
+        (f"syncd explain lincoln user:{refused}", "why that student is not in the target (after a sync)"),
+    ]
+    if inactive:
+        tries.append((f"syncd explain lincoln user:{inactive}", "a student the SIS marks inactive"))
+    if ended:
+        pair = f"{ended['class']['sourcedId']}/{ended['user']['sourcedId']}"
+        tries.append((f"syncd explain lincoln enrollment:{pair}", "an enrollment that ended"))
+    tries.append(("curl http://127.0.0.1:8470/metrics", "once the daemon serves HTTP ([daemon.http] listen)"))
+    width = max(len(command) for command, _ in tries) + 3
+    servers = [("OneRoster 1.1", f"{lincoln.source_url}  (tenant lincoln)"),
+               ("Canvas", f"{stateu.source_url}  (tenant stateu)"),
+               ("provision API", lincoln.target_url),
+               ("GG4L", f"127.0.0.1:{port_base + PORTS['gg4l']}  (reserved: not in the sandbox yet)")]
+    lines = ["sandbox running on loopback (Ctrl-C to stop):"]
+    lines += [f"  {name:<15} {where}" for name, where in servers]
+    lines += [f"config: {path} (state in {path.parent / 'state'})", "", "try, in another terminal:",
+              f"  export SYNCD_CONFIG={path}"]
+    lines += [f"  {command:<{width}}{what}" for command, what in tries]
+    print("\n".join(lines), flush=True)
 
 
 def _many(count: int, noun: str) -> str:

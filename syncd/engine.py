@@ -17,13 +17,14 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import delta, http, limits, logs, plan, safety
+from syncd import delta, exams, http, limits, logs, plan, safety
 from syncd.config import TenantConfig
-from syncd.entities import ENTITIES, PLURAL, SPECS, Call, Entity
+from syncd.entities import ENTITIES, PLURAL, ROSTER, SPECS, Call, Entity
 from syncd.errors import RecordFailure
+from syncd.exams import Exam
 from syncd.model import RecordError
 from syncd.sources import DeltaRejected, Source, SourceError, open_source
-from syncd.store import Store, TenantStore, utcnow
+from syncd.store import CallLog, Store, TenantStore, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -44,7 +45,8 @@ class Options:
     dry_run: bool = False
     force: bool = False
     full: bool = False
-    # ("user" | "course", source id): extract, plan and push just that object and its enrollments.
+    # ("user" | "course" | "exam", source id): extract, plan and push just that object (and a
+    # user's or course's enrollments).
     only: tuple[str, str] | None = None
 
 
@@ -73,6 +75,15 @@ class Run:
     breaker: bool = False  # a safety threshold held something: status "held"
     plan_data: list[dict[str, Any]] | None = None
     removal_data: dict[str, Any] = field(default_factory=dict)
+    exams_unnamed_error: bool = False
+    exams_complete: bool = False  # every exam was read (removals of exams need it, beside `complete`)
+    # Exam source id -> clear password, for this run only (never stored; the target client sends it).
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def entities(self) -> tuple[Entity, ...]:
+        """What this tenant syncs: exams only when its config has an ``exams`` table."""
+        return ENTITIES if self.tenant.exams is not None else ROSTER
 
     def report(self, phase: str, done: int, total: int | None = None) -> None:
         if self.progress:
@@ -96,7 +107,7 @@ class Run:
             "run_id": self.run_id,
             "status": self.status,
             "dry_run": self.options.dry_run,
-            "counts": {PLURAL[e]: {k: self.counts.get(e, {}).get(k, 0) for k in COUNT_KEYS} for e in ENTITIES},
+            "counts": {PLURAL[e]: {k: self.counts.get(e, {}).get(k, 0) for k in COUNT_KEYS} for e in self.entities},
             "calls": self.calls,
             "planned_calls": self.planned_calls,
             **({"held_because": self.held_reasons} if self.held_reasons else {}),
@@ -118,6 +129,8 @@ def run(tenant: TenantConfig, state_file: Store, options: Options = Options(),
     ``progress`` the phase counters (for a progress bar on a terminal)."""
     state = Run(tenant, new_run_id(), options, progress=progress, show=show)
     store = state_file.tenant(tenant.name)
+    if tenant.exams is not None:
+        store.exam_key = exams.password_key(state_file.path.parent)
     structlog.contextvars.bind_contextvars(tenant=tenant.name, run_id=state.run_id)
     try:
         store.start_run(state.run_id, dry_run=options.dry_run, force=options.force)
@@ -142,8 +155,10 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         state.failure = f"source authorization failed: {exc}"
         log.error("sync.source_auth_failed", error=str(exc))
         return
+    client.passwords = state.passwords
     delta.read(state, store, source, _extract)  # full or delta extract into stage_* (issue 15)
-    store.build_desired(state.tenant.roles, state.tenant.time_zone)
+    state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
+    store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
     if state.complete:
         for source_id, course_id, user_id, missing in store.dangling_enrollments():
             _record_failed(state, store, RecordFailure(
@@ -153,6 +168,8 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     store.classify(state.options.force)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
+    if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake
+        _window_guard(state, store, approved)
     if not state.options.only:
         _defer_escrowed(state, store)
     state.planned_calls = plan.build(store)
@@ -173,6 +190,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     if state.options.only:
         log.info("sync.removals_skipped", reason="--only syncs one object: nothing is inferred removed")
     else:
+        state.report("removals", 0, None)
         _removals(state, store, client, approved)
     for entity in ENTITIES:
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
@@ -190,20 +208,44 @@ def _extract(state: Run, store: TenantStore, source: Source,
                 return
             read += len(page)
             state.report("extract", read)
+            _keep_passwords(state, page)
             staged = stage(page)
             for error in staged:
-                if not error.message.startswith("duplicate id"):
+                if error.entity == "exam":
+                    # An exam that cannot be mapped keeps its acknowledged state (see collect_removals);
+                    # one without an id could be any exam: no exam is inferred removed.
+                    state.exams_unnamed_error = state.exams_unnamed_error or not error.source_id
+                elif not error.message.startswith("duplicate id"):
                     state.unreadable += 1
                 _record_failed(state, store, RecordFailure(error.entity, error.source_id, "extract", error.message))
                 state.failed_extract[error.entity] += 1
             guard.page(len(page), sum(e.message.startswith("duplicate id") for e in staged))
         state.complete = source.complete
+        state.exams_complete = (state.complete and getattr(source, "exams_complete", True)
+                                and not state.exams_unnamed_error)
+        exams_error = getattr(source, "exams_error", None)
+        if exams_error:
+            log.error("sync.exams_unavailable", error=exams_error,
+                      consequence="exams are not synced this run and none is inferred removed")
+            _record_failed(state, store, RecordFailure("exam", "", "extract", exams_error))
     except DeltaRejected:
         raise  # syncd.delta makes a full extract instead
     except (http.HttpError, SourceError) as exc:
         state.failure = f"extract failed: {exc}"
         log.error("sync.extract_failed", error=str(exc), source_requests=source.requests)
     log.info("sync.extracted", complete=state.complete, source_requests=source.requests)
+
+
+def _keep_passwords(state: Run, page: list[Any]) -> None:
+    """Each exam's password, in memory for the requests of this run, and redacted from every log
+    line (the first record read of an id wins, as in staging)."""
+    fresh = []
+    for record in page:
+        if isinstance(record, Exam) and record.password and record.source_id not in state.passwords:
+            state.passwords[record.source_id] = record.password
+            fresh.append(record.password)
+    if fresh:
+        logs.register_secrets(fresh)
 
 
 def _guard_completeness(state: Run, store: TenantStore) -> None:
@@ -213,7 +255,14 @@ def _guard_completeness(state: Run, store: TenantStore) -> None:
         return
     staged = store.staged_counts()
     for entity, acked in store.acked_counts().items():
-        if acked and not staged[entity]:
+        if entity not in state.entities:
+            continue
+        if acked and not staged[entity] and entity == "exam":
+            state.exams_complete = False  # no exam at all: keep the exams, sync the roster
+            log.warning("sync.extract_suspect", entity=entity, acknowledged=acked,
+                        reason=f"the source returned no exams at all, where {acked} were synced before: "
+                               "no exam is inferred removed")
+        elif acked and not staged[entity]:
             state.complete = False
             log.warning("sync.extract_suspect", entity=entity, acknowledged=acked,
                         reason=f"the source returned no {PLURAL[entity]} at all, where {acked} were synced before: "
@@ -241,6 +290,27 @@ def _update_breaker(state: Run, store: TenantStore, approved: str | None) -> Non
                     approve=f"syncd approve {tenant} --run {state.run_id}")
 
 
+def _window_guard(state: Run, store: TenantStore, approved: str | None) -> None:
+    """An exam whose window has opened keeps its window and duration until an admin approves the
+    change: students may have booked sessions against them (SPEC §7)."""
+    now = datetime.now(UTC)
+    for source_id, old, new in store.guarded_exam_updates():
+        lines = exams.guarded_change(old, new, now)
+        if not lines:
+            continue
+        if store.was_held(approved, "exam", "update", (source_id,)):
+            log.info("sync.exam_change_approved", source_id=source_id, changes=lines, approved_run=approved)
+            continue
+        store.hold_exam_update(state.run_id, source_id)
+        state.held["exam"] += 1
+        state.breaker = True
+        opened = old.get("configuration", {}).get("access", {}).get("open")
+        reason = f"exam {source_id} held: its window opened at {opened} ({'; '.join(lines)})"
+        state.held_reasons.append(reason)
+        log.warning("sync.exam_held", source_id=source_id, title=new.get("title"), changes=lines, reason=reason,
+                    approve=f"syncd approve {state.tenant.name} --run {state.run_id}")
+
+
 def _defer_escrowed(state: Run, store: TenantStore) -> None:
     """Records the target keeps rejecting wait out their escrow delay instead of slowing every run."""
     for record in store.defer_escrowed():
@@ -260,14 +330,19 @@ def _removals(state: Run, store: TenantStore, client: ProvisionClient, approved:
     within the breaker's thresholds, and outside a freeze."""
     if not state.complete or state.failure:
         log.info("sync.removals_skipped", reason="the extract is incomplete: nothing is inferred removed")
+        show_removals(state, store, removals=False)
         return
     if state.unreadable:
         log.warning("sync.removals_skipped", unreadable_records=state.unreadable,
                     reason="some source records could not be read; one of them may be an object that "
                            "only looks removed")
+        show_removals(state, store, removals=False)
         return
     tenant, config = state.tenant.name, state.tenant.safety
-    pending = store.collect_removals()
+    complete = tuple(e for e in state.entities if e != "exam" or state.exams_complete)
+    if "exam" in state.entities and not state.exams_complete:
+        log.info("sync.exam_removals_skipped", reason="the exams were not all read: no exam is inferred removed")
+    pending = store.collect_removals(complete, state.run_id)
     window = safety.freeze(config, _today(state.tenant))
     if window and any(pending.values()) and not approved:
         held = store.hold_all_removals(state.run_id)
@@ -302,6 +377,21 @@ def _removals(state: Run, store: TenantStore, client: ProvisionClient, approved:
         log.info("sync.approval_spent", approved_run=approved)
     if state.tenant.deprovision == "disable":
         _disable(state, store, client)
+    if state.tenant.exams is not None and state.tenant.exams.on_removed == "delete":
+        _delete_exams(state, store, client)
+
+
+def _delete_exams(state: Run, store: TenantStore, client: ProvisionClient) -> None:
+    """on_removed = "delete": an exam that left scope (past the breaker) is soft-deleted in the target."""
+    for source_id, course_sid, exam_sid, title in store.exams_to_delete():
+        try:
+            client.delete_exam(course_sid, exam_sid, title or source_id)
+        except http.HttpError as exc:
+            _record_failed(state, store, RecordFailure("exam", source_id, "push", f"could not delete: {exc.detail}",
+                                                       exc.status))
+            continue
+        store.set_exam_deleted(source_id)
+        log.info("sync.exam_deleted", source_id=source_id, sid=exam_sid)
 
 
 def _disable(state: Run, store: TenantStore, client: ProvisionClient) -> None:
@@ -374,6 +464,7 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
     """Collect the calls that returned and acknowledge them together (one transaction)."""
     done, _ = wait(list(in_flight), return_when=how)
     acks: list[tuple[Call, Outcome]] = []
+    answers: list[CallLog] = []  # for `syncd explain`: the last call of each object and its answer
     for future in done:
         call = in_flight.pop(future)
         try:
@@ -381,11 +472,15 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
         except http.AuthError as exc:
             state.failure = f"the target refused the token: {exc}"
             log.error("sync.target_auth_failed", error=str(exc))
+            answers.append(CallLog(state.run_id, call, "failed", exc.status, f"the target refused the token: {exc}"))
         except (http.HttpError, InvalidResponse) as exc:
             _call_failed(state, store, call, exc.detail, exc.status)
+            rejected = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+            answers.append(CallLog(state.run_id, call, "rejected" if rejected else "failed", exc.status, exc.detail))
             if state.options.only:
                 state.say(f"push: call {call.seq} ({call.describe()}) failed: HTTP {exc.status or '-'}: {exc.detail}")
-    store.acknowledge(((call, outcome.sids) for call, outcome in acks))
+    answers += [_answered(state.run_id, call, outcome) for call, outcome in acks]
+    store.acknowledge(((call, outcome.sids) for call, outcome in acks), answers)
     for call, outcome in acks:
         if state.options.only:
             acked = ", ".join(f"{e} {sid}" for e, sid in outcome.sids.items())
@@ -394,6 +489,12 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
             _record_failed(state, store, RecordFailure(
                 entity, call.source_id(entity), "push", f"not acknowledged: {problem}", course_id=call.course_id,
                 user_id=call.user_id, name=call.name(entity)))
+
+
+def _answered(run_id: str, call: Call, outcome: Outcome) -> CallLog:
+    problems = {entity: f"not acknowledged: {problem}" for entity, problem in outcome.problems.items()}
+    return CallLog(run_id, call, "acknowledged", 200, sids=outcome.sids, answers={**outcome.results, **problems},
+                   outcomes=dict.fromkeys(problems, "not_acknowledged"))
 
 
 def _call_failed(state: Run, store: TenantStore, call: Call, message: str, status: int | None) -> None:
@@ -496,19 +597,22 @@ def _show_plan(state: Run, store: TenantStore, show: Show | None) -> None:
     state.plan_data = None if show else data
 
 
-def show_removals(state: Run, store: TenantStore) -> None:
-    """After a dry run's removal step: what would be removed, and what the breaker would hold."""
-    removals = [{"entity": e, "source_id": "/".join(k)} for e, k in store.pending_removals()]
+def show_removals(state: Run, store: TenantStore, removals: bool = True) -> None:
+    """After a dry run's removal step: what would be removed (``removals``: the step ran), and what
+    the breakers and the window guard would hold."""
+    if not state.options.dry_run:
+        return
+    removed = [{"entity": e, "source_id": "/".join(k)} for e, k in store.pending_removals()] if removals else []
     held = [{"entity": e, "kind": kind, "source_id": "/".join(k)} for e, kind, k in store.held_keys(state.run_id)]
     if state.show:
-        for removal in removals:
+        for removal in removed:
             state.show({"remove": removal})
         for hold in held:
             state.show({"hold": hold})
         for reason in state.held_reasons:
             state.show({"held": reason})
     elif state.plan_data is not None:
-        state.removal_data = {"removals": removals, "held_objects": held}
+        state.removal_data = {"removals": removed, "held_objects": held}
 
 
 def _change(store: TenantStore, entity: Entity, key: tuple[str, ...], label: str,
@@ -517,10 +621,15 @@ def _change(store: TenantStore, entity: Entity, key: tuple[str, ...], label: str
     old = store.acked_body(entity, key)
     new_fields = _flatten(body)
     if old is None:
+        if entity == "exam":  # the stored digest is no one's business either
+            new_fields = {k: "(secret)" if k.endswith(".password") else v for k, v in new_fields.items()}
         return {"entity": entity, "source_id": label, "action": "create", "fields": new_fields}
     old_fields = _flatten(old)
-    changed = {k: [old_fields.get(k), new_fields.get(k)] for k in sorted(set(old_fields) | set(new_fields))
-               if old_fields.get(k) != new_fields.get(k)}
+    fields = sorted(set(old_fields) | set(new_fields))
+    changed: dict[str, Any] = {k: [old_fields.get(k), new_fields.get(k)] for k in fields
+                               if old_fields.get(k) != new_fields.get(k)}
+    if entity == "exam":
+        changed = {k: "changed" if k.endswith(".password") else v for k, v in changed.items()}
     return {"entity": entity, "source_id": label, "action": "update" if changed else "carried", "changes": changed}
 
 

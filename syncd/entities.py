@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-Entity = Literal["course", "user", "enrollment"]
+Entity = Literal["course", "user", "enrollment", "exam"]
 
 
 def _course_name(bodies: Mapping[str, dict[str, Any]]) -> str | None:
@@ -26,6 +26,10 @@ def _person(bodies: Mapping[str, dict[str, Any]]) -> str | None:
     if not user:
         return None
     return f"{user.get('firstName', '')} {user.get('lastName', '')}".strip() or None
+
+
+def _exam_title(bodies: Mapping[str, dict[str, Any]]) -> str | None:
+    return (bodies.get("exam") or {}).get("title")
 
 
 def _enrollment_name(bodies: Mapping[str, dict[str, Any]]) -> str | None:
@@ -41,16 +45,25 @@ KNOWN_RESULTS = {"created", "found existing", "updated", "unchanged", "existing"
                  "success"}
 
 
-def parse_answer(entity: str, answer: Any) -> str:
-    """The sid in the target's answer for one object, or ValueError saying why it acknowledges
-    nothing. Every ``result`` the target documents (SPEC §4) acknowledges; see ``KNOWN_RESULTS``."""
+class Answer(NamedTuple):
+    """The target's answer for one object that it acknowledged: its sid, and its word for what it
+    did (``Created``, ``Updated``…, None when it said nothing), kept for `syncd explain`."""
+
+    sid: str
+    result: str | None = None
+
+
+def parse_answer(entity: str, answer: Any) -> Answer:
+    """The sid (and result) in the target's answer for one object, or ValueError saying why it
+    acknowledges nothing. Every ``result`` the target documents (SPEC §4) acknowledges; see
+    ``KNOWN_RESULTS``."""
     sid = answer.get("sid") if isinstance(answer, dict) else None
     result = answer.get("result") if isinstance(answer, dict) else None
     if not isinstance(sid, str) or not sid:
         raise ValueError(f"the response carries no {entity} sid")
     if result is not None and (not isinstance(result, str) or result.lower() not in KNOWN_RESULTS):
         raise ValueError(f"the response carries an unknown {entity} result {result!r}")
-    return sid
+    return Answer(sid, result)
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class EntitySpec:
     # What an admin knows it by ("Biology 101", "Ann Smith", "Ann Smith in Biology 101"), from
     # the bodies of the call that carries it (entity -> body).
     label: Callable[[Mapping[str, dict[str, Any]]], str | None]
-    parse: Callable[[str, Any], str] = parse_answer
+    parse: Callable[[str, Any], Answer] = parse_answer
 
     @property
     def desired(self) -> str:
@@ -77,13 +90,17 @@ class EntitySpec:
         return f"stage_{self.plural}"
 
 
-# In payload order: a call carries one course, at most one user, and that user's enrollment.
+# In payload order: a call carries one course, at most one user and that user's enrollment, and at
+# most one exam (SPEC §7; a tenant without ``exams`` never has an exam row).
 SPECS: dict[Entity, EntitySpec] = {
     "course": EntitySpec("course", "courses", ("source_id",), "course", _course_name),
     "user": EntitySpec("user", "users", ("source_id",), "user", _person),
     "enrollment": EntitySpec("enrollment", "enrollments", ("course_id", "user_id"), "enrollment", _enrollment_name),
+    "exam": EntitySpec("exam", "exams", ("source_id",), "exam", _exam_title),
 }
 ENTITIES: tuple[Entity, ...] = tuple(SPECS)
+ROSTER: tuple[Entity, ...] = ("course", "user", "enrollment")  # the entities of a tenant without exams
+SPECIFIC: tuple[Entity, ...] = ("enrollment", "exam", "user", "course")  # most specific first
 PLURAL: dict[Entity, str] = {e: s.plural for e, s in SPECS.items()}
 KEYS: dict[Entity, tuple[str, ...]] = {e: s.keys for e, s in SPECS.items()}
 
@@ -103,7 +120,7 @@ class Part:
 @dataclass(frozen=True)
 class Call:
     """One planned provision call, its parts by entity in payload order: one course, at most one
-    user with their enrollment."""
+    user with their enrollment, at most one exam."""
 
     seq: int
     parts: dict[Entity, Part]
@@ -118,9 +135,15 @@ class Call:
         return user.key[0] if user else None
 
     @property
+    def exam_id(self) -> str | None:
+        exam = self.parts.get("exam")
+        return exam.key[0] if exam else None
+
+    @property
     def innermost(self) -> Entity:
-        """The entity the call exists for: its enrollment, else its user, else its course."""
-        return list(self.parts)[-1]
+        """The most specific object the call carries, which a rejection is put on: its enrollment,
+        else its exam, else its user, else its course."""
+        return next(e for e in SPECIFIC if e in self.parts)
 
     def source_id(self, entity: Entity) -> str:
         part = self.parts.get(entity)
@@ -138,4 +161,6 @@ class Call:
             words.append(f"user {self.user_id}")
         if "enrollment" in self.parts:
             words.append(f"enrollment as {self.parts['enrollment'].body.get('role')}")
+        if self.exam_id:
+            words.append(f"exam {self.exam_id}")
         return ", ".join(words)

@@ -14,8 +14,8 @@ a maximum bipartite b-matching of riders to seats, solved with plan.max_matching
 enrollment call and 0 otherwise: today's plan (plan.py) exactly. Exams then take the calls of their
 course in order, one each; the exams left over get calls of their own.
 
-This module is what the engine's planner becomes once exams are an entity (issue 12): the store
-gives it the change set, it gives back the calls.
+plan.build is this rule in SQL over the store (the property tests in tests/test_plan.py compare
+the two); this pure form is what the brute-force proof of the minimum runs on.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.plan import max_matching
-
-SEAT = "\x1f"  # joins a course id and a seat number: never in a source id (control characters are cleaned)
+from syncd.plan import SEAT, max_matching
 
 
 @dataclass(frozen=True)

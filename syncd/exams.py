@@ -28,11 +28,12 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from syncd.entities import Entity
 from syncd.exams_config import ExamsConfig
 from syncd.model import RecordError
 from syncd.sources import CONTROL, MAX_TEXT, text_field
 
-ENTITY: Any = "exam"  # an entity of its own once the engine holds entities as data (issue 10)
+ENTITY: Entity = "exam"
 KEY_FILE = "exam-password.key"
 DIGEST_PREFIX = "hmac-sha256:"
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -21,7 +21,7 @@ ON_REMOVED = ("report", "delete")
 # Proctor type sids as the provision OpenAPI writes them (reference/exams.md §1.2).
 PROCTOR_TYPE = re.compile(r"^TS[0-9a-f]{32}$")
 KEYS = {"select", "title_pattern", "ids", "new_quizzes", "proctor_types", "default_duration_min",
-        "default_password", "limited_scope", "on_removed", "window_guard", "url_template"}
+        "default_password", "limited_scope", "on_removed", "window_guard", "url_template", "count_overrides"}
 URL_FIELDS = ("id", "class_id")
 MAX_DURATION_MIN = 10_080  # a week: Canvas's own cap on extra time
 
@@ -39,6 +39,9 @@ class ExamsConfig:
     on_removed: str = "report"
     window_guard: bool = True
     url_template: str | None = None
+    # Canvas: read each published exam's overrides (one or two requests more per exam) for the
+    # accommodations `syncd exams` lists; off by default, for a nightly tenant rather than every run.
+    count_overrides: bool = False
 
 
 def parse(checker: _Checker, tenant: dict[str, Any], tenant_key: str, source_type: str | None) -> ExamsConfig | None:
@@ -58,9 +61,10 @@ def parse(checker: _Checker, tenant: dict[str, Any], tenant_key: str, source_typ
                             required=source_type == "oneroster")
     if select == "access_code" and source_type == "oneroster":
         checker.error(f"{key}.select", 'lineItems carry no access code: use "all", "title" or "ids"')
-    for name, usable in (("new_quizzes", canvas), ("url_template", source_type == "oneroster")):
+    for name, usable in (("new_quizzes", canvas), ("count_overrides", canvas),
+                         ("url_template", source_type == "oneroster")):
         if name in body and not usable and source_type:
-            other = "Canvas" if name == "new_quizzes" else "OneRoster"
+            other = "OneRoster" if name == "url_template" else "Canvas"
             checker.error(f"{key}.{name}", f"only used with a {other} source")
     return ExamsConfig(
         select=select or "access_code",
@@ -74,6 +78,7 @@ def parse(checker: _Checker, tenant: dict[str, Any], tenant_key: str, source_typ
         on_removed=checker.choice(body, f"{key}.on_removed", ON_REMOVED, "report"),
         window_guard=bool(checker.get(body, f"{key}.window_guard", bool, True)),
         url_template=_url_template(checker, body, f"{key}.url_template"),
+        count_overrides=bool(checker.get(body, f"{key}.count_overrides", bool, False)),
     )
 
 

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS district_webhooks (
 """
 
 # A purge deletes these of the district's tenant, with every stage_* and desired_* table.
-PURGED_TABLES = ("plan_calls", "pending_removals", "held", "escrow", "errors")
+PURGED_TABLES = ("plan_calls", "pending_removals", "held", "escrow", "errors", "call_log")
 _TIMES = ("first_missing_at", "revoked_at", "purged_at", "expiry", "last_seen", "last_data_ts", "synced_data_ts",
           "created_at")
 _COLUMNS = tuple(f.name for f in fields(District))
@@ -160,10 +160,11 @@ class DistrictStore:
     def purge_roster(self, tenant: str, now: datetime | None = None) -> dict[str, int]:
         """Delete a purged district's local roster (its PII), keeping only each object's key and sid.
 
-        Staging, desired state, plans, holds, escrow and per-record errors of the tenant are
-        deleted; every acknowledged row keeps its key and ``sid`` but loses its body and hash and
-        becomes a tombstone. A district listed again then syncs as updates carrying its old sids
-        (``ids.sid``), and, tombstones not being counted as acknowledged, no breaker holds it.
+        Staging, desired state, plans, holds, escrow, per-record errors and the last calls
+        (``call_log``) of the tenant are deleted; every acknowledged row keeps its key and ``sid``
+        but loses its body and hash and becomes a tombstone. A district listed again then syncs as
+        updates carrying its old sids (``ids.sid``), and, tombstones not being counted as
+        acknowledged, no breaker holds it.
         Run history (``runs``) stays as the audit trail. Returns the rows touched per table.
         """
         stamp = _text(now or datetime.now(UTC))

@@ -27,6 +27,7 @@ class Course:
     lms_id: str | None = None
     # OneRoster: the class's course, whose courseCode stands in when the class has no classCode.
     parent_id: str | None = None
+    status: str | None = None  # the source's raw status, kept so `syncd explain` can name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class User:
     email: str | None = None
     external_id: str | None = None
     lms_id: str | None = None
+    status: str | None = None  # the source's raw status, kept so `syncd explain` can name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class Enrollment:
     user_id: str
     role: str
     active: bool
+    status: str | None = None  # the source's raw status, kept so `syncd explain` can name it
+    end_date: str | None = None  # ISO date; an enrollment ended on it (exclusive) is not active
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,23 @@
-"""The state schema on PostgreSQL: syncd/store.py's SQLite migrations m001..m004, translated (SPEC §11).
+"""The state schema on PostgreSQL: syncd/store/schema.py's SQLite migrations, translated (SPEC §11).
 
-Each migration keeps the name of its SQLite twin, so ``syncd state copy`` can tell whether this
-module knows every migration a SQLite store has. What differs from SQLite, and why:
+Each SQLite migration ``mNNN_name`` has its twin here under the same name (DDL text, or a function
+of the connection when it must compute something), in :data:`MIGRATIONS`, in the same order;
+``tests/test_state_copy.py`` fails while a SQLite migration has no twin, and ``syncd state copy``
+refuses a SQLite store with a migration this module does not know. Cluster-only migrations are
+named ``pgNNN_…``. What differs from SQLite, and why:
 
 - ``WITHOUT ROWID`` has no meaning here (PostgreSQL tables are heaps; the primary key is an index).
 - ``stage_*``, ``desired_*`` and ``plan_calls`` are ``UNLOGGED``: a run rebuilds them from the
   source, so they skip the WAL (faster staging), and a server crash, which empties them, only aborts
   the runs that would rebuild them anyway.
-- Bodies are ``jsonb``: built with ``jsonb_build_object`` + ``jsonb_strip_nulls`` (SQLite:
-  ``json_patch('{}', json_object(…))``), compared and hashed in jsonb's canonical text form. The
-  hash is :data:`HASH_SQL` (md5 of that text, in SQL: the server has no blake2b UDF). It is a change
-  detector, not a security measure; ``state copy`` recomputes acknowledged hashes in this form so a
-  copied store does not re-push everything.
-- Record keys of ``held``, ``escrow`` and ``pending_removals`` are ``jsonb`` arrays: SQLite's
-  ``json_array`` prints ``["c","u"]``, PostgreSQL's ``["c", "u"]``; jsonb equality ignores that.
+- Bodies are TEXT, as on SQLite, in the exact canonical JSON text (:func:`syncd.model.canonical_json`)
+  that ``syncd.store.dialect`` builds on both. (m001 made them ``jsonb``, whose text is not canonical:
+  jsonb sorts keys by length first; m005's twin turns them into canonical TEXT.) The hash is
+  :data:`HASH_SQL`, md5 of that text, in SQL (the server has no blake2b and runs no Python): a change
+  detector, not a security measure. ``state copy`` recomputes acknowledged hashes in this form, so a
+  copied store finds nothing changed and pushes nothing.
+- Record keys of ``held``, ``escrow`` and ``pending_removals`` are TEXT too, in SQLite's
+  ``json_array`` text (``["c","u"]``), which ``Dialect.key`` builds on PostgreSQL.
 - ``errors.id`` is an identity column (SQLite: ``INTEGER PRIMARY KEY``).
 - Timestamps stay ISO-8601 TEXT (``…Z``), as the store writes and compares them on both backends.
 - Flags stay INTEGER 0/1, so ``WHERE active = 1`` reads the same on both.
@@ -21,16 +25,25 @@ module knows every migration a SQLite store has. What differs from SQLite, and w
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from typing import Any
 
 from syncd import lease
+from syncd.model import canonical_json
 
 MIGRATIONS_TABLE = "_syncd_migrations"
 # Serialises migrations of nodes that start together (single-bigint advisory lock form).
 MIGRATION_LOCK = 0x53594E445F4D4947
 
 # The content hash of a jsonb body, in SQL. The PostgreSQL store must hash desired bodies with it.
-HASH_SQL = "md5(({})::text)"
+HASH_SQL = "md5({})"
+
+
+def text_hash(text: str) -> str:
+    """:data:`HASH_SQL` in Python (md5 of the UTF-8 text, as the server computes it)."""
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 M001 = """
 CREATE TABLE runs (
@@ -113,6 +126,42 @@ CREATE INDEX plan_calls_by_user ON plan_calls (tenant, user_id);
 CREATE INDEX plan_calls_by_course ON plan_calls (tenant, course_id);
 """
 
+# m005 re-hashed SQLite's acknowledged bodies over their canonical JSON; a PostgreSQL store only
+# ever receives state copied from an upgraded SQLite file, or hashes with model.body_hash itself.
+
+# What `syncd explain` reads: raw status and endDate in stage, the last call per (course, user).
+# (SQLite's m006 also re-writes escrow keys escaped to ASCII; jsonb keys compare by value.)
+M006 = """
+ALTER TABLE stage_courses ADD COLUMN status TEXT;
+ALTER TABLE stage_users ADD COLUMN status TEXT;
+ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
+ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
+CREATE TABLE call_log (
+    tenant TEXT, course_id TEXT, user_id TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+    outcome TEXT NOT NULL, http_status INTEGER, message TEXT, answers TEXT NOT NULL,
+    PRIMARY KEY (tenant, course_id, user_id));
+CREATE INDEX call_log_by_run ON call_log (run_id);
+"""
+
+# Exams (SPEC §7): syncd/store/exams.py's SCHEMA and PLAN_COLUMN, bodies as canonical TEXT (after m005).
+M007 = """
+CREATE UNLOGGED TABLE stage_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, title TEXT, description TEXT, practice INTEGER,
+    published INTEGER, url TEXT, open_at TEXT, close_at TEXT, duration_min INTEGER, password_digest TEXT,
+    attempts INTEGER, override_count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, source_id));
+CREATE UNLOGGED TABLE desired_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, body TEXT, hash TEXT, change TEXT,
+    PRIMARY KEY (tenant, source_id));
+CREATE INDEX desired_exams_by_course ON desired_exams (tenant, course_id, change);
+CREATE TABLE acked_exams (
+    tenant TEXT, source_id TEXT, course_id TEXT, sid TEXT, configuration_sid TEXT, hash TEXT, body TEXT,
+    acked_at TEXT, removed_at TEXT, deleted_at TEXT,
+    PRIMARY KEY (tenant, source_id));
+ALTER TABLE plan_calls ADD COLUMN exam_id TEXT;
+CREATE INDEX plan_calls_by_exam ON plan_calls (tenant, exam_id);
+"""
+
 M008 = """
 CREATE TABLE alert_state (
     tenant TEXT, topic TEXT, state TEXT NOT NULL, detail TEXT, changed_at TEXT NOT NULL,
@@ -120,25 +169,50 @@ CREATE TABLE alert_state (
 CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 """
 
+ACKED_TABLES = ("acked_courses", "acked_users", "acked_enrollments")
+DESIRED_TABLES = ("desired_courses", "desired_users", "desired_enrollments")
+KEY_TABLES = ("pending_removals", "held", "escrow")
+
+
+def m005_canonical_hashes(conn: Any) -> None:
+    """Bodies and keys become the canonical TEXT both stores build (see the module's docstring), and
+    acknowledged hashes are recomputed over it, as SQLite's m005 does."""
+    for table in (*ACKED_TABLES, *DESIRED_TABLES):
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN body TYPE TEXT USING body::text")
+    for table in KEY_TABLES:
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN key TYPE TEXT USING key::text")
+        conn.execute(f"UPDATE {table} SET key = (SELECT '[' || string_agg(to_json(e)::text, ',' ORDER BY n) || ']' "
+                     "FROM jsonb_array_elements_text(key::jsonb) WITH ORDINALITY AS x(e, n))")
+    for table in ACKED_TABLES:
+        rows = conn.execute(f"SELECT ctid::text, body FROM {table} WHERE body IS NOT NULL").fetchall()
+        with conn.cursor() as cursor:
+            cursor.executemany(f"UPDATE {table} SET body = %s, hash = %s WHERE ctid = %s::tid",
+                               [(text, text_hash(text), ctid)
+                                for ctid, text in ((c, canonical_json(json.loads(b))) for c, b in rows)])
+
+
 # Delta runs' marks (syncd.store.delta). Not in STATE_TABLES: they vouch for the stage_* mirror,
 # which is not copied either, so a copied state starts with a full run.
 M009 = """
 CREATE TABLE source_marks (tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL);
 """
 
-# In order; the names are those of syncd/store.py's SQLite migrations (plus cluster-only ones).
-MIGRATIONS: tuple[tuple[str, str], ...] = (
+# In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
+MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m001_initial", M001),
     ("m002_error_names", M002),
     ("m003_safety", M003),
     ("m004_plan_indexes", M004),
     ("pg001_leases", lease.SCHEMA),
+    ("m005_canonical_hashes", m005_canonical_hashes),
+    ("m006_explain", M006),
+    ("m007_exams", M007),
     ("m008_alerts", M008),
     ("m009_delta", M009),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).
-STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments",
+STATE_TABLES = ("runs", "errors", "acked_courses", "acked_users", "acked_enrollments", "acked_exams",
                 "pending_removals", "held", "approvals", "escrow")
 JSONB_COLUMNS = {"body", "key"}
 
@@ -165,7 +239,10 @@ def migrate(conn: Any) -> list[str]:
                          "name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
             if conn.execute(f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = %s", (name,)).fetchone():
                 continue
-            conn.execute(ddl)
+            if callable(ddl):
+                ddl(conn)
+            else:
+                conn.execute(ddl)
             conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", (name,))
             done_now.append(name)
     return done_now

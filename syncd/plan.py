@@ -20,18 +20,39 @@ from collections.abc import Iterable
 
 from syncd.store import TenantStore
 
+SEAT = "\x1f"  # joins a course id and a seat number: never in a source id (control characters are cleaned)
+
 
 def build(store: TenantStore) -> int:
     """Write the plan for the store's tenant into it (SQL in ``syncd/store/plan.py``); return the
-    number of calls."""
+    number of calls.
+
+    With exams (SPEC §7, exam_plan.py), a course whose changed exams need more calls than it has
+    offers that many seats to riders, so the matching is over seats (``course SEAT i``); without
+    changed exams every seat is the course itself and this is the plan above."""
     store.plan_enrollment_calls()
-    match = max_matching(store.uncovered_edges())
+    seats = store.exam_seats()
+    edges: Iterable[tuple[str, str]] = store.uncovered_edges()
+    if seats:
+        edges = _seated(edges, store.exam_edges(), seats)
+    match = max_matching(edges)
     rides: list[tuple[str, str | None]] = []
     for user, fallback_course in store.uncovered_users():
-        rides.append((match.get(user, fallback_course), user))
+        rides.append((match[user].split(SEAT)[0] if user in match else fallback_course, user))
     store.add_calls(sorted(rides))
     store.plan_course_calls()
+    if seats:
+        store.plan_exam_calls()
     return store.call_count()
+
+
+def _seated(edges: Iterable[tuple[str, str]], exam_edges: Iterable[tuple[str, str]],
+            seats: dict[str, int]) -> list[tuple[str, str]]:
+    """The matching's edges once courses with changed exams offer ``seats[course]`` seats."""
+    out = [(user, course) for user, course in edges if course not in seats]
+    for user, course in exam_edges:
+        out += [(user, f"{course}{SEAT}{i}") for i in range(seats[course])]
+    return out
 
 
 def max_matching(edges: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -9,18 +9,22 @@ run and error history. Staging, desired state and the plan are rebuilt by every 
 - Everything goes in one PostgreSQL transaction, table by table with ``COPY``; the row counts of
   both sides are compared before the commit, and any difference rolls the whole copy back.
 - A target that already holds state is refused: a copy never merges into a live cluster's store.
-- Acknowledged hashes are recomputed in PostgreSQL's form (:data:`syncd.pg_schema.HASH_SQL`) so
-  that the first run on PostgreSQL finds nothing changed and pushes nothing.
+- Acknowledged bodies are written in their canonical JSON text (a store from before SQLite's m005
+  may hold other text) and their hashes recomputed in PostgreSQL's form
+  (:data:`syncd.pg_schema.HASH_SQL`), so that the first run on PostgreSQL, whose desired bodies are
+  the same canonical text, finds nothing changed and pushes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from syncd import pg_schema
+from syncd.model import canonical_json
 
 ACKED = ("acked_courses", "acked_users", "acked_enrollments")
 
@@ -105,9 +109,12 @@ def _copy_table(source: sqlite3.Connection, target: Any, table: str) -> int:
     names = ", ".join(columns)
     rows = 0
     cursor = source.execute(f"SELECT {names} FROM {table}")
+    body = columns.index("body") if table in ACKED else None
     with target.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
         while batch := cursor.fetchmany(5000):
             for row in batch:
+                if body is not None and row[body] is not None:
+                    row = (*row[:body], canonical_json(json.loads(row[body])), *row[body + 1:])
                 copy.write_row(row)
             rows += len(batch)
     return rows

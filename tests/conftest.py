@@ -27,8 +27,71 @@ def sandbox(roster: Roster):
 
 
 @pytest.fixture
-def config(sandbox: Sandbox, tmp_path: Path) -> Path:
-    return sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Path:
+    path = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    if state_backend == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        path.write_text(path.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n', encoding="utf-8")
+    return path
+
+
+# Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
+# SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
+BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan"}
+# Their PostgreSQL runs that CI's time budget leaves to `-m slow` (test_pg_store.py keeps a quick
+# form of the canonical-text check in CI).
+SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
+                      "test_the_plan_uses_the_minimum_number_of_calls_and_then_none",
+                      "test_a_record_rejected_run_after_run_is_retried_on_the_escrow_schedule"}
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--state-backend", choices=("sqlite", "postgresql"), default=None,
+                     help="run the tests that use the state store on this backend only")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "state_backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--state-backend")
+    if chosen:
+        backends = [chosen]
+    elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
+        backends = ["sqlite", "postgresql"]
+    else:
+        return  # SQLite only, under the test's usual id (the state_backend fixture's default)
+    marks = {"postgresql": [pytest.mark.postgresql]}
+    if metafunc.function.__name__ in SLOW_ON_POSTGRESQL:
+        marks["postgresql"].append(pytest.mark.slow)
+    metafunc.parametrize("state_backend", [pytest.param(b, marks=marks.get(b, ()), id=b) for b in backends],
+                         indirect=True)
+
+
+@pytest.fixture
+def state_backend(request) -> str:
+    """"sqlite" or "postgresql": the state store of a test that uses `config` or `make_store`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def make_store(state_backend: str, request):
+    """``make_store(state_dir)``: an open, empty state store on the test's backend."""
+    from syncd.store import Store
+
+    url = request.getfixturevalue("pg_database") if state_backend == "postgresql" else ""
+
+    def make(state_dir: Path) -> Store:
+        store = Store.open(Path(state_dir), url)
+        if url:  # one database per test: a new store (a hypothesis example) starts empty
+            store.conn.execute("TRUNCATE " + ", ".join(STATE_TABLES_ALL))
+        return store
+
+    return make
+
+
+STATE_TABLES_ALL = ("runs", "errors", "stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
+                    "desired_courses", "desired_users", "desired_enrollments", "acked_courses", "acked_users",
+                    "acked_enrollments", "plan_calls", "pending_removals", "held", "approvals", "escrow")
 
 
 def syncd(config: Path | None, *args: str, timeout: float = 120, env: dict[str, str] | None = None,

@@ -6,10 +6,11 @@ import dataclasses
 import json
 import sqlite3
 
-from syncd import exams, exams_store
+from syncd import exams
 from syncd.exams import CourseWindow, Exam
 from syncd.exams_config import ExamsConfig
 from syncd.model import content_hash
+from syncd.store import exams as exams_store
 
 TS = "TS4b894875a1b24f4e9b2e1c9d0f8a7b6c"
 CONFIG = ExamsConfig(select="all", proctor_types={TS: {"options": {"recordScreen": {}}}}, limited_scope=True,

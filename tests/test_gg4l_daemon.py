@@ -285,7 +285,7 @@ def test_rotation_expiry_revocation_purge_and_restore_with_the_old_sids(gg4l):
     move(state, "revoked_at", days=31)
     discover(setup, daemon)
     assert district_state(state, T1) == "purged"
-    for table in ("stage_users", "desired_users", "desired_enrollments", "stage_enrollments"):
+    for table in ("stage_users", "desired_users", "desired_enrollments", "stage_enrollments", "call_log"):
         assert query(state, f"SELECT count(*) FROM {table} WHERE tenant = ?", T1) == [(0,)], table
     assert query(state, "SELECT count(*) FROM acked_users WHERE tenant = ? AND body != '{}'", T1) == [(0,)]
     assert sids(state, T1) == before

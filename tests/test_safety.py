@@ -4,9 +4,9 @@ deprovisioning, the retry escrow, freezes, on-demand sync of one object, readabl
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
 
+import state
 from conftest import log_events, summary, syncd
 from test_sync_end_to_end import expected, travel_past_escrow
 
@@ -22,8 +22,7 @@ def _drop_users(roster, share: float) -> list[str]:
 
 
 def _acked(config, table: str, where: str = "removed_at IS NULL") -> int:
-    with sqlite3.connect(config.parent / "state" / "syncd.db") as conn:
-        return conn.execute(f"SELECT count(*) FROM acked_{table} WHERE {where}").fetchone()[0]
+    return state.query(config, f"SELECT count(*) FROM acked_{table} WHERE {where}")[0][0]
 
 
 def test_a_source_that_drops_60_percent_of_users_is_held_until_approved_once(sandbox, config, roster):

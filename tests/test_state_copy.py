@@ -14,6 +14,7 @@ import pytest
 from conftest import summary, syncd
 
 from syncd import pg_schema, state_copy
+from syncd.model import canonical_json
 from syncd.store import Store
 
 
@@ -109,14 +110,15 @@ def test_state_copy_moves_every_state_table_verified_and_leaves_sqlite_untouched
     assert seen == list(pg_schema.STATE_TABLES)
     assert _fingerprint(synced_state) == before, "the SQLite file must not change"
     with psycopg.connect(pg_database) as conn:
-        landed = {(t, *row[:-1]): row[-1] for t in state_copy.ACKED
-                  for row in conn.execute(f"SELECT tenant, sid, removed_at, body FROM {t}")}
-        assert landed == acked, "sids, tombstones and bodies arrive unchanged"
+        texts = {(t, *row[:-1]): row[-1] for t in state_copy.ACKED
+                 for row in conn.execute(f"SELECT tenant, sid, removed_at, body FROM {t}")}
+        assert {k: json.loads(v) for k, v in texts.items()} == acked, "sids, tombstones and bodies arrive unchanged"
+        assert all(text == canonical_json(json.loads(text)) for text in texts.values()), "in canonical text"
         tombstones = conn.execute("SELECT count(*) FROM acked_enrollments WHERE removed_at IS NOT NULL").fetchone()
         assert tombstones[0] == 3
-        stale = conn.execute("SELECT count(*) FROM acked_users WHERE hash <> md5(body::text)").fetchone()[0]
+        stale = conn.execute("SELECT count(*) FROM acked_users WHERE hash <> md5(body)").fetchone()[0]
         assert stale == 0, "hashes are in PostgreSQL's form, so the first run there pushes nothing"
-        assert {json.dumps(row[0]) for row in conn.execute("SELECT key FROM escrow")} == escrow_keys
+        assert {json.dumps(json.loads(row[0])) for row in conn.execute("SELECT key FROM escrow")} == escrow_keys
         # The next error gets an id after the copied ones.
         next_id = conn.execute("INSERT INTO errors (run_id, tenant, entity, source_id, stage, message, attempts, "
                                "first_seen, last_seen) VALUES ('r', 't', 'user', 'u', 'push', 'm', 1, 'x', 'x') "

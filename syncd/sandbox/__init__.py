@@ -15,24 +15,30 @@ from syncd.sandbox.canvas_roster import CanvasRoster
 from syncd.sandbox.oneroster import Fault, OneRosterApp
 from syncd.sandbox.provision import ProvisionApp, Scripted
 from syncd.sandbox.roster import Roster, expected_mapping
-from syncd.sandbox.server import App, Serving
+from syncd.sandbox.server import App, Request, Response, Serving
 
 __all__ = ["CanvasApp", "CanvasFault", "CanvasRoster", "CanvasSandbox", "Fault", "OneRosterApp", "ProvisionApp",
-           "Roster", "Sandbox", "Scripted", "canvas_roster", "expected_mapping"]
+           "Roster", "Sandbox", "Scripted", "Serving", "canvas_roster", "expected_mapping", "route_installs"]
 
 DEFAULT_ROLES = '{ student = "learner", teacher = "instructor" }'
 
 
 class _Sandbox:
-    """A source app and the provision app, each on its own loopback port."""
+    """A source app and the provision app, each on its own loopback port: free ports by default;
+    ``port`` fixes the source's, and ``target`` (an app already served at a URL) shares one
+    provision server between sandboxes (`syncd demo --serve`)."""
 
     default_tenant = "lincoln"
 
-    def __init__(self, source_app: App):
-        self.provision = ProvisionApp()
-        self._servers = [Serving(source_app), Serving(self.provision)]
+    def __init__(self, source_app: App, port: int = 0, target: tuple[ProvisionApp, str] | None = None):
+        self._servers = [Serving(source_app, port)]
+        if target is None:
+            self.provision = ProvisionApp()
+            self._servers.append(Serving(self.provision))
+            self.target_url = self._servers[1].url
+        else:
+            self.provision, self.target_url = target
         self.source_root = self._servers[0].url
-        self.target_url = self._servers[1].url
 
     def __enter__(self) -> _Sandbox:
         return self
@@ -70,12 +76,12 @@ class Sandbox(_Sandbox):
     """OneRoster 1.1 or 1.2 behind a vendor prefix, and the provision API."""
 
     def __init__(self, roster: Roster | None = None, *, version: str = "1.1", vendor_prefix: str = "/district",
-                 **oneroster: Any):
+                 port: int = 0, target: tuple[ProvisionApp, str] | None = None, **oneroster: Any):
         self.roster = roster or Roster.generate()
         self.oneroster = OneRosterApp(self.roster, version=version, **oneroster)
         # A vendor prefix before /ims/...: the base URL must be taken as given, not built.
         self.oneroster.prefix = vendor_prefix + self.oneroster.prefix
-        super().__init__(self.oneroster)
+        super().__init__(self.oneroster, port, target)
         self.source_url = self.source_root + self.oneroster.prefix
         self.token_url = self.source_root + "/oauth/token"
 
@@ -93,10 +99,11 @@ class CanvasSandbox(_Sandbox):
 
     default_tenant = "stateu"
 
-    def __init__(self, roster: CanvasRoster | None = None, **canvas: Any):
+    def __init__(self, roster: CanvasRoster | None = None, *, port: int = 0,
+                 target: tuple[ProvisionApp, str] | None = None, **canvas: Any):
         self.roster = roster or CanvasRoster.generate()
         self.canvas = CanvasApp(self.roster, **canvas)
-        super().__init__(self.canvas)
+        super().__init__(self.canvas, port, target)
         self.source_url = self.source_root
         self.refresh_token = self.canvas.issue_refresh_token()
 
@@ -109,3 +116,16 @@ class CanvasSandbox(_Sandbox):
         elif auth == "access_token":
             credentials = f'access_token = "{app.issue_access_token()}"\n'
         return f'type = "canvas"\nbase_url = "{self.source_url}"\naccount_id = "1"\n{credentials}{source_extra}'
+
+
+def route_installs(apps: list[ProvisionApp]) -> App:
+    """One provision server for several installs (one per tenant): each request goes to the app of
+    the install sid in its path, ``/v1|v2/installs/{installSid}/…``."""
+    by_sid = {app.install_sid: app for app in apps}
+
+    def route(request: Request) -> Response | object:
+        parts = request.path.split("/")
+        app = by_sid.get(parts[3]) if len(parts) > 3 and parts[2] == "installs" else None
+        return app(request) if app else Response(404, {"message": f"no install at {request.path}"})
+
+    return route

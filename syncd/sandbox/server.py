@@ -85,8 +85,8 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, app: App):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, app: App, port: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
         self.app = app
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -98,10 +98,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class Serving:
-    """An app served on 127.0.0.1 on a free port, in a background thread."""
+    """An app served on 127.0.0.1 on a free port (or the one given), in a background thread."""
 
-    def __init__(self, app: App):
-        self._server = _Server(app)
+    def __init__(self, app: App, port: int = 0):
+        self._server = _Server(app, port)
         self.port = self._server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},

@@ -84,7 +84,18 @@ Opener = Callable[["TenantConfig", Path, date], Source]
 def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     from syncd.sources.oneroster import OneRosterSource
 
-    return OneRosterSource(tenant.source, today)
+    if tenant.exams is None:
+        return OneRosterSource(tenant.source, today)
+    import dataclasses
+    import zoneinfo
+
+    from syncd.sources import oneroster_exams
+
+    # Exams read lineItems after the roster; on 1.2 the token then needs the gradebook scope too.
+    config = dataclasses.replace(tenant.source, scope=oneroster_exams.token_scope(
+        tenant.source.scope, tenant.source.version, True))
+    zone = zoneinfo.ZoneInfo(tenant.time_zone) if tenant.time_zone else None
+    return oneroster_exams.OneRosterWithExams(OneRosterSource(config, today), tenant.exams, zone)
 
 
 def _canvas(tenant: TenantConfig, state_dir: Path, today: date) -> Source:

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -63,6 +63,8 @@ class CanvasSource:
         self.complete = False
         self.requests = 0
         self.mode_used = ""
+        self.exams = tenant.exams  # SPEC §7: None when the tenant provisions no exams
+        self.time_zone = tenant.time_zone
         self._count_lock = threading.Lock()
         self.budget = Budget(self.config.concurrency)
         self.auth = CanvasToken(tenant.name, self.config, state_dir, self.session, self._count)
@@ -80,10 +82,15 @@ class CanvasSource:
 
     def extract(self) -> Iterator[list[Record]]:
         course_ids: list[str] = []
+        windows: dict[str, tuple[Any, Any]] = {}  # course -> its (start_at, end_at): an exam's fallback window
         for page in self._follow(self._courses_url()):
             records = [_map("course", _course, item) for item in page]
             course_ids += [r.source_id for r in records if isinstance(r, Course) and r.active]
+            if self.exams is not None:
+                windows |= {r.source_id: (item.get("start_at"), item.get("end_at"))
+                            for item, r in zip(page, records, strict=True) if isinstance(r, Course) and r.active}
             yield records
+        exam_chains = self._exam_chains(windows)
         mode = self.config.mode
         if mode == "auto":
             threshold = self.config.report_min_courses or REPORT_MIN_COURSES
@@ -92,8 +99,10 @@ class CanvasSource:
         log.info("canvas.extract_mode", mode=mode, courses=len(course_ids), configured=self.config.mode)
         if mode == "report":
             yield from self._report(set(course_ids))
+            # Canvas has no quiz report: exams are read per course even in report mode.
+            yield from parallel(exam_chains, self.config.concurrency)
         else:
-            yield from self._crawl(course_ids)
+            yield from self._crawl(course_ids, exam_chains)
         self.complete = True
         log.info("canvas.extract_cost", requests=self.requests, request_cost=round(self.budget.cost, 2),
                  throttled=self.budget.throttles, concurrency_at_end=int(self.budget.limit))
@@ -106,8 +115,28 @@ class CanvasSource:
         params.append(("per_page", str(per_page or self.config.page_size)))
         return self._url(f"/api/v1/accounts/{_path_id(self.config.account_id)}/courses", params)
 
-    def _crawl(self, course_ids: list[str]) -> Iterator[list[Record]]:
-        """Users (with e-mail) and every course's enrollments, chains fetched in parallel."""
+    def _exam_chains(self, windows: dict[str, tuple[Any, Any]]) -> list[Callable[[], Iterator[list[Any]]]]:
+        """One chain per in-scope course reading its exams (canvas_exams), when the tenant has exams."""
+        if self.exams is None:
+            return []
+        from zoneinfo import ZoneInfo
+
+        from syncd.exams import CourseWindow
+        from syncd.sources import canvas_exams
+
+        reader, config = canvas_exams.CanvasReader.of(self), self.exams
+        zone = ZoneInfo(self.time_zone) if self.time_zone else None
+
+        def chain(course_id: str, window: CourseWindow) -> Callable[[], Iterator[list[Any]]]:
+            return lambda: canvas_exams.course_exams(reader, course_id, window, config, zone,
+                                                     count_overrides=config.count_overrides)
+
+        return [chain(c, CourseWindow(start, end)) for c, (start, end) in windows.items()]
+
+    def _crawl(self, course_ids: list[str], extra: Sequence[Callable[[], Iterator[list[Any]]]] = ()
+               ) -> Iterator[list[Record]]:
+        """Users (with e-mail) and every course's enrollments (and ``extra`` chains: exams),
+        fetched in parallel."""
         types = [("type[]", ROLE_TYPES[r]) for r in self.roles if r in ROLE_TYPES]
         if not types:
             log.warning("canvas.no_mapped_roles", roles=list(self.roles),
@@ -127,6 +156,7 @@ class CanvasSource:
             return lambda: (_enrollments(page, course_id) for page in self._follow(url))
 
         chains = [users, *(enrollments(c) for c in course_ids)] if types else [users]
+        chains += list(extra)
         yield from parallel(chains, self.config.concurrency)
         emails.report()
 
@@ -360,7 +390,7 @@ def _course(item: dict[str, Any]) -> Record:
     if active and not title:
         raise ValueError("course has no name")
     return Course(source_id=source_id, title=title or "", active=active, code=_text(item, "course_code"),
-                  external_id=_text(item, "sis_course_id"), lms_id=source_id)
+                  external_id=_text(item, "sis_course_id"), lms_id=source_id, status=state)
 
 
 def _user(item: dict[str, Any]) -> Record:
@@ -405,7 +435,7 @@ def _enrollment(item: dict[str, Any], course_id: str) -> Record:
     # A cross-listed section's enrollment names the course it now lives in; trust that over the URL.
     course = _sid(item.get("course_id")) or course_id
     return Enrollment(source_id=source_id, course_id=course, user_id=user_id, role=TYPE_ROLES[kind],
-                      active=item.get("enrollment_state") == "active")
+                      active=item.get("enrollment_state") == "active", status=_text(item, "enrollment_state"))
 
 
 def split_name(sortable: str | None, name: str | None) -> tuple[str, str]:

@@ -185,10 +185,10 @@ def _lifetime(payload: dict[str, Any]) -> float:
 # --- the authorization-code flow (`syncd auth TENANT`) --------------------------------------
 
 
-def authorize_url(config: SourceConfig, state: str) -> str:
+def authorize_url(config: SourceConfig, state: str, extra_scopes: tuple[str, ...] = ()) -> str:
     query = urllib.parse.urlencode({
         "client_id": config.client_id, "response_type": "code", "redirect_uri": config.redirect_uri,
-        "state": state, "scope": " ".join(SCOPES),  # one space-separated parameter, as Canvas wants
+        "state": state, "scope": " ".join(SCOPES + extra_scopes),  # one space-separated parameter, as Canvas wants
     })
     return f"{config.base_url}/login/oauth2/auth?{query}"
 
@@ -228,10 +228,12 @@ def store_refresh_token(tenant: str, state_dir: Path, payload: dict[str, Any]) -
 
 
 def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[[str], None],
-              pasted: Callable[[float], str | None], timeout_s: float = 600.0) -> Path:
+              pasted: Callable[[float], str | None], timeout_s: float = 600.0,
+              extra_scopes: tuple[str, ...] = ()) -> Path:
     """`syncd auth`: print the URL, take the redirect (loopback listener or pasted), store the token.
 
-    ``pasted(wait)`` returns a line the admin pasted within ``wait`` seconds, or None.
+    ``pasted(wait)`` returns a line the admin pasted within ``wait`` seconds, or None;
+    ``extra_scopes``: what exams add (canvas_exams.scopes), only when the tenant has exams.
     """
     state = secrets.token_urlsafe(24)
     # Listen before printing the URL: a fast browser (or admin) must never find the port closed.
@@ -239,11 +241,11 @@ def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[
     try:
         say("Enable these scopes on the Canvas developer key (Enforce Scopes on, and tick "
             "'Allow Include Parameters'):")
-        for scope in SCOPES:
+        for scope in SCOPES + extra_scopes:
             say(f"  {scope}")
         say("")
         say("Open this URL in a browser, signed in as a Canvas admin, and authorize the key:")
-        say(f"  {authorize_url(config, state)}")
+        say(f"  {authorize_url(config, state, extra_scopes)}")
         if listener:
             say(f"Waiting for Canvas to redirect to {config.redirect_uri} ...")
             say("On a server without a browser, paste here the full URL the browser was sent to.")

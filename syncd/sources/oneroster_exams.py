@@ -112,3 +112,39 @@ def _int(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+class OneRosterWithExams:
+    """A OneRoster source whose extract goes on with the tenant's lineItems after the roster.
+
+    A provider without a readable gradebook does not stop the roster: ``exams_error`` says why and
+    ``exams_complete`` stays False, so no exam is inferred removed."""
+
+    def __init__(self, inner: OneRosterSource, config: ExamsConfig, zone: zoneinfo.ZoneInfo | None):
+        self.inner = inner
+        self.exams = config
+        self.zone = zone
+        self.exams_complete = False
+        self.exams_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.inner.complete
+
+    @property
+    def requests(self) -> int:
+        return self.inner.requests
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def extract(self) -> Iterator[list[Any]]:
+        yield from self.inner.extract()
+        source = self.inner.config
+        try:
+            yield from line_items(getter(self.inner), source.base_url, source.version, source.page_size, self.exams,
+                                  self.zone)
+        except GradebookUnavailable as exc:
+            self.exams_error = str(exc)
+            return
+        self.exams_complete = True

@@ -1,4 +1,6 @@
-"""The SQLite state store: one file, ``state_dir/syncd.db``, owner-only, WAL.
+"""The state store: by default the SQLite file ``state_dir/syncd.db`` (owner-only, WAL); with
+``[state] url`` a PostgreSQL database shared by every node (``postgres.py``, SPEC §11). The same
+SQL runs on both; ``dialect.py`` holds the few places where the two differ, side by side.
 
 :class:`Store` opens the file and answers the questions about every tenant (history, pruning,
 approvals); ``store.tenant(name)`` gives the engine a :class:`TenantStore`, one tenant's state,
@@ -10,7 +12,8 @@ whose methods never take the tenant again. The parts, by concern:
 - ``diff.py``: desired against acknowledged (create / update / none) and the counts;
 - ``plan.py``: the planner's SQL over ``plan_calls`` and the calls read back;
 - ``acks.py``: acknowledgements, tombstones restored, disabled users;
-- ``holds.py``: pending removals, held changes, approvals and the escrow.
+- ``holds.py``: pending removals, held changes, approvals and the escrow;
+- ``explain.py``: read-only, one record's trail for `syncd explain`.
 
 Diffs are SQL over staged rows, so memory does not grow with the roster. Acknowledged state
 moves only in :meth:`TenantStore.acknowledge`, in the same transaction that stores the ``sid``
@@ -23,16 +26,20 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
+from syncd import lock
 from syncd.model import content_hash
-from syncd.store.acks import Acknowledgements
+from syncd.store.acks import Acknowledgements, CallLog
 from syncd.store.base import key_sql, utcnow
 from syncd.store.delta import Delta
 from syncd.store.diff import Diff
+from syncd.store.explain import Trail
 from syncd.store.holds import ESCROW_DELAYS_H, Approvals, Holds
 from syncd.store.plan import Planning
 from syncd.store.runs import History, Runs
@@ -42,12 +49,15 @@ from syncd.store.staging import Staging
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Delta):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):
         self.store = store
-        self.conn = store.conn
+        self.dialect = store.dialect
+        # On PostgreSQL a run writes on its tenant's lease connection (fencing); elsewhere, the store's.
+        leased = store.leases.connection(name) if store.leases else None
+        self.conn = leased or store.conn
         self.name = name
 
     @property
@@ -94,6 +104,9 @@ class StateError(Exception):
 
 
 class Store(History, Approvals):
+    url = ""  # the PostgreSQL URL of a shared store; "" for the SQLite file
+    leases: Any = None  # syncd.store.postgres.Leases on PostgreSQL
+
     def __init__(self, path: Path):
         self.path = path
         try:
@@ -126,7 +139,15 @@ class Store(History, Approvals):
                              "away: the next run starts afresh and re-pushes every record as an upsert.") from None
 
     @classmethod
-    def open(cls, state_dir: Path) -> Store:
+    def open(cls, state_dir: Path, url: str = "") -> Store:
+        """The SQLite file in ``state_dir``, or with ``url`` the PostgreSQL store."""
+        if url:
+            from syncd.store import postgres
+
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            store = cls.__new__(cls)
+            postgres.open_store(store, url, state_dir)
+            return store
         path = state_dir / DB_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -149,8 +170,29 @@ class Store(History, Approvals):
         self.conn.close()
 
     def tenant(self, name: str) -> TenantStore:
-        """One tenant's state, for a run of that tenant."""
+        """One tenant's state, for a run of that tenant (inside :meth:`hold` to write it)."""
         return TenantStore(self, name)
 
+    @contextlib.contextmanager
+    def hold(self, name: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None,
+             stop: threading.Event | None = None) -> Iterator[Any]:
+        """One run of the tenant at a time: the flock beside the SQLite file (yields None), or the
+        tenant's lease in PostgreSQL, on any node (yields the :class:`syncd.lease.Lease`). Raises
+        :class:`syncd.lock.Busy` when held elsewhere and not waiting."""
+        if self.leases is None:
+            with lock.tenant_lock(self.path.parent, name, wait=wait, on_wait=on_wait, stop=stop):
+                yield None
+        else:
+            with self.leases.hold(name, wait=wait, on_wait=on_wait, stop=stop) as held:
+                yield held
 
-__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "StateError", "Store", "TenantStore", "key_sql", "utcnow"]
+    def holders(self) -> list[Any]:
+        """The leases held now, on any node (:class:`syncd.lease.Holder`); none on SQLite."""
+        if self.leases is None:
+            return []
+        from syncd import lease
+
+        return lease.holders(self.url)
+
+
+__all__ = ["DB_NAME", "ESCROW_DELAYS_H", "CallLog", "StateError", "Store", "TenantStore", "key_sql", "utcnow"]

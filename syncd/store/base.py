@@ -11,6 +11,7 @@ from typing import Any
 
 from syncd import limits
 from syncd.entities import KEYS, Entity
+from syncd.store.dialect import SQLITE, Dialect
 
 
 def utcnow() -> str:
@@ -19,14 +20,15 @@ def utcnow() -> str:
     return limits.monotonic_iso(datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
-def key_sql(alias: str, entity: Entity) -> str:
+def key_sql(alias: str, entity: Entity, dialect: Dialect = SQLITE) -> str:
     """A record's key as a JSON array, the form held, escrow and pending_removals store."""
-    return f"json_array({', '.join(f'{alias}.{k}' for k in KEYS[entity])})"
+    return dialect.key(*(f'{alias}.{k}' for k in KEYS[entity]))
 
 
 def key_json(key: tuple[str, ...] | list[str]) -> str:
-    """A key in the exact text SQLite's json_array() makes of it, to compare with stored keys."""
-    return json.dumps(list(key), separators=(",", ":"))
+    """A key in the exact text SQLite's json_array() makes of it (and Dialect.key on PostgreSQL),
+    to compare with stored keys: text as UTF-8, as json_array() writes it, not \\u escapes."""
+    return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
 
 
 def join(left: str, right: str, entity: Entity) -> str:
@@ -37,14 +39,15 @@ def join(left: str, right: str, entity: Entity) -> str:
 class Connected:
     """Holds the connection; ``_write`` is one write transaction."""
 
-    conn: sqlite3.Connection
+    conn: Any  # sqlite3.Connection, or syncd.store.postgres.PgConnection (the same calls)
+    dialect: Dialect = SQLITE
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
         """One write transaction. IMMEDIATE takes the write lock up front, so that two processes
         (two tenants, or the daemon and the CLI) wait on each other instead of failing with
         SQLITE_BUSY when a read inside the transaction turns into a write."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.dialect.begin)
         try:
             yield
         except BaseException:
@@ -52,10 +55,12 @@ class Connected:
             raise
         self.conn.execute("COMMIT")
 
-    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if not isinstance(self.conn, sqlite3.Connection):
+            return self.conn.dict_rows(sql, params)
         cursor = self.conn.cursor()
         cursor.row_factory = sqlite3.Row
-        return cursor.execute(sql, params).fetchall()
+        return [dict(row) for row in cursor.execute(sql, params).fetchall()]
 
 
 class Scoped(Connected):

@@ -17,7 +17,7 @@ from syncd.store.base import Scoped
 from syncd.store.staging import _STAGE_ROW, STAGE_TABLES
 
 # What a delta run forgets: the derived state, never the mirror.
-DERIVED_TABLES = ("desired_courses", "desired_users", "desired_enrollments", "plan_calls")
+DERIVED_TABLES = ("desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Delta(Scoped):
     def mark_extract(self, started: str, full: bool) -> None:
         with self._write():
             if full:
-                self.conn.execute("INSERT OR REPLACE INTO source_marks (tenant, since, full_at) VALUES (?, ?, ?)",
+                self.conn.execute("INSERT INTO source_marks (tenant, since, full_at) VALUES (?, ?, ?) ON CONFLICT "
+                                  "(tenant) DO UPDATE SET since = excluded.since, full_at = excluded.full_at",
                                   (self.name, started, started))
             else:
                 self.conn.execute("UPDATE source_marks SET since = ? WHERE tenant = ?", (started, self.name))
@@ -65,7 +66,14 @@ class Delta(Scoped):
         with self._write():
             for kind, batch in rows.items():
                 if batch:
-                    table = STAGE_TABLES[kind][0]
-                    marks = ",".join("?" * len(batch[0]))
-                    self.conn.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", batch)
+                    self._upsert(STAGE_TABLES[kind][0], batch)
         return failed
+
+    def _upsert(self, table: str, batch: list[tuple[Any, ...]]) -> None:
+        """Replace each record's mirrored row (DELETE then INSERT: the same SQL on both stores,
+        without naming every column); within a page the last read of an id wins."""
+        latest = list({row[1]: row for row in batch}.values())
+        self.conn.executemany(f"DELETE FROM {table} WHERE tenant = ? AND source_id = ?",
+                              [(row[0], row[1]) for row in latest])
+        marks = ",".join("?" * len(latest[0]))
+        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", latest)

@@ -15,21 +15,28 @@ class Diff(Scoped):
         it its content hash. With ``force`` every acknowledged row is an update: the whole roster
         is pushed again. A body whose text is the acknowledged body's text has the acknowledged
         hash (both are the hash of that canonical text), so only bodies that are new or changed
-        are hashed by the Python ``digest`` function; every row is written once."""
+        are hashed (the dialect's hash); every row is written once."""
         same = "'update'" if force else "'none'"
+        fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
         with self._write():
             for entity, spec in SPECS.items():
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET "
-                    f"change = CASE WHEN a.body = d.body OR a.hash = coalesce(d.hash, digest(d.body)) "
-                    f"THEN {same} ELSE 'update' END, "
-                    "hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash "
-                    "ELSE coalesce(d.hash, digest(d.body)) END "
+                    f"change = CASE WHEN a.body = d.body OR a.hash = {fresh} THEN {same} ELSE 'update' END, "
+                    f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
                     f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ?", (self.name,))
                 self.conn.execute(
-                    f"UPDATE {spec.desired} AS d SET change = 'create', hash = coalesce(d.hash, digest(d.body)) "
+                    f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
                     f"WHERE d.tenant = ? AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
                     (self.name,))
+            # An exam is sent again with the same body when the target deleted it (on_removed =
+            # "delete": provisioning reactivates it) or when it moved to another course (the course
+            # is not in the exam's body, but the call that carries it is the course's).
+            self.conn.execute(
+                "UPDATE desired_exams AS d SET change = 'update' WHERE d.tenant = ? AND d.change = 'none' "
+                "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
+                f"AND (a.deleted_at IS NOT NULL OR {self.dialect.differs('a.course_id', 'd.course_id')}))",
+                (self.name,))
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(
@@ -42,7 +49,7 @@ class Diff(Scoped):
         counts: dict[Entity, dict[str, int]] = {}
         for entity, spec in SPECS.items():
             rows = self.conn.execute(
-                f"SELECT d.change, (a.hash IS d.hash AND a.acked_at >= ?) AS done, count(*) "
+                f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
                 "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
             result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}
@@ -71,6 +78,8 @@ class Diff(Scoped):
 
     def describe_object(self, entity: str, source_id: str) -> str:
         """What the source said of one object this run, for `--only`."""
+        if entity == "exam":
+            return self._describe_exam(source_id)
         spec = SPECS["user" if entity == "user" else "course"]
         staged = self.conn.execute(f"SELECT active FROM {spec.stage} WHERE tenant = ? AND source_id = ?",
                                    (self.name, source_id)).fetchone()
@@ -86,3 +95,16 @@ class Diff(Scoped):
                                         (self.name, source_id)).fetchone()[0]
         state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
         return f"{entity} {source_id} is in scope ({state}) with {enrollments} in-scope enrollment(s)"
+
+    def _describe_exam(self, source_id: str) -> str:
+        staged = self.conn.execute("SELECT published, course_id FROM stage_exams WHERE tenant = ? AND source_id = ?",
+                                   (self.name, source_id)).fetchone()
+        if staged is None:
+            return f"the source has no exam {source_id} (or the tenant's exams.select does not pick it)"
+        desired = self.conn.execute("SELECT change FROM desired_exams WHERE tenant = ? AND source_id = ?",
+                                    (self.name, source_id)).fetchone()
+        if desired is None:
+            why = "unpublished" if not staged[0] else f"its course {staged[1]} is out of scope"
+            return f"exam {source_id} is in the source but out of scope ({why})"
+        state = {"none": "unchanged", "create": "new", "update": "changed"}.get(desired[0], desired[0])
+        return f"exam {source_id} is in scope ({state}) in course {staged[1]}"

@@ -21,18 +21,23 @@ UNAPPROVED = ("FROM pending_removals p WHERE p.tenant = ? AND p.entity = ? AND N
 
 class Holds(Scoped):
 
-    def collect_removals(self) -> dict[Entity, int]:
-        """Acknowledged objects no longer in scope, into pending_removals; their count per entity."""
-        counts: dict[Entity, int] = {}
+    def collect_removals(self, entities: tuple[Entity, ...] = ENTITIES, run_id: str | None = None) -> dict[Entity, int]:
+        """Acknowledged objects no longer in scope, into pending_removals; their count per entity.
+        ``entities``: those whose extract was complete (exams may not be, when the roster is). An
+        exam that failed to map in ``run_id`` is not removed: it is still in the source."""
+        counts: dict[Entity, int] = dict.fromkeys(ENTITIES, 0)
         with self._write():
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
-            for entity in ENTITIES:
+            for entity in entities:
                 plural = PLURAL[entity]
+                failed = ("AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.run_id = ? AND e.entity = 'exam' "
+                          "AND e.source_id = a.source_id)" if entity == "exam" else "AND CAST(? AS TEXT) IS NULL")
                 counts[entity] = self.conn.execute(
-                    f"INSERT INTO pending_removals (tenant, entity, key) SELECT a.tenant, ?, {key_sql('a', entity)} "
+                    "INSERT INTO pending_removals (tenant, entity, key) "
+                    f"SELECT a.tenant, ?, {key_sql('a', entity, self.dialect)} "
                     f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL AND NOT EXISTS "
-                    f"(SELECT 1 FROM desired_{plural} d WHERE {join('d', 'a', entity)})",
-                    (entity, self.name)).rowcount
+                    f"(SELECT 1 FROM desired_{plural} d WHERE {join('d', 'a', entity)}) {failed}",
+                    (entity, self.name, run_id if entity == "exam" else None)).rowcount
         return counts
 
     def pending_removals(self) -> list[tuple[Entity, tuple[str, ...]]]:
@@ -72,8 +77,9 @@ class Holds(Scoped):
         """Hold this entity's pending removals that no approval covers; they stay acknowledged."""
         with self._write():
             held = self.conn.execute(
-                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT p.tenant, ?, p.entity, "
-                f"'remove', p.key {UNAPPROVED}", (run_id, self.name, entity, approved_run)).rowcount
+                f"INSERT INTO held (tenant, run_id, entity, kind, key) SELECT p.tenant, ?, p.entity, "
+                f"'remove', p.key {UNAPPROVED} ON CONFLICT DO NOTHING",
+                (run_id, self.name, entity, approved_run)).rowcount
             self.conn.execute(
                 "DELETE FROM pending_removals WHERE tenant = ? AND entity = ? AND key IN "
                 "(SELECT key FROM held WHERE run_id = ? AND entity = ? AND kind = 'remove')",
@@ -86,8 +92,8 @@ class Holds(Scoped):
         with self._write():
             for entity in ENTITIES:
                 counts[entity] = self.conn.execute(
-                    "INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT tenant, ?, entity, "
-                    "'remove', key FROM pending_removals WHERE tenant = ? AND entity = ?",
+                    "INSERT INTO held (tenant, run_id, entity, kind, key) SELECT tenant, ?, entity, "
+                    "'remove', key FROM pending_removals WHERE tenant = ? AND entity = ? ON CONFLICT DO NOTHING",
                     (run_id, self.name, entity)).rowcount
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
         return counts
@@ -101,7 +107,7 @@ class Holds(Scoped):
                 plural = PLURAL[entity]
                 counts[entity] = self.conn.execute(
                     f"UPDATE acked_{plural} AS a SET removed_at = ? WHERE a.tenant = ? AND a.removed_at IS NULL "
-                    f"AND {key_sql('a', entity)} IN (SELECT key FROM pending_removals WHERE tenant = ? "
+                    f"AND {key_sql('a', entity, self.dialect)} IN (SELECT key FROM pending_removals WHERE tenant = ? "
                     "AND entity = ?)", (now, self.name, self.name, entity)).rowcount
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
         return counts
@@ -111,14 +117,38 @@ class Holds(Scoped):
         plural = PLURAL[entity]
         with self._write():
             held = self.conn.execute(
-                f"INSERT OR IGNORE INTO held (tenant, run_id, entity, kind, key) SELECT d.tenant, ?, ?, 'update', "
-                f"{key_sql('d', entity)} FROM desired_{plural} d WHERE d.tenant = ? AND d.change = 'update'",
+                f"INSERT INTO held (tenant, run_id, entity, kind, key) SELECT d.tenant, ?, ?, 'update', "
+                f"{key_sql('d', entity, self.dialect)} FROM desired_{plural} d "
+                "WHERE d.tenant = ? AND d.change = 'update' ON CONFLICT DO NOTHING",
                 (run_id, entity, self.name)).rowcount
             self.conn.execute(
                 f"UPDATE desired_{plural} AS d SET change = 'held', body = a.body, hash = a.hash "
                 f"FROM acked_{plural} a WHERE {join('d', 'a', entity)} AND d.tenant = ? AND d.change = 'update'",
                 (self.name,))
         return held
+
+    def guarded_exam_updates(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Changed exams with their acknowledged and desired bodies, for the window guard."""
+        return [(source_id, json.loads(old), json.loads(new)) for source_id, old, new in self.conn.execute(
+            "SELECT d.source_id, a.body, d.body FROM desired_exams d JOIN acked_exams a ON a.tenant = d.tenant "
+            "AND a.source_id = d.source_id WHERE d.tenant = ? AND d.change = 'update' ORDER BY d.source_id",
+            (self.name,))]
+
+    def was_held(self, run_id: str | None, entity: Entity, kind: str, key: tuple[str, ...]) -> bool:
+        return run_id is not None and self.conn.execute(
+            "SELECT 1 FROM held WHERE run_id = ? AND entity = ? AND kind = ? AND key = ?",
+            (run_id, entity, kind, key_json(key))).fetchone() is not None
+
+    def hold_exam_update(self, run_id: str, source_id: str) -> None:
+        """The window guard: this exam keeps its acknowledged body this run."""
+        with self._write():
+            self.conn.execute("INSERT INTO held (tenant, run_id, entity, kind, key) "
+                              "VALUES (?, ?, 'exam', 'update', ?) ON CONFLICT DO NOTHING",
+                              (self.name, run_id, key_json((source_id,))))
+            self.conn.execute(
+                "UPDATE desired_exams AS d SET change = 'held', body = a.body, hash = a.hash FROM acked_exams a "
+                "WHERE a.tenant = d.tenant AND a.source_id = d.source_id AND d.tenant = ? AND d.source_id = ?",
+                (self.name, source_id))
 
     def escrow(self, run_id: str, entity: Entity, key: tuple[str, ...], http_status: int | None,
                message: str) -> tuple[int, str]:
@@ -152,7 +182,7 @@ class Holds(Scoped):
             for entity in ENTITIES:
                 plural = PLURAL[entity]
                 waiting = (f"FROM desired_{plural} d JOIN escrow x ON x.tenant = d.tenant AND x.entity = ? "
-                           f"AND x.key = {key_sql('d', entity)} WHERE d.tenant = ? "
+                           f"AND x.key = {key_sql('d', entity, self.dialect)} WHERE d.tenant = ? "
                            "AND d.change IN ('create', 'update') AND x.next_retry_at > ? AND x.next_retry_at <= ?")
                 rows = self.conn.execute(
                     f"SELECT x.key, x.attempts, x.next_retry_at, x.http_status, x.message, x.first_seen, d.source_id, "

@@ -20,7 +20,7 @@ class History(Connected):
         sql = "SELECT * FROM runs" + (" WHERE tenant = ?" if tenant else "")
         sql += " ORDER BY started_at DESC LIMIT ?"
         params: tuple[Any, ...] = (tenant, limit) if tenant else (limit,)
-        return [dict(row) for row in self._rows(sql, params)]
+        return self._rows(sql, params)
 
     def last_run_id(self, tenant: str | None = None) -> str | None:
         runs = self.runs(tenant, limit=1)
@@ -33,14 +33,16 @@ class History(Connected):
             "ORDER BY started_at DESC LIMIT 1000", (tenant,))]
         return next((i for i, status in enumerate(statuses) if status != "failed"), len(statuses))
 
-    def last_started(self, tenant: str) -> datetime | None:
-        """When the tenant's last real (not dry) run started: the daemon's catch-up reference."""
-        row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0",
-                                (tenant,)).fetchone()
+    def last_started(self, tenant: str, *, ended: bool = False) -> datetime | None:
+        """When the tenant's last real (not dry) run started: the daemon's catch-up reference.
+        With ``ended``, of the runs that ended: a run still 'running' may be one whose node (or
+        process) died, and then it still has to be caught up."""
+        row = self.conn.execute("SELECT max(started_at) FROM runs WHERE tenant = ? AND dry_run = 0"
+                                + (" AND status != 'running'" if ended else ""), (tenant,)).fetchone()
         return datetime.fromisoformat(row[0].replace("Z", "+00:00")) if row and row[0] else None
 
     def prune(self, keep_days: int) -> int:
-        """Forget runs and their errors older than ``keep_days``; returns the runs removed."""
+        """Forget runs, their errors and their calls (call_log) older than ``keep_days``; returns the runs removed."""
         if not limits.clock_trusted(self.path.parent):
             return 0  # a clock that jumped ahead must not prune the real history
         cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
@@ -48,6 +50,7 @@ class History(Connected):
         with self._write():
             old = "SELECT run_id FROM runs WHERE started_at < ? AND status != 'running'"
             self.conn.execute(f"DELETE FROM errors WHERE run_id IN ({old})", (cutoff,))
+            self.conn.execute(f"DELETE FROM call_log WHERE run_id IN ({old})", (cutoff,))
             return self.conn.execute(f"DELETE FROM runs WHERE run_id IN ({old})", (cutoff,)).rowcount
 
     def error_count(self, run_id: str) -> int:
@@ -55,10 +58,10 @@ class History(Connected):
 
     def errors(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
         ids = list(run_ids)
-        return [dict(row) for row in self._rows(
+        return self._rows(
             "SELECT run_id, tenant, entity, source_id, name, stage, http_status, message, attempts, "
             "first_seen, last_seen, next_retry_at, course_id, user_id FROM errors "
-            "WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(ids),))]
+            f"WHERE run_id IN ({self.dialect.each_text('?')}) ORDER BY id", (json.dumps(ids),))
 
 
 class Runs(Scoped):

@@ -140,6 +140,47 @@ def _canonical_digest(body: str) -> str:
 
 
 @migrations()
+def m006_explain(db: sqlite_utils.Database) -> None:
+    """What `syncd explain` needs: the raw fields that decided scope (the source's status, an
+    enrollment's endDate), and the last call for each (course, user) pair with the target's answer
+    per object carried (one row per call, not per object: one more write per call, not three;
+    replaced by the next call of the pair; pruned with its run).
+
+    And escrow keys in one encoding: they were written by ``json.dumps`` with its ASCII escapes
+    ("\\u00e9") while the queries that look escrow up build keys with SQLite's ``json_array`` ("é"),
+    so a record whose id is not ASCII was never found waiting and was retried every run (and
+    explain had to ask twice). They are re-written as ``base.key_json`` now writes them."""
+    db.executescript(
+        """
+        ALTER TABLE stage_courses ADD COLUMN status TEXT;
+        ALTER TABLE stage_users ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN status TEXT;
+        ALTER TABLE stage_enrollments ADD COLUMN end_date TEXT;
+        CREATE TABLE call_log (
+            tenant TEXT, course_id TEXT, user_id TEXT, run_id TEXT NOT NULL, seq INTEGER, at TEXT NOT NULL,
+            outcome TEXT NOT NULL, http_status INTEGER, message TEXT, answers TEXT NOT NULL,
+            PRIMARY KEY (tenant, course_id, user_id)) WITHOUT ROWID;
+        CREATE INDEX call_log_by_run ON call_log (run_id);
+        """
+    )
+    db.conn.create_function("utf8_key", 1, _utf8_key, deterministic=True)
+    db.execute("UPDATE escrow SET key = utf8_key(key) WHERE key != utf8_key(key)")
+
+
+def _utf8_key(key: str) -> str:
+    return json.dumps(json.loads(key), separators=(",", ":"), ensure_ascii=False)
+
+
+@migrations()
+def m007_exams(db: sqlite_utils.Database) -> None:
+    """Exams (SPEC §7): staged, desired and acknowledged (exam and configuration sids), and the
+    plan's exam column."""
+    from syncd.store.exams import PLAN_COLUMN, SCHEMA
+
+    db.executescript(SCHEMA + PLAN_COLUMN)
+
+
+@migrations()
 def m008_alerts(db: sqlite_utils.Database) -> None:
     """The last state alerted per tenant and topic (syncd.alerts: one message per change, across
     restarts), and the row /healthz writes to prove the store takes a write."""

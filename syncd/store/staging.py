@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from syncd.entities import SPECS, Entity
+from syncd.exams import Exam
+from syncd.exams_config import ExamsConfig
 from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
+from syncd.store import exams as exam_sql
 from syncd.store.base import Scoped
+from syncd.store.dialect import Dialect, Obj
 
 STAGE_TABLES: dict[type, tuple[str, Entity]] = {
     Course: ("stage_courses", "course"),
     CourseCode: ("stage_course_codes", "course"),
     User: ("stage_users", "user"),
     Enrollment: ("stage_enrollments", "enrollment"),
+    Exam: ("stage_exams", "exam"),
 }
-RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
-              "desired_courses", "desired_users", "desired_enrollments", "plan_calls")
+STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
+RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
+              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
 
 
 class Staging(Scoped):
+    # The install's key for exam passwords (exams.password_key): set by the engine when the tenant
+    # has exams; a password is staged only as its keyed digest.
+    exam_key: bytes | None = None
+
     def reset_stage(self) -> None:
         """Forget the last run's staged rows, desired state and plan."""
         with self._write():
@@ -31,15 +42,19 @@ class Staging(Scoped):
         """Stage one page in one transaction. Returns the records that could not be staged:
         those the source could not read, and duplicates of an id already read (first one wins)."""
         failed: list[RecordError] = []
-        rows: dict[type, list[tuple[Any, ...]]] = {Course: [], CourseCode: [], User: [], Enrollment: []}
+        rows: dict[type, list[tuple[Any, ...]]] = {kind: [] for kind in STAGE_TABLES}
         for record in records:
             # A dict lookup on the exact type, not an isinstance chain: this runs once per record.
             to_row = _STAGE_ROW.get(type(record))
-            if to_row is None:
+            if to_row is not None:
+                rows[type(record)].append(to_row(self.name, record))
+            elif isinstance(record, Exam):
+                if self.exam_key is None:
+                    raise ValueError("an exam was read for a tenant without exams")
+                rows[Exam].append(exam_sql.stage_row(self.name, record, self.exam_key))
+            else:
                 assert isinstance(record, RecordError)
                 failed.append(record)
-            else:
-                rows[type(record)].append(to_row(self.name, record))
         with self._write():
             for kind, batch in rows.items():
                 if batch:
@@ -47,36 +62,58 @@ class Staging(Scoped):
         return failed
 
     def _insert_stage(self, kind: type, batch: list[tuple[Any, ...]]) -> list[RecordError]:
-        """Insert a page's rows of one table. The common page has no duplicate id: INSERT OR IGNORE
-        inserts it whole and its row count proves it. Otherwise the page is undone to a savepoint
+        """Insert a page's rows of one table. The common page has no duplicate id: one INSERT … ON
+        CONFLICT DO NOTHING inserts it whole and its row count proves it. Otherwise the page is undone to a savepoint
         and inserted row by row, so that the first record read of an id wins and the rest fail."""
         table, entity = STAGE_TABLES[kind]
+        if hasattr(self.conn, "copy_rows"):  # PostgreSQL: COPY, one round trip per page
+            return self._copy_stage(table, entity, batch)
         marks = ",".join("?" * len(batch[0]))
+        insert = f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT DO NOTHING"
         self.conn.execute("SAVEPOINT stage_page")
-        cursor = self.conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", batch)
+        cursor = self.conn.executemany(insert, batch)
         if cursor.rowcount == len(batch):
             self.conn.execute("RELEASE stage_page")
             return []
         self.conn.execute("ROLLBACK TO stage_page")
         self.conn.execute("RELEASE stage_page")
+        return [_duplicate(entity, row[1]) for row in batch if self.conn.execute(insert, row).rowcount == 0]
+
+    def _copy_stage(self, table: str, entity: Entity, batch: list[tuple[Any, ...]]) -> list[RecordError]:
+        """PostgreSQL: the ids already staged are looked up first, and the rest sent with COPY."""
+        ids = [row[1] for row in batch]
+        already = {r[0] for r in self.conn.execute(
+            f"SELECT source_id FROM {table} WHERE tenant = ? "
+            f"AND source_id IN ({self.dialect.each_text('?')})", (self.name, json.dumps(ids)))}
         duplicates: list[RecordError] = []
+        fresh: list[tuple[Any, ...]] = []
         for row in batch:
-            if self.conn.execute(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", row).rowcount == 0:
-                duplicates.append(RecordError(entity, row[1], "duplicate id: an earlier record with "
-                                                              "this id was read first and wins"))
+            if row[1] in already:
+                duplicates.append(_duplicate(entity, row[1]))
+            else:
+                already.add(row[1])
+                fresh.append(row)
+        self.conn.copy_rows(table, fresh)
         return duplicates
 
     def staged_counts(self) -> dict[Entity, int]:
         return {e: self.conn.execute(f"SELECT count(*) FROM {spec.stage} WHERE tenant = ?",
                                      (self.name,)).fetchone()[0] for e, spec in SPECS.items()}
 
-    def build_desired(self, roles: dict[str, str], time_zone: str | None) -> None:
-        """Map staged rows to provision bodies in scope (SPEC §4), all in SQL."""
+    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> None:
+        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL."""
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         with self._write():
-            self.conn.execute(DESIRED_COURSES, (self.name,))
-            self.conn.execute(DESIRED_ENROLLMENTS, (role_rows, self.name))
-            self.conn.execute(DESIRED_USERS, (time_zone, self.name))
+            for sql in self.dialect.analyze(*STAGE_NAMES):
+                self.conn.execute(sql)
+            courses, enrollments, users = desired_sql(self.dialect)
+            self.conn.execute(courses, (self.name,))
+            self.conn.execute(enrollments, (role_rows, self.name))
+            self.conn.execute(users, (time_zone, self.name))
+            if exams is not None:  # after the courses: an exam is in scope when its course is
+                self.conn.execute(exam_sql.DESIRED_EXAMS, exam_sql.desired_params(self.name, exams))
+            for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
+                self.conn.execute(sql)
 
     def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
         """Active enrollments whose class or user is missing from a complete extract."""
@@ -91,8 +128,12 @@ class Staging(Scoped):
         )
 
 
+def _duplicate(entity: Entity, source_id: str) -> RecordError:
+    return RecordError(entity, source_id, "duplicate id: an earlier record with this id was read first and wins")
+
+
 def _course_row(tenant: str, r: Course) -> tuple[Any, ...]:
-    return (tenant, r.source_id, r.title, r.code, r.external_id, r.lms_id, r.parent_id, int(r.active))
+    return (tenant, r.source_id, r.title, r.code, r.external_id, r.lms_id, r.parent_id, int(r.active), r.status)
 
 
 def _course_code_row(tenant: str, r: CourseCode) -> tuple[Any, ...]:
@@ -100,58 +141,66 @@ def _course_code_row(tenant: str, r: CourseCode) -> tuple[Any, ...]:
 
 
 def _user_row(tenant: str, r: User) -> tuple[Any, ...]:
-    return (tenant, r.source_id, r.first_name, r.last_name, r.email, r.external_id, r.lms_id, int(r.active))
+    return (tenant, r.source_id, r.first_name, r.last_name, r.email, r.external_id, r.lms_id, int(r.active),
+            r.status)
 
 
 def _enrollment_row(tenant: str, r: Enrollment) -> tuple[Any, ...]:
-    return (tenant, r.source_id, r.course_id, r.user_id, r.role, int(r.active))
+    return (tenant, r.source_id, r.course_id, r.user_id, r.role, int(r.active), r.status, r.end_date)
 
 
 _STAGE_ROW: dict[type, Callable[[str, Any], tuple[Any, ...]]] = {
     Course: _course_row, CourseCode: _course_code_row, User: _user_row, Enrollment: _enrollment_row}
 
 
-# json_patch('{}', …) drops every null member (RFC 7396), so an empty field is omitted, not null.
-# Keys are written in sorted order, nested ones too: the body text is then its canonical JSON
-# (model.canonical_json), the text the content hash is defined over. The hash is left NULL here:
-# Diff.classify takes it from the acknowledged row when the body text is the same and computes
-# it (a Python function per row) only for the bodies that changed.
-DESIRED_COURSES = """
+# The bodies' text is their canonical JSON (model.canonical_json: keys sorted, nested ones too, an
+# empty field omitted, not null), built by the dialect (dialect.py), so the hash is taken over it.
+# The hash is left NULL here: Diff.classify takes it from the acknowledged row when the body text
+# is the same and computes it (the dialect's hash) only for the bodies that are new or changed.
+def _desired_courses(d: Dialect) -> str:
+    body = d.body(Obj({"code": "coalesce(c.code, cc.code)",
+                       "ids": Obj({"external": "c.external_id", "lms": "c.lms_id"}), "title": "c.title"}))
+    return f"""
 INSERT INTO desired_courses (tenant, source_id, body, hash)
 SELECT tenant, source_id, body, NULL FROM (
-    SELECT c.tenant, c.source_id, json_patch('{}', json_object(
-        'code', coalesce(c.code, cc.code), 'ids', json_object('external', c.external_id, 'lms', c.lms_id),
-        'title', c.title)) AS body
+    SELECT c.tenant, c.source_id, {body} AS body
     FROM stage_courses c
     LEFT JOIN stage_course_codes cc ON cc.tenant = c.tenant AND cc.source_id = c.parent_id
-    WHERE c.tenant = ? AND c.active = 1)
+    WHERE c.tenant = ? AND c.active = 1) AS b
 """
 
-# One enrollment per (course, user): the role listed first in `roles` wins (SQLite returns the
-# bare columns of the row that holds min()).
-DESIRED_ENROLLMENTS = """
+
+# One enrollment per (course, user): the role listed first in `roles` wins.
+def _desired_enrollments(d: Dialect) -> str:
+    return f"""
 INSERT INTO desired_enrollments (tenant, course_id, user_id, source_id, body, hash)
 SELECT tenant, course_id, user_id, source_id, body, NULL FROM (
-    SELECT e.tenant, e.course_id, e.user_id, e.source_id, min(r.priority),
-           json_object('role', r.target_role) AS body
+    SELECT e.tenant, e.course_id, e.user_id, e.source_id, {d.body(Obj({"role": "r.target_role"}))} AS body,
+           row_number() OVER (PARTITION BY e.tenant, e.course_id, e.user_id ORDER BY r.priority) AS choice
     FROM stage_enrollments e
-    JOIN (SELECT json_extract(value, '$[0]') AS source_role, json_extract(value, '$[1]') AS target_role,
-                 CAST(key AS INTEGER) AS priority FROM json_each(?)) r ON r.source_role = e.role
+    JOIN ({d.roles('?')}) r ON r.source_role = e.role
     JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id AND c.active = 1
     JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id AND u.active = 1
-    WHERE e.tenant = ? AND e.active = 1
-    GROUP BY e.tenant, e.course_id, e.user_id)
+    WHERE e.tenant = ? AND e.active = 1) AS b
+WHERE choice = 1
 """
 
-DESIRED_USERS = """
+
+def _desired_users(d: Dialect) -> str:
+    body = d.body(Obj({"email": "u.email", "firstName": "u.first_name",
+                       "ids": Obj({"external": "u.external_id", "lms": "u.lms_id"}),
+                       "lastName": "u.last_name", "timeZone": "CAST(? AS TEXT)"}))
+    return f"""
 INSERT INTO desired_users (tenant, source_id, body, hash)
 SELECT tenant, source_id, body, NULL FROM (
-    SELECT u.tenant, u.source_id, json_patch('{}', json_object(
-        'email', u.email, 'firstName', u.first_name,
-        'ids', json_object('external', u.external_id, 'lms', u.lms_id),
-        'lastName', u.last_name, 'timeZone', ?)) AS body
+    SELECT u.tenant, u.source_id, {body} AS body
     FROM stage_users u
     WHERE u.tenant = ? AND u.active = 1 AND EXISTS (
-        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id))
+        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id)) AS b
 """
 
+
+@functools.cache
+def desired_sql(d: Dialect) -> tuple[str, str, str]:
+    """The three statements that build the desired state, in the order they run."""
+    return _desired_courses(d), _desired_enrollments(d), _desired_users(d)

@@ -1,9 +1,9 @@
-"""Exams in the state store, ready to be wired in once the store is a package (issues 10 and 12).
+"""Exams in the state store (SPEC §7): the migration, the staging row, the desired and planning SQL.
 
 ``SCHEMA`` is the migration, ``stage_row`` the staging of one mapped :class:`~syncd.exams.Exam`
 (its password only as a keyed digest), and ``DESIRED_EXAMS`` the SQL that builds the exam bodies
 in scope, equal (tests/test_exams_store.py) to :func:`syncd.exams.stored_body` of
-:func:`syncd.exams.exam_body`. Nothing here runs yet: store.py is left to the engine's owner.
+:func:`syncd.exams.exam_body`; ``PLAN_EXAM_RIDES`` / ``PLAN_EXAM_CALLS`` are the planner's last steps.
 """
 
 from __future__ import annotations
@@ -104,3 +104,47 @@ FROM desired_exams d
 WHERE d.tenant = :tenant AND d.change IN ('create', 'update')
   AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = :tenant AND p.exam_id = d.source_id)
 """
+
+
+def exam_rows(conn: Any, tenant: str, run_id: str | None) -> list[dict[str, Any]]:
+    """`syncd exams`: every exam of the tenant's last run (desired), acknowledged or failed, with its
+    state: ``held`` (the run held it), ``failed`` (the run has an error on it), ``removed``
+    (tombstoned), ``synced`` (acknowledged with the desired body), else ``pending``."""
+    held = {json.loads(k)[0] for (k,) in conn.execute(
+        "SELECT key FROM held WHERE run_id = ? AND entity = 'exam'", (run_id,))}
+    failed = {s: m for s, m in conn.execute(
+        "SELECT source_id, message FROM errors WHERE run_id = ? AND entity = 'exam' AND source_id != ''", (run_id,))}
+    rows = conn.execute(
+        "SELECT i.source_id, coalesce(d.course_id, a.course_id, s.course_id), coalesce(d.body, a.body), "
+        "d.hash, a.hash, a.sid, a.removed_at, a.deleted_at, coalesce(s.override_count, 0), s.title "
+        "FROM (SELECT source_id FROM desired_exams WHERE tenant = :t UNION SELECT source_id FROM acked_exams "
+        "      WHERE tenant = :t UNION SELECT source_id FROM stage_exams WHERE tenant = :t AND published = 1) i "
+        "LEFT JOIN desired_exams d ON d.tenant = :t AND d.source_id = i.source_id "
+        "LEFT JOIN acked_exams a ON a.tenant = :t AND a.source_id = i.source_id "
+        "LEFT JOIN stage_exams s ON s.tenant = :t AND s.source_id = i.source_id ORDER BY i.source_id",
+        {"t": tenant}).fetchall()
+    out = []
+    for source_id, course, body, desired, acked, sid, removed_at, deleted_at, overrides, staged_title in rows:
+        data = json.loads(body) if body else {}
+        configuration = data.get("configuration", {})
+        if source_id in held:
+            state = "held"
+        elif source_id in failed:
+            state = "failed"
+        elif desired is None and removed_at:
+            state = "removed"
+        elif desired is not None and desired == acked:
+            state = "synced"
+        else:
+            state = "pending"
+        out.append({"source_id": source_id, "title": data.get("title") or staged_title, "course": course,
+                    "open": configuration.get("access", {}).get("open"),
+                    "close": configuration.get("access", {}).get("close"),
+                    "duration_min": configuration.get("duration"), "attempts": configuration.get("attempts"),
+                    "state": state, "sid": sid, "deleted": bool(deleted_at), "overrides": overrides,
+                    **({"error": failed[source_id]} if source_id in failed else {})})
+    for source_id in sorted(set(failed) - {r["source_id"] for r in out}):
+        out.append({"source_id": source_id, "title": None, "course": None, "open": None, "close": None,
+                    "duration_min": None, "attempts": None, "state": "failed", "sid": None, "deleted": False,
+                    "overrides": 0, "error": failed[source_id]})
+    return out
