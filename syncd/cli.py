@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("tenants", nargs="*", metavar="TENANT")
     sync.add_argument("--all", action="store_true", help="every enabled tenant")
     sync.add_argument("--dry-run", action="store_true", help="extract and diff, print the plan, change nothing")
-    sync.add_argument("--full", action="store_true", help="ignore any delta cursor (extracts are always full)")
+    sync.add_argument("--full", action="store_true", help="a full extract, no delta run (sees hard deletes)")
     sync.add_argument("--force", action="store_true",
                       help="push every current record again, without ids.sid (repairs a target)")
     sync.add_argument("--json", action="store_true", help="print the run summary as one JSON object")

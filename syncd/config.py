@@ -96,6 +96,9 @@ class SourceConfig:
     # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
     privacy_shield: bool = False
     max_pages: int = 100_000  # per run, all collections together (syncd.limits)
+    # OneRoster delta runs (filter=dateLastModified>…): "auto" | "off"; a full run every full_every_s.
+    delta: str = "off"
+    full_every_s: float = 86_400.0
     # Canvas only.
     account_id: str = ""
     refresh_token: str = field(default="", repr=False)
@@ -478,12 +481,23 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
 
 
 ONEROSTER_KEYS = {"type", "base_url", "version", "auth", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s", "concurrency", "max_pages"}
+                  "page_size", "timeout_s", "concurrency", "max_pages", "delta", "full_every"}
 ONEROSTER_AUTH = ("oauth1", "oauth2")
 CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
                "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
                "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
 CANVAS_MODES = ("auto", "api", "report")
+DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+
+
+def _full_every(checker: _Checker, body: dict[str, Any], key: str) -> float:
+    """``source.full_every``: how long delta runs may follow each other before a full run."""
+    text = checker.get(body, key, str, "24h") or "24h"
+    match = DURATION.match(text)
+    if not match or int(match.group(1)) == 0:
+        checker.error(key, f'must be a duration such as "24h", "90m" or "7d", not {text!r}')
+        return 86_400.0
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[match.group(2)]
 CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
 
 
@@ -514,6 +528,8 @@ def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig |
             version=version or "1.1",
             auth=auth or "",
             concurrency=checker.number(body, f"{key}.concurrency", int, 4, 1, 32),
+            delta=checker.choice(body, f"{key}.delta", ("auto", "off"), "off") or "off",
+            full_every_s=_full_every(checker, body, f"{key}.full_every"),
             client_id=checker.get(body, f"{key}.client_id", str, None, required=True) or "",
             client_secret=checker.secret(body, f"{key}.client_secret", required=True),
             token_url=token_url,

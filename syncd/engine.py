@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import exams, http, limits, logs, plan, safety
+from syncd import delta, exams, http, limits, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.entities import ENTITIES, PLURAL, ROSTER, SPECS, Call, Entity
 from syncd.errors import RecordFailure
 from syncd.exams import Exam
 from syncd.model import RecordError
-from syncd.sources import Source, SourceError, open_source
+from syncd.sources import DeltaRejected, Source, SourceError, open_source
 from syncd.store import CallLog, Store, TenantStore, utcnow
 from syncd.target import InvalidResponse, Outcome, ProvisionClient
 
@@ -60,6 +60,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=utcnow)
     complete: bool = False
+    delta: bool = False  # this run read only the source's changes (syncd.delta)
     failure: str | None = None
     errors: int = 0
     failed_extract: dict[Entity, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
@@ -154,9 +155,8 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         state.failure = f"source authorization failed: {exc}"
         log.error("sync.source_auth_failed", error=str(exc))
         return
-    store.reset_stage()
     client.passwords = state.passwords
-    _extract(state, store, source)
+    delta.read(state, store, source, _extract)  # full or delta extract into stage_* (issue 15)
     state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
     store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
     if state.complete:
@@ -196,7 +196,9 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
 
 
-def _extract(state: Run, store: TenantStore, source: Source) -> None:
+def _extract(state: Run, store: TenantStore, source: Source,
+             stage: Callable[[list[Any]], list[RecordError]] | None = None) -> None:
+    stage = stage or store.stage
     try:
         read = 0
         guard = limits.ExtractGuard(state.tenant.source.max_pages)
@@ -207,7 +209,7 @@ def _extract(state: Run, store: TenantStore, source: Source) -> None:
             read += len(page)
             state.report("extract", read)
             _keep_passwords(state, page)
-            staged = store.stage(page)
+            staged = stage(page)
             for error in staged:
                 if error.entity == "exam":
                     # An exam that cannot be mapped keeps its acknowledged state (see collect_removals);
@@ -226,6 +228,8 @@ def _extract(state: Run, store: TenantStore, source: Source) -> None:
             log.error("sync.exams_unavailable", error=exams_error,
                       consequence="exams are not synced this run and none is inferred removed")
             _record_failed(state, store, RecordFailure("exam", "", "extract", exams_error))
+    except DeltaRejected:
+        raise  # syncd.delta makes a full extract instead
     except (http.HttpError, SourceError) as exc:
         state.failure = f"extract failed: {exc}"
         log.error("sync.extract_failed", error=str(exc), source_requests=source.requests)

@@ -191,6 +191,12 @@ def m005_canonical_hashes(conn: Any) -> None:
                                 for ctid, text in ((c, canonical_json(json.loads(b))) for c, b in rows)])
 
 
+# Delta runs' marks (syncd.store.delta). Not in STATE_TABLES: they vouch for the stage_* mirror,
+# which is not copied either, so a copied state starts with a full run.
+M009 = """
+CREATE TABLE source_marks (tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m001_initial", M001),
@@ -202,6 +208,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m006_explain", M006),
     ("m007_exams", M007),
     ("m008_alerts", M008),
+    ("m009_delta", M009),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

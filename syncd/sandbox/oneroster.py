@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import threading
 import time
@@ -65,6 +66,9 @@ class OneRosterApp:
     # Serve each page's JSON from a cache (per roster revision): a real server builds pages in
     # parallel, this one has one GIL, so the benchmarks keep its own CPU out of the way.
     cache_pages: bool = False
+    # ``filter=dateLastModified>'…'`` (delta runs): False answers 400, as a server without filters.
+    delta_filter: bool = True
+    filtered_requests: int = 0
     token_ttl: float = 3600.0
     ignore_offset: bool = False
     expire_tokens_at_request: int | None = None  # revoke every token when this request arrives
@@ -119,6 +123,13 @@ class OneRosterApp:
             return _error(400, "invalid_data", "limit and offset must be integers")
         if limit < 1 or offset < 0:
             return _error(400, "invalid_data", "limit must be >= 1 and offset >= 0")
+        since = None
+        if request.arg("filter", ""):
+            since = _since(request.arg("filter", ""))
+            if not self.delta_filter or since is None:
+                return _error(400, "invalid_filter_field", "filter is not supported")
+            with self._lock:
+                self.filtered_requests += 1
         fault = self._fault(collection, offset)
         if fault:
             return fault
@@ -129,8 +140,10 @@ class OneRosterApp:
             if self.latency_s:
                 time.sleep(self.latency_s)
             if self.cache_pages:
-                return self._cached_page(request, collection, limit, offset)
-            return self._page(request, collection, limit, offset)
+                return self._cached_page(request, collection, limit, offset, since)
+            if since is not None:
+                return self._page(request, collection, limit, offset, since)
+            return self._page(request, collection, limit, offset)  # the form tests wrap
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -150,9 +163,13 @@ class OneRosterApp:
                     return Response(fault.status, _imsx("failure", "server_busy", "scripted fault"), headers)
         return None
 
-    def _page(self, request: Request, collection: str, limit: int, offset: int) -> Response:
+    def _page(self, request: Request, collection: str, limit: int, offset: int,
+              since: str | None = None) -> Response:
         records = self.roster.collection(collection) if hasattr(self.roster, collection) else {}
         ids = self._ids(collection, records)
+        if since is not None:
+            # A record without a date is listed: a delta must never miss what it cannot date.
+            ids = [i for i in ids if (records[i].get("dateLastModified") or "9") > since]
         size = min(limit, self.max_limit) if self.max_limit else limit
         start = 0 if self.ignore_offset else offset
         page = [self._render(collection, records[i]) for i in ids[start:start + size] if i in records]
@@ -163,11 +180,12 @@ class OneRosterApp:
             headers["Link"] = self._link(request.url.split("?")[0], limit, start, size)
         return Response(200, {collection: page}, headers)
 
-    def _cached_page(self, request: Request, collection: str, limit: int, offset: int) -> Response:
-        key = (collection, limit, offset, self.roster.revision, len(self.roster.collection(collection)))
+    def _cached_page(self, request: Request, collection: str, limit: int, offset: int,
+                     since: str | None = None) -> Response:
+        key = (collection, limit, offset, self.roster.revision, len(self.roster.collection(collection)), since)
         cached = self._cache.get(key)
         if cached is None:
-            response = self._page(request, collection, limit, offset)
+            response = self._page(request, collection, limit, offset, since)
             cached = self._cache[key] = (json.dumps(response.body).encode(), response.headers)
         return Response(200, raw=cached[0], headers=dict(cached[1]))
 
@@ -289,3 +307,8 @@ def _imsx(major: str, minor: str, description: str) -> dict[str, Any]:
 def _error(status: int, minor: str, description: str) -> Response:
     return Response(status, _imsx("failure", minor, description))
 
+
+def _since(text: str) -> str | None:
+    """The time of ``dateLastModified>'…'``, the one filter this server understands."""
+    match = re.fullmatch(r"\s*dateLastModified\s*>\s*'([^']+)'\s*", text)
+    return match.group(1) if match else None

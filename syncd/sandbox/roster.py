@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 FIRST = ["Ann", "Ben", "Chloé", "Dmitri", "Eve", "Farah", "Gustavo", "Hana", "Ivan", "José", "Kai",
@@ -117,16 +117,18 @@ class Roster:
         plus some class titles. Returns how many of each kind were made."""
         rng = random.Random(seed)
         self.revision += 1
+        now = modified_now()  # what a real server writes: delta runs read changes by this date
         users = [u for u in self.users.values() if u["status"] == "active"]
         made = {"renamed": 0, "new_enrollments": 0, "dropped": 0, "retitled": 0}
         for user in rng.sample(users, max(1, int(len(users) * fraction))):
             user["givenName"] = user["givenName"] + "-" + str(self.revision)
-            user["dateLastModified"] = f"2026-10-{self.revision % 28 + 1:02d}T00:00:00Z"
+            user["dateLastModified"] = now
             made["renamed"] += 1
         active = [e for e in self.enrollments.values() if e["status"] == "active" and "endDate" not in e
                   and e["role"] == "student"]
         for enrollment in rng.sample(active, max(1, int(len(active) * fraction / 2))):
             enrollment["status"] = "tobedeleted"
+            enrollment["dateLastModified"] = now
             made["dropped"] += 1
         pairs = {(e["user"]["sourcedId"], e["class"]["sourcedId"]) for e in self.enrollments.values()}
         class_ids = [c for c, v in self.classes.items() if v["status"] == "active"]
@@ -139,10 +141,12 @@ class Roster:
                 continue
             pairs.add((user, klass))
             n += 1
-            self.enrollments[f"enr-{n:07d}-r{self.revision}"] = _enrollment(n, user, klass, "student")
+            self.enrollments[f"enr-{n:07d}-r{self.revision}"] = _enrollment(n, user, klass, "student") | {
+                "dateLastModified": now}
             made["new_enrollments"] += 1
         for klass in rng.sample(list(self.classes.values()), max(1, int(len(self.classes) * fraction))):
             klass["title"] = klass["title"] + f" (rev {self.revision})"
+            klass["dateLastModified"] = now
             made["retitled"] += 1
         return made
 
@@ -153,6 +157,11 @@ class Roster:
             user["middleName"] = "Q"
             user["identifier"] = user["identifier"] + "9"
             user["dateLastModified"] = "2026-11-01T00:00:00Z"
+
+
+def modified_now() -> str:
+    """Now as OneRoster writes ``dateLastModified`` (UTC, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _enrollment(n: int, user: str, klass: str, role: str) -> dict[str, Any]:

@@ -62,6 +62,10 @@ class SourceError(RunStopped):
     """The extract cannot go on (bad page, pagination loop, dead credentials); safe to log."""
 
 
+class DeltaRejected(SourceError):
+    """The server answered 400 to ``filter=dateLastModified>…``: it cannot serve delta runs."""
+
+
 class Source(Protocol):
     complete: bool
     requests: int

@@ -37,6 +37,7 @@ from syncd import lock
 from syncd.model import content_hash
 from syncd.store.acks import Acknowledgements, CallLog
 from syncd.store.base import key_sql, utcnow
+from syncd.store.delta import Delta
 from syncd.store.diff import Diff
 from syncd.store.explain import Trail
 from syncd.store.holds import ESCROW_DELAYS_H, Approvals, Holds
@@ -48,7 +49,7 @@ from syncd.store.staging import Staging
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):

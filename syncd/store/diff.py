@@ -11,17 +11,24 @@ from syncd.store.base import Scoped, join
 
 class Diff(Scoped):
     def classify(self, force: bool) -> None:
-        """Mark each desired row create / update / none against the acknowledged state.
-        With ``force`` every acknowledged row is an update: the whole roster is pushed again."""
+        """Mark each desired row create / update / none against the acknowledged state, and give
+        it its content hash. With ``force`` every acknowledged row is an update: the whole roster
+        is pushed again. A body whose text is the acknowledged body's text has the acknowledged
+        hash (both are the hash of that canonical text), so only bodies that are new or changed
+        are hashed (the dialect's hash); every row is written once."""
         same = "'update'" if force else "'none'"
+        fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
         with self._write():
             for entity, spec in SPECS.items():
                 self.conn.execute(
-                    f"UPDATE {spec.desired} AS d SET change = coalesce((SELECT CASE "
-                    f"WHEN a.hash = d.hash THEN {same} ELSE 'update' END FROM {spec.acked} a "
-                    f"WHERE {join('d', 'a', entity)}), 'create') WHERE d.tenant = ?",
-                    (self.name,),
-                )
+                    f"UPDATE {spec.desired} AS d SET "
+                    f"change = CASE WHEN a.body = d.body OR a.hash = {fresh} THEN {same} ELSE 'update' END, "
+                    f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
+                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ?", (self.name,))
+                self.conn.execute(
+                    f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
+                    f"WHERE d.tenant = ? AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
+                    (self.name,))
             # An exam is sent again with the same body when the target deleted it (on_removed =
             # "delete": provisioning reactivates it) or when it moved to another course (the course
             # is not in the exam's body, but the call that carries it is the course's).

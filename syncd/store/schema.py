@@ -192,3 +192,15 @@ def m008_alerts(db: sqlite_utils.Database) -> None:
         CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
         """
     )
+
+
+@migrations()
+def m009_delta(db: sqlite_utils.Database) -> None:
+    """Delta runs (syncd.store.delta): per tenant, when the last extract that reached its end
+    started, and when the last complete full one did; no row: the next run is full."""
+    db.executescript(
+        """
+        CREATE TABLE source_marks (
+            tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL) WITHOUT ROWID;
+        """
+    )

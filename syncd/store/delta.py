@@ -1,0 +1,79 @@
+"""Delta runs (issue 15): ``stage_*`` as the tenant's mirror of the source, and its marks.
+
+A full run replaces the mirror (``reset_stage`` then ``stage``); a delta run keeps it and upserts
+what changed (``begin_delta`` then ``stage_changes``), so the desired state is built by the same
+SQL either way. ``source_marks`` says whether the mirror may be trusted: it is written only after
+a full extract that was complete with every record readable, and moved on by each delta extract
+that read its changes to the end; a failed full run leaves none, so the next run is full again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
+from syncd.store.base import Scoped
+from syncd.store.staging import _STAGE_ROW, STAGE_TABLES
+
+# What a delta run forgets: the derived state, never the mirror.
+DERIVED_TABLES = ("desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
+
+
+@dataclass(frozen=True)
+class SourceMarks:
+    since: str  # when the last extract that reached its end started (UTC ISO); deltas read after it
+    full_at: str  # when the last complete full extract started
+
+
+class Delta(Scoped):
+    def source_marks(self) -> SourceMarks | None:
+        row = self.conn.execute("SELECT since, full_at FROM source_marks WHERE tenant = ?", (self.name,)).fetchone()
+        return SourceMarks(*row) if row else None
+
+    def forget_marks(self) -> None:
+        """The mirror is about to be replaced: until that full extract ends well, no delta."""
+        with self._write():
+            self.conn.execute("DELETE FROM source_marks WHERE tenant = ?", (self.name,))
+
+    def mark_extract(self, started: str, full: bool) -> None:
+        with self._write():
+            if full:
+                self.conn.execute("INSERT INTO source_marks (tenant, since, full_at) VALUES (?, ?, ?) ON CONFLICT "
+                                  "(tenant) DO UPDATE SET since = excluded.since, full_at = excluded.full_at",
+                                  (self.name, started, started))
+            else:
+                self.conn.execute("UPDATE source_marks SET since = ? WHERE tenant = ?", (started, self.name))
+
+    def begin_delta(self) -> None:
+        """Forget the last run's desired state and plan; keep the mirror the delta updates."""
+        with self._write():
+            for table in DERIVED_TABLES:
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
+
+    def stage_changes(self, records: list[Record]) -> list[RecordError]:
+        """Upsert one page of changed records into the mirror (the latest read of an id wins).
+        Returns the records the source could not read."""
+        failed: list[RecordError] = []
+        rows: dict[type, list[tuple[Any, ...]]] = {Course: [], CourseCode: [], User: [], Enrollment: []}
+        for record in records:
+            to_row = _STAGE_ROW.get(type(record))
+            if to_row is None:
+                assert isinstance(record, RecordError)
+                failed.append(record)
+            else:
+                rows[type(record)].append(to_row(self.name, record))
+        with self._write():
+            for kind, batch in rows.items():
+                if batch:
+                    self._upsert(STAGE_TABLES[kind][0], batch)
+        return failed
+
+    def _upsert(self, table: str, batch: list[tuple[Any, ...]]) -> None:
+        """Replace each record's mirrored row (DELETE then INSERT: the same SQL on both stores,
+        without naming every column); within a page the last read of an id wins."""
+        latest = list({row[1]: row for row in batch}.values())
+        self.conn.executemany(f"DELETE FROM {table} WHERE tenant = ? AND source_id = ?",
+                              [(row[0], row[1]) for row in latest])
+        marks = ",".join("?" * len(latest[0]))
+        self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", latest)
