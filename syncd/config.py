@@ -401,12 +401,7 @@ def _tenant(checker: _Checker, name: str, body: dict[str, Any], defaults: dict[s
         problem = schedule_problem(schedule)
         if problem:
             checker.error(f"{key}.schedule", problem)
-    time_zone = checker.get(body, f"{key}.time_zone", str, None)
-    if time_zone is not None:
-        try:
-            zoneinfo.ZoneInfo(time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            checker.error(f"{key}.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    time_zone = tenant_time_zone(checker, body, key)
     roles = _roles(checker, body.get("roles", {"student": "learner"}), f"{key}.roles")
     enabled = checker.get(body, f"{key}.enabled", bool, True)
     source = _source(checker, _table(checker, body, "source", key, required=True), f"{key}.source")
@@ -604,6 +599,17 @@ def _target(checker: _Checker, body: dict[str, Any], key: str) -> TargetConfig |
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def tenant_time_zone(checker: _Checker, body: dict[str, Any], key: str) -> str | None:
+    """A tenant's (or the GG4L template's) optional ``time_zone``: an IANA name, checked here."""
+    time_zone = checker.get(body, f"{key}.time_zone", str, None)
+    if time_zone is not None:
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            checker.error(f"{key}.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    return time_zone
 
 
 def schedule_problem(schedule: str) -> str | None:

@@ -8,7 +8,6 @@ other error of the file. ``config.parse`` calls :func:`parse_gg4l`; the result i
 from __future__ import annotations
 
 import re
-import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,12 +140,7 @@ def _template(checker: _Checker, body: dict[str, Any], defaults: dict[str, Any])
     problem = base.schedule_problem(schedule) if schedule else None
     if problem:
         checker.error(f"{key}.schedule", problem)
-    time_zone = checker.get(body, f"{key}.time_zone", str, None)
-    if time_zone is not None:
-        try:
-            zoneinfo.ZoneInfo(time_zone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            checker.error(f"{key}.time_zone", f"unknown time zone {time_zone!r} (use an IANA name)")
+    time_zone = base.tenant_time_zone(checker, body, key)
     source = base._table(checker, body, "source", key)
     base._unknown(checker, source, f"{key}.source", TEMPLATE_SOURCE_KEYS)
     target = base._table(checker, body, "target", key, required=True)
