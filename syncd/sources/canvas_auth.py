@@ -22,9 +22,9 @@ import requests
 import structlog
 
 from syncd import http, logs
-from syncd.config import SourceConfig
 from syncd.errors import AdminNeeded
 from syncd.sources import SourceError
+from syncd.sources.canvas_config import CanvasConfig
 
 log = structlog.get_logger("syncd.canvas")
 
@@ -66,7 +66,7 @@ class ReauthorizeNeeded(SourceError, AdminNeeded):
 class CanvasToken(requests.auth.AuthBase):
     """The bearer token of one tenant: static, or refreshed before expiry and once on a 401."""
 
-    def __init__(self, tenant: str, config: SourceConfig, state_dir: Path, session: requests.Session,
+    def __init__(self, tenant: str, config: CanvasConfig, state_dir: Path, session: requests.Session,
                  on_attempt: Callable[[], None]):
         self.tenant = tenant
         self.config = config
@@ -159,7 +159,7 @@ class CanvasToken(requests.auth.AuthBase):
             log.warning("canvas.token_cache_unwritable", error=exc.strerror)
 
 
-def exchange(config: SourceConfig, session: requests.Session, on_attempt: Callable[[], None] | None = None,
+def exchange(config: CanvasConfig, session: requests.Session, on_attempt: Callable[[], None] | None = None,
              **form: str) -> dict[str, Any]:
     """POST /login/oauth2/token; returns the JSON answer or raises http.HttpError."""
     body = {"client_id": config.client_id, "client_secret": config.client_secret,
@@ -185,7 +185,7 @@ def _lifetime(payload: dict[str, Any]) -> float:
 # --- the authorization-code flow (`syncd auth TENANT`) --------------------------------------
 
 
-def authorize_url(config: SourceConfig, state: str, extra_scopes: tuple[str, ...] = ()) -> str:
+def authorize_url(config: CanvasConfig, state: str, extra_scopes: tuple[str, ...] = ()) -> str:
     query = urllib.parse.urlencode({
         "client_id": config.client_id, "response_type": "code", "redirect_uri": config.redirect_uri,
         "state": state, "scope": " ".join(SCOPES + extra_scopes),  # one space-separated parameter, as Canvas wants
@@ -227,7 +227,7 @@ def store_refresh_token(tenant: str, state_dir: Path, payload: dict[str, Any]) -
     return path
 
 
-def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[[str], None],
+def authorize(tenant: str, config: CanvasConfig, state_dir: Path, say: Callable[[str], None],
               pasted: Callable[[float], str | None], timeout_s: float = 600.0,
               extra_scopes: tuple[str, ...] = ()) -> Path:
     """`syncd auth`: print the URL, take the redirect (loopback listener or pasted), store the token.

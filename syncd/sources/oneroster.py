@@ -25,9 +25,9 @@ from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256
 from requests_oauthlib import OAuth1
 
 from syncd import http
-from syncd.config import SourceConfig
 from syncd.model import Course, CourseCode, Enrollment, Entity, Record, User
 from syncd.sources import DeltaRejected, SourceError, map_record, text_field
+from syncd.sources.oneroster_config import OneRosterConfig
 
 log = structlog.get_logger("syncd.oneroster")
 
@@ -39,7 +39,7 @@ COLLECTIONS = ("courses", "classes", "users", "enrollments")
 
 
 class OneRosterSource:
-    def __init__(self, config: SourceConfig, today: date, session: requests.Session | None = None,
+    def __init__(self, config: OneRosterConfig, today: date, session: requests.Session | None = None,
                  concurrency: int | None = None):
         self.config = config
         self.today = today
@@ -356,7 +356,7 @@ class _Crawl:
 class _OAuth2Token(requests.auth.AuthBase):
     """OAuth 2 client credentials: one token reused until it expires, refreshed once on a 401."""
 
-    def __init__(self, config: SourceConfig, session: requests.Session, on_attempt: Callable[[], None]):
+    def __init__(self, config: OneRosterConfig, session: requests.Session, on_attempt: Callable[[], None]):
         self.config = config
         self.session = session
         self.on_attempt = on_attempt
