@@ -9,7 +9,7 @@ from typing import Any
 
 from conftest import syncd
 
-from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
 from syncd.sources import tokens
 
 
@@ -72,15 +72,26 @@ def test_a_401_invalidates_the_token_once_and_an_expiry_from_a_wrong_clock_is_no
     assert calls == [2]
 
 
-def test_oneroster_12_reuses_its_token_across_runs_and_never_stores_it_in_the_state(tmp_path: Path):
-    with Sandbox(Roster.generate(seed=3, users=30, classes=4, enrollments=60), version="1.2") as box:
+def test_canvas_reads_the_token_file_an_earlier_syncd_wrote_and_asks_for_no_new_token(tmp_path: Path):
+    roster = CanvasRoster.generate(seed=5, users=40, courses=6, enrollments=120)
+    with CanvasSandbox(roster) as box:
         config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
-        for _ in range(2):
-            result = syncd(config, "sync", "lincoln")
-            assert result.returncode == 0, result.stderr[-2000:]
+        assert syncd(config, "sync", "stateu").returncode == 0
+        cached = tmp_path / "state" / "credentials" / "stateu.access.json"
+        written = json.loads(cached.read_text())
+        assert set(written) == {"access_token", "expires_at", "for"}
+        # The file as syncd wrote it before the caches were merged: no "for".
+        cached.write_text(json.dumps({"access_token": written["access_token"], "expires_at": written["expires_at"]}))
+        result = syncd(config, "sync", "stateu")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert box.canvas.token_requests == 1
+        assert written["access_token"] not in result.stdout + result.stderr
+
+
+def test_a_oneroster_token_is_reused_within_a_run_and_written_nowhere(tmp_path: Path):
+    with Sandbox(Roster.generate(seed=3, users=30, classes=4, enrollments=60), version="1.2") as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", source_extra="page_size = 10")
+        result = syncd(config, "sync", "lincoln")
+        assert result.returncode == 0, result.stderr[-2000:]
         assert box.oneroster.token_requests == 1
-        cached = tmp_path / "state" / "credentials" / "lincoln.access.json"
-        token = json.loads(cached.read_text())["access_token"]
-        assert cached.stat().st_mode & 0o777 == 0o600
-        assert token.encode() not in (tmp_path / "state" / "syncd.db").read_bytes()
-        assert token not in result.stdout + result.stderr
+        assert not (tmp_path / "state" / "credentials" / "lincoln.access.json").exists()

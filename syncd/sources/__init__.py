@@ -128,12 +128,10 @@ def _canvas_config(checker: _Checker, body: dict[str, Any], key: str) -> SourceC
 
 
 def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
-    from syncd.sources import tokens
     from syncd.sources.oneroster import OneRosterSource
 
-    cache = tokens.cache_path(state_dir, tenant.name)
     if tenant.exams is None:
-        return OneRosterSource(tenant.source, today, token_cache=cache)
+        return OneRosterSource(tenant.source, today)
     import dataclasses
     import zoneinfo
 
@@ -143,7 +141,7 @@ def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     config = dataclasses.replace(tenant.source, scope=oneroster_exams.token_scope(
         tenant.source.scope, tenant.source.version, True))
     zone = zoneinfo.ZoneInfo(tenant.time_zone) if tenant.time_zone else None
-    return oneroster_exams.OneRosterWithExams(OneRosterSource(config, today, token_cache=cache), tenant.exams, zone)
+    return oneroster_exams.OneRosterWithExams(OneRosterSource(config, today), tenant.exams, zone)
 
 
 def _canvas(tenant: TenantConfig, state_dir: Path, today: date) -> Source:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -40,7 +39,7 @@ COLLECTIONS = ("courses", "classes", "users", "enrollments")
 
 class OneRosterSource:
     def __init__(self, config: OneRosterConfig, today: date, session: requests.Session | None = None,
-                 concurrency: int | None = None, token_cache: Path | None = None):
+                 concurrency: int | None = None):
         self.config = config
         self.today = today
         # Requests in flight for this tenant (source.concurrency; 1 is the old sequential crawl).
@@ -54,7 +53,7 @@ class OneRosterSource:
         self._counter = threading.Lock()
         self._decoding = threading.Lock()
         auth = config.auth or ("oauth2" if config.version == "1.2" else "oauth1")
-        self._auth = _oauth2(config, self.session, self._count, token_cache) if auth == "oauth2" else None
+        self._auth = _oauth2(config, self.session, self._count) if auth == "oauth2" else None
         self._oauth1 = (
             OAuth1(config.client_id, client_secret=config.client_secret,
                    signature_method=SIGNATURE_HMAC_SHA256)
@@ -353,9 +352,9 @@ class _Crawl:
         source._check_total(self.name, self.cursor, self.total)
 
 
-def _oauth2(config: OneRosterConfig, session: requests.Session, on_attempt: Callable[[], None],
-            cache: Path | None) -> tokens.BearerToken:
-    """OAuth 2 client credentials, under syncd.sources.tokens's rules (reuse, 401, cache)."""
+def _oauth2(config: OneRosterConfig, session: requests.Session, on_attempt: Callable[[], None]) -> tokens.BearerToken:
+    """OAuth 2 client credentials, under syncd.sources.tokens's rules (reuse, 401), in memory only:
+    a OneRoster token request costs nothing, so a run's token is never written anywhere."""
     def grant() -> dict[str, Any]:
         quote = urllib.parse.quote
         body = {"grant_type": "client_credentials"}
@@ -375,7 +374,7 @@ def _oauth2(config: OneRosterConfig, session: requests.Session, on_attempt: Call
         return payload
 
     return tokens.BearerToken(grant, for_=tokens.audience(config.token_url, config.client_id, config.scope),
-                              cache=cache, name="oneroster")
+                              name="oneroster")
 
 
 # --- value parsing -------------------------------------------------------------------------

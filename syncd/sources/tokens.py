@@ -5,15 +5,16 @@
   clock, so a wall clock that jumps cannot make a token live for years or die at once.
 - A 401 invalidates it: the first thread refused gets a new one, the others in flight with the
   same dead token retry with that one (one token request serves them all).
-- It is cached in ``state_dir/credentials/TENANT.access.json``, an owner-only file written
-  atomically (never half a token), so that a run every few minutes does not request a token each
-  time (Canvas charges 200 throttle units per token request). The file names what the token is
-  for (a digest of the token endpoint, the client id and the scope, never a secret): a token of
-  other credentials is never sent. Never in SQLite, never in a log: every token read or obtained
-  is registered with the log redactor.
+- Where a token request costs something (Canvas charges 200 throttle units each), it is cached in
+  ``state_dir/credentials/TENANT.access.json``, an owner-only file written atomically (never half
+  a token), so that a run every few minutes does not request one each time; where it costs
+  nothing (OneRoster's client credentials), it stays in memory and is in no file. The file says
+  what the token is for (a digest of the token endpoint, the client id and the scope, never a
+  secret): a token of other credentials is never sent.
+- Never in SQLite, never in a log: every token read or obtained is registered with the log redactor.
 
-OneRoster (client credentials) and Canvas (refresh token) differ only in the grant, a function
-that asks the token endpoint and returns its JSON answer.
+OneRoster (client credentials) and Canvas (refresh token) differ in the grant, a function that
+asks the token endpoint and returns its JSON answer, and in whether a cache file is given.
 """
 
 from __future__ import annotations
