@@ -332,6 +332,7 @@ def store_rows(state: Path) -> dict[str, list[tuple]]:
               "acked_courses": "tenant, source_id, hash", "acked_users": "tenant, source_id, hash",
               "acked_enrollments": "tenant, course_id, user_id, hash",
               "errors": "entity, source_id, message"}
+    # Whole tables, rows as stored: more than the store's API shows (it never hands out staging rows).
     with sqlite3.connect(state / "syncd.db") as conn:
         return {t: sorted(conn.execute(f"SELECT {cols} FROM {t}").fetchall(), key=repr) for t, cols in tables.items()}
 
