@@ -35,8 +35,6 @@ SCOPES = (
     "url:GET|/api/v1/accounts/:account_id/reports/:report/:id",
 )
 LISTENER_READ_S = 5.0  # a connection to the redirect listener that sends no request within this is closed
-# Kept importable from here: the token cache is syncd.sources.tokens, shared with OneRoster.
-credentials_dir, write_private = tokens.credentials_dir, tokens.write_private
 
 
 class ReauthorizeNeeded(SourceError, AdminNeeded):
@@ -148,11 +146,11 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 def store_refresh_token(tenant: str, config: CanvasConfig, state_dir: Path, payload: dict[str, Any]) -> Path:
-    directory = credentials_dir(state_dir)
+    directory = tokens.credentials_dir(state_dir)
     path = directory / f"{tenant}.refresh_token"
     if not payload.get("refresh_token"):
         raise SourceError("Canvas answered without a refresh_token (is the key configured to issue one?)")
-    write_private(path, str(payload["refresh_token"]) + "\n")
+    tokens.write_private(path, str(payload["refresh_token"]) + "\n")
     tokens.save(tokens.cache_path(state_dir, tenant), str(payload["access_token"]),
                 tokens.usable_for(tokens.lifetime(payload)), tokens.audience(config.base_url, config.client_id))
     return path
