@@ -24,6 +24,7 @@ from typing import Any
 
 from syncd import exams_config
 from syncd.errors import AdminNeeded
+from syncd.sources import SOURCES, SourceConfig  # each source's own config: sources/<type>_config.py
 
 DEFAULT_PATH = Path("/etc/syncd/syncd.toml")
 DEPROVISION = ("report", "disable")
@@ -33,11 +34,6 @@ CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]+$")
 INSTALL_SID = re.compile(r"^[A-Za-z0-9_-]+$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
-ONEROSTER_VERSIONS = ("1.1", "1.2")
-DEFAULT_SCOPE = {
-    "1.1": "https://purl.imsglobal.org/spec/or/v1p1/scope/roster-core.readonly",
-    "1.2": "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",
-}
 SECRET_KEYS = ("client_secret", "token", "refresh_token", "access_token")
 
 
@@ -79,37 +75,6 @@ class AlertsConfig:
     urls: tuple[str, ...] = field(default=(), repr=False)
     digest: tuple[int, int] | None = None  # (hour, minute) in ``time_zone``
     time_zone: str | None = None  # None: the machine's local time zone
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    type: str
-    base_url: str
-    client_id: str = ""
-    client_secret: str = field(default="", repr=False)
-    version: str = "1.1"
-    auth: str = ""  # OneRoster: "oauth1" | "oauth2"; "" picks by version (1.1: oauth1, 1.2: oauth2)
-    token_url: str = ""
-    scope: str = ""
-    page_size: int = 1000
-    timeout_s: float = 60.0
-    # GG4L districts: Privacy Shield's empty or random @gg4l.com e-mails count as no e-mail (syncd.gg4l).
-    privacy_shield: bool = False
-    max_pages: int = 100_000  # per run, all collections together (syncd.limits)
-    # OneRoster delta runs (filter=dateLastModified>…): "auto" | "off"; a full run every full_every_s.
-    delta: str = "off"
-    full_every_s: float = 86_400.0
-    # Canvas only.
-    account_id: str = ""
-    refresh_token: str = field(default="", repr=False)
-    access_token: str = field(default="", repr=False)
-    redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
-    mode: str = "auto"  # auto | api | report
-    term_id: str = ""
-    sub_accounts: tuple[str, ...] = ()
-    concurrency: int = 8  # requests in flight (OneRoster default 4, set by the config reader)
-    report_min_courses: int = 0  # 0: the measured default (syncd.sources.canvas.REPORT_MIN_COURSES)
-    report_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -475,111 +440,14 @@ def _roles(checker: _Checker, value: Any, key: str) -> dict[str, str]:
     return roles
 
 
-ONEROSTER_KEYS = {"type", "base_url", "version", "auth", "client_id", "client_secret", "token_url", "scope",
-                  "page_size", "timeout_s", "concurrency", "max_pages", "delta", "full_every"}
-ONEROSTER_AUTH = ("oauth1", "oauth2")
-CANVAS_KEYS = {"type", "base_url", "account_id", "client_id", "client_secret", "refresh_token",
-               "access_token", "redirect_uri", "page_size", "timeout_s", "mode", "term_id", "sub_accounts",
-               "concurrency", "report_min_courses", "report_timeout_s", "max_pages"}
-CANVAS_MODES = ("auto", "api", "report")
-DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-
-
-def _full_every(checker: _Checker, body: dict[str, Any], key: str) -> float:
-    """``source.full_every``: how long delta runs may follow each other before a full run."""
-    text = checker.get(body, key, str, "24h") or "24h"
-    match = DURATION.match(text)
-    if not match or int(match.group(1)) == 0:
-        checker.error(key, f'must be a duration such as "24h", "90m" or "7d", not {text!r}')
-        return 86_400.0
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[match.group(2)]
-CANVAS_ID = re.compile(r"^(\d+|sis_[a-z_]+_id:.+)$")
-
-
 def _source(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig | None:
+    """``[tenants.X.source]``: its ``type`` picks the source, whose own module reads the rest."""
     if not body:
         return None
-    kind = checker.choice(body, f"{key}.type", ("oneroster", "canvas"), None, required=True)
+    kind = checker.choice(body, f"{key}.type", tuple(SOURCES), None, required=True)
     if kind is None:
         return None
-    _unknown(checker, body, key, ONEROSTER_KEYS if kind == "oneroster" else CANVAS_KEYS)
-    common = {
-        "base_url": checker.url(body, f"{key}.base_url", required=True),
-        # Canvas caps per_page silently (100 hosted); asking for more only hides the cap.
-        "page_size": checker.number(body, f"{key}.page_size", int, 1000 if kind == "oneroster" else 100,
-                                    1, 100_000),
-        "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
-        "max_pages": checker.number(body, f"{key}.max_pages", int, 100_000, 1, 100_000_000),
-    }
-    if kind == "oneroster":
-        version = checker.choice(body, f"{key}.version", ONEROSTER_VERSIONS, "1.1")
-        # The version picks the usual auth; some 1.1 servers (GG4L) use OAuth 2 all the same.
-        auth = checker.choice(body, f"{key}.auth", ONEROSTER_AUTH, "oauth2" if version == "1.2" else "oauth1")
-        token_url = checker.url(body, f"{key}.token_url", required=auth == "oauth2")
-        if auth == "oauth1" and "token_url" in body:
-            checker.error(f"{key}.token_url", "only used with OAuth 2 (auth = \"oauth2\", the default for version 1.2)")
-        return SourceConfig(
-            type=kind,
-            version=version or "1.1",
-            auth=auth or "",
-            concurrency=checker.number(body, f"{key}.concurrency", int, 4, 1, 32),
-            delta=checker.choice(body, f"{key}.delta", ("auto", "off"), "off") or "off",
-            full_every_s=_full_every(checker, body, f"{key}.full_every"),
-            client_id=checker.get(body, f"{key}.client_id", str, None, required=True) or "",
-            client_secret=checker.secret(body, f"{key}.client_secret", required=True),
-            token_url=token_url,
-            scope=_scope(checker.get(body, f"{key}.scope", str, None), version or "1.1"),
-            **common,
-        )
-    refresh = checker.secret(body, f"{key}.refresh_token")
-    access = checker.secret(body, f"{key}.access_token")
-    client_id = checker.get(body, f"{key}.client_id", str, None) or ""
-    client_secret = checker.secret(body, f"{key}.client_secret")
-    if not access and not (client_id and client_secret) and not checker.secret_failed(key):
-        checker.error(key, "needs client_id and client_secret (developer key) or access_token")
-    return SourceConfig(
-        type=kind,
-        account_id=_canvas_id(checker, body, f"{key}.account_id", "1"),
-        client_id=client_id,
-        client_secret=client_secret,
-        refresh_token=refresh,
-        access_token=access,
-        redirect_uri=checker.url(body, f"{key}.redirect_uri") or "http://127.0.0.1:8765/oauth/callback",
-        mode=checker.choice(body, f"{key}.mode", CANVAS_MODES, "auto"),
-        term_id=_canvas_id(checker, body, f"{key}.term_id", ""),
-        sub_accounts=_canvas_ids(checker, body, f"{key}.sub_accounts"),
-        concurrency=checker.number(body, f"{key}.concurrency", int, 8, 1, 32),
-        report_min_courses=checker.number(body, f"{key}.report_min_courses", int, 0, 0, 10_000_000),
-        report_timeout_s=checker.number(body, f"{key}.report_timeout_s", float, 1800.0, 10, 86_400),
-        **common,
-    )
-
-
-def _scope(value: str | None, version: str) -> str:
-    """The OAuth 2 scope: the version's roster-core scope unless given; ``scope = ""`` sends none."""
-    return DEFAULT_SCOPE.get(version, "") if value is None else value
-
-
-def _canvas_id(checker: _Checker, body: dict[str, Any], key: str, default: str) -> str:
-    """A Canvas id: digits, or an SIS reference such as ``sis_term_id:2026FA``."""
-    return _canvas_id_value(checker, checker.get(body, key, (str, int), default), key, default)
-
-
-def _canvas_id_value(checker: _Checker, value: Any, key: str, default: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        checker.error(key, f"must be a string or an integer, not {_kind_name(type(value))}")
-        return default
-    text = str(value).strip()
-    if text and not CANVAS_ID.match(text):
-        checker.error(key, f"must be a Canvas id (digits) or an SIS reference like sis_account_id:X, not {value!r}")
-        return default
-    return text
-
-
-def _canvas_ids(checker: _Checker, body: dict[str, Any], key: str) -> tuple[str, ...]:
-    values = checker.get(body, key, list, [])
-    ids = (_canvas_id_value(checker, value, f"{key}[{i}]", "") for i, value in enumerate(values))
-    return tuple(i for i in ids if i)
+    return SOURCES[kind].parse(checker, body, key)
 
 
 def _target(checker: _Checker, body: dict[str, Any], key: str) -> TargetConfig | None:

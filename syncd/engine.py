@@ -17,15 +17,15 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd import delta, exams, http, limits, logs, plan, safety
+from syncd import delta, errors, exams, http, limits, logs, plan, safety
 from syncd.config import TenantConfig
 from syncd.entities import ENTITIES, PLURAL, ROSTER, SPECS, Call, Entity
-from syncd.errors import RecordFailure
+from syncd.errors import RecordFailure, SyncError
 from syncd.exams import Exam
 from syncd.model import RecordError
-from syncd.sources import DeltaRejected, Source, SourceError, open_source
+from syncd.sources import DeltaRejected, Source, open_source
 from syncd.store import CallLog, Store, TenantStore, utcnow
-from syncd.target import InvalidResponse, Outcome, ProvisionClient
+from syncd.target import Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
 
@@ -151,7 +151,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
           show: Show | None) -> None:
     try:
         source.check()
-    except (http.HttpError, SourceError) as exc:
+    except SyncError as exc:  # whatever its action (retry, stop, admin): this run cannot read the source
         state.failure = f"source authorization failed: {exc}"
         log.error("sync.source_auth_failed", error=str(exc))
         return
@@ -230,7 +230,7 @@ def _extract(state: Run, store: TenantStore, source: Source,
             _record_failed(state, store, RecordFailure("exam", "", "extract", exams_error))
     except DeltaRejected:
         raise  # syncd.delta makes a full extract instead
-    except (http.HttpError, SourceError) as exc:
+    except SyncError as exc:  # whatever its action: a partial extract infers nothing (completeness guard)
         state.failure = f"extract failed: {exc}"
         log.error("sync.extract_failed", error=str(exc), source_requests=source.requests)
     log.info("sync.extracted", complete=state.complete, source_requests=source.requests)
@@ -386,7 +386,7 @@ def _delete_exams(state: Run, store: TenantStore, client: ProvisionClient) -> No
     for source_id, course_sid, exam_sid, title in store.exams_to_delete():
         try:
             client.delete_exam(course_sid, exam_sid, title or source_id)
-        except http.HttpError as exc:
+        except SyncError as exc:  # the record fails alone, whatever the action (SPEC §5)
             _record_failed(state, store, RecordFailure("exam", source_id, "push", f"could not delete: {exc.detail}",
                                                        exc.status))
             continue
@@ -399,7 +399,7 @@ def _disable(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     for source_id, sid in store.users_to_disable():
         try:
             client.set_enabled(sid, False)
-        except http.HttpError as exc:
+        except SyncError as exc:  # the record fails alone, whatever the action (SPEC §5)
             _record_failed(state, store, RecordFailure("user", source_id, "push", f"could not disable: {exc.detail}",
                                                        exc.status))
             continue
@@ -412,7 +412,7 @@ def _reenable(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     for source_id, sid in store.users_to_enable():
         try:
             client.set_enabled(sid, True)
-        except http.HttpError as exc:
+        except SyncError as exc:  # the record fails alone, whatever the action (SPEC §5)
             _record_failed(state, store, RecordFailure("user", source_id, "push",
                                                        f"could not re-enable: {exc.detail}", exc.status))
             continue
@@ -469,11 +469,13 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
         call = in_flight.pop(future)
         try:
             acks.append((call, future.result()))
-        except http.AuthError as exc:
-            state.failure = f"the target refused the token: {exc}"
-            log.error("sync.target_auth_failed", error=str(exc))
-            answers.append(CallLog(state.run_id, call, "failed", exc.status, f"the target refused the token: {exc}"))
-        except (http.HttpError, InvalidResponse) as exc:
+        except SyncError as exc:
+            if errors.action(exc) in ("stop", "admin"):  # refused credentials: no later call can succeed
+                state.failure = f"the target refused the token: {exc}"
+                log.error("sync.target_auth_failed", error=str(exc))
+                answers.append(CallLog(state.run_id, call, "failed", exc.status, state.failure))
+                continue
+            # retry (5xx, timeouts: pending) or record (4xx: escrow), decided by the status
             _call_failed(state, store, call, exc.detail, exc.status)
             rejected = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
             answers.append(CallLog(state.run_id, call, "rejected" if rejected else "failed", exc.status, exc.detail))

@@ -8,9 +8,12 @@
 - :class:`AdminNeeded`: only a person can fix it (a bad config, a revoked authorization): stop
   and say exactly what to do.
 
-Every message is safe to log: no secret, no token. :func:`action` answers the question for any
-exception syncd raises, including the HTTP errors of :mod:`syncd.http`, which keep their own
-classes (``TransientError`` = retry, ``RejectedError`` = record, ``AuthError`` = stop).
+Every message is safe to log: no secret, no token. The HTTP errors of :mod:`syncd.http` are
+classes of this taxonomy (``TransientError`` is a ``RetryLater``, ``RejectedError`` a
+``RecordFailed``, ``AuthError`` a ``RunStopped``), and so are the sources' (``SourceError`` is a
+``RunStopped``, ``ReauthorizeNeeded`` an ``AdminNeeded``) and the config's (``ConfigError``). A
+caller catches :class:`SyncError`, the root, and asks :func:`action` what to do; anything else
+is a bug and is left to crash the run.
 
 A failed record is one value, :class:`RecordFailure`, from where it is found to the store.
 """
@@ -24,9 +27,17 @@ Action = Literal["retry", "record", "stop", "admin"]
 
 
 class SyncError(Exception):
-    """Base of syncd's own errors; the message is safe to log."""
+    """Base of syncd's own errors; the message is safe to log.
+
+    ``status`` is the HTTP status of the answer that caused it (None: no answer, or no HTTP);
+    ``detail`` what an admin reads in `syncd errors` (the server's words, without our URL)."""
 
     action: Action = "stop"
+
+    def __init__(self, message: str = "", status: int | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail or message
 
 
 class RetryLater(SyncError):
@@ -46,19 +57,8 @@ class AdminNeeded(SyncError):
 
 
 def action(exc: BaseException) -> Action:
-    """What the caller should do about ``exc``."""
-    from syncd import http  # http imports nothing of ours; imported here to keep this module a leaf
-
-    if isinstance(exc, SyncError):
-        return exc.action
-    if isinstance(exc, http.AuthError):
-        return "stop"
-    if isinstance(exc, http.TransientError):
-        return "retry"
-    if isinstance(exc, http.HttpError):
-        status = exc.status
-        return "retry" if status is None or status == 429 or status >= 500 else "record"
-    return "stop"
+    """What the caller should do about ``exc``; an exception outside the taxonomy (a bug) stops."""
+    return exc.action if isinstance(exc, SyncError) else "stop"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class TenantTemplate:
     deprovision: str = "report"
     page_size: int = MAX_PAGE
     source_timeout_s: float = 60.0
-    privacy_shield: bool = True  # masked e-mails are no e-mail (SourceConfig.privacy_shield)
+    privacy_shield: bool = True  # masked e-mails are no e-mail (OneRosterConfig.privacy_shield)
 
 
 @dataclass(frozen=True)

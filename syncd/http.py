@@ -42,7 +42,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 
-from syncd import __version__, logs
+from syncd import __version__, errors, logs
 
 USER_AGENT = f"syncd/{__version__} (+roster sync for SmarterProctoring)"
 SENSITIVE_PARAMS = re.compile(
@@ -62,32 +62,44 @@ _CHUNK = 1 << 14  # small reads: a compressed chunk decodes to at most this much
 stopping = threading.Event()
 
 
-class HttpError(Exception):
-    """A request that did not succeed; the message is safe to log (no secret, no token)."""
+class HttpError(errors.SyncError):
+    """A request that did not succeed; the message is safe to log (no secret, no token). Raised as
+    one of the three below; a bare one (or a subclass such as target.InvalidResponse) is to be
+    retried when the status says so (none, 429, 5xx), else recorded."""
 
     def __init__(self, message: str, status: int | None = None, url: str = "", attempts: int = 1,
                  detail: str | None = None):
         # A server may echo what we sent (a token in "token X is not valid"): every message is
-        # redacted here, once, before anyone can store or show it.
-        super().__init__(logs.redact(message))
-        self.status = status
+        # redacted here, once, before anyone can store or show it. ``detail``: what the server
+        # said, without our method and URL (what an admin reads in `syncd errors`).
+        super().__init__(logs.redact(message), status, logs.redact(detail or message))
         self.url = url
         self.attempts = attempts
-        # What the server said, without our method and URL: what an admin reads in `syncd errors`.
-        self.detail = logs.redact(detail or message)
+
+    @property
+    def action(self) -> errors.Action:  # type: ignore[override]
+        status = self.status
+        return "retry" if status is None or status == 429 or status >= 500 else "record"
 
 
-class TransientError(HttpError):
-    """Timeouts, connection errors, 429 and 5xx that outlasted every retry."""
+class TransientError(HttpError, errors.RetryLater):
+    """Timeouts, connection errors, 429 and 5xx that outlasted every retry (a deadline exceeded
+    included): a later run may succeed."""
+
+    action: errors.Action = "retry"  # type: ignore[assignment]
 
 
-class RejectedError(HttpError):
+class RejectedError(HttpError, errors.RecordFailed):
     """The server refused this request (4xx), or answered in a way we refuse (a redirect to another
-    origin, a body over the cap); retrying it now would not help."""
+    origin, a body over the cap); retrying it now would not help: record it and go on."""
+
+    action: errors.Action = "record"  # type: ignore[assignment]
 
 
-class AuthError(HttpError):
-    """The credentials were refused even after one refresh."""
+class AuthError(HttpError, errors.RunStopped):
+    """The credentials were refused even after one refresh: nothing more can be asked this run."""
+
+    action: errors.Action = "stop"  # type: ignore[assignment]
 
 
 RETRY, THROTTLE, REAUTHORIZE, AUTH, REJECT = "retry", "throttle", "reauthorize", "auth", "reject"

@@ -11,6 +11,7 @@ import json
 import sqlite3
 
 import sqlite_utils
+import state
 from conftest import summary, syncd
 from test_sync_end_to_end import travel_past_escrow
 
@@ -50,8 +51,7 @@ def test_a_refused_record_with_a_non_ascii_id_waits_out_its_escrow_delay(sandbox
     # Not due yet: the next run leaves it alone (before the fix it was sent again, run after run).
     second = syncd(config, "sync", "lincoln", "--json")
     assert second.returncode == 1 and len(sent) == 1 and summary(second)["calls"] == 0
-    with sqlite3.connect(config.parent / "state" / "syncd.db") as conn:
-        keys = [k for (k,) in conn.execute("SELECT key FROM escrow")]
+    keys = [k for (k,) in state.query(config, "SELECT key FROM escrow")]  # the stored text itself
     assert keys and all("\\u" not in k for k in keys) and any("Zoë" in k for k in keys)
 
     explained = json.loads(syncd(config, "explain", "lincoln", f"user:{ZOE}", "--json").stdout)
@@ -63,14 +63,14 @@ def test_a_refused_record_with_a_non_ascii_id_waits_out_its_escrow_delay(sandbox
     third = syncd(config, "sync", "lincoln", "--json")
     assert third.returncode == 0 and summary(third)["calls"] >= 1, third.stderr[-2000:]
     assert sandbox.provision.snapshot()["users"][ZOE]["firstName"] == "Zoë"
-    with sqlite3.connect(config.parent / "state" / "syncd.db") as conn:
-        assert conn.execute("SELECT count(*) FROM escrow").fetchone()[0] == 0
+    assert state.query(config, "SELECT count(*) FROM escrow") == [(0,)]
     after = json.loads(syncd(config, "explain", "lincoln", f"user:{ZOE}", "--json").stdout)
     assert after["state"] == "synced" and after["escrow"] is None
 
 
 def test_the_upgrade_rewrites_escrow_keys_written_with_ascii_escapes(tmp_path):
     path = tmp_path / "syncd.db"
+    # SQLite itself: a state file as an older syncd left it, built migration by migration.
     db = sqlite_utils.Database(sqlite3.connect(path))
     migrations.apply(db, stop_before="m006_explain")
     old = [("lincoln", "user", json.dumps([ZOE], separators=(",", ":"))),

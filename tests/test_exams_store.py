@@ -19,7 +19,7 @@ CONFIG = ExamsConfig(select="all", proctor_types={TS: {"options": {"recordScreen
 
 
 def database() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:")
+    conn = sqlite3.connect(":memory:")  # the module's SQL alone, on the smallest schema it needs
     conn.create_function("digest", 1, content_hash, deterministic=True)
     conn.executescript("CREATE TABLE desired_courses (tenant TEXT, source_id TEXT, body TEXT, hash TEXT, change TEXT);"
                        "CREATE TABLE plan_calls (tenant TEXT, seq INTEGER, course_id TEXT, user_id TEXT);")

@@ -50,7 +50,7 @@ def test_a_garbage_state_file_is_refused_with_a_clear_line(config, tmp_path):
 def test_a_truncated_state_file_is_refused_with_a_clear_line(config, tmp_path):
     assert syncd(config, "sync", "lincoln").returncode == 0
     db = tmp_path / "state" / "syncd.db"
-    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    sqlite3.connect(db).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()  # the file itself is the subject
     with db.open("r+b") as handle:
         handle.truncate(6000)
     for name in ("syncd.db-wal", "syncd.db-shm"):
@@ -61,7 +61,7 @@ def test_a_truncated_state_file_is_refused_with_a_clear_line(config, tmp_path):
 
 def test_a_state_file_from_a_newer_syncd_is_refused(config, tmp_path):
     assert syncd(config, "status").returncode == 0
-    with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
+    with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:  # as a newer syncd would leave the file
         conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
                      "VALUES ('syncd', 'm999_from_the_future', '2030-01-01')")
     for args in (("status",), ("sync", "lincoln")):

@@ -5,10 +5,10 @@ use the monotonic clock."""
 from __future__ import annotations
 
 import os
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import state
 from conftest import summary, syncd
 
 from syncd.sandbox import Roster, Sandbox
@@ -32,8 +32,7 @@ def test_a_record_escrowed_under_a_clock_years_ahead_is_retried_once_the_clock_i
                                              == victim else None)
         ahead = syncd(config, "sync", "lincoln", "--json", env=_skewed(TWO_YEARS_S))
         assert ahead.returncode == 1, ahead.stderr[-2000:]
-        with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
-            (retry,) = conn.execute("SELECT max(next_retry_at) FROM escrow").fetchone()
+        [(retry,)] = state.query(config, "SELECT max(next_retry_at) FROM escrow")
         assert retry > (datetime.now(UTC) + timedelta(days=365)).isoformat()  # the skewed clock wrote it
         box.provision.reject = None
         result = syncd(config, "sync", "lincoln", "--json")

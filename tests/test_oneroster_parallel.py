@@ -16,10 +16,10 @@ import pytest
 from conftest import summary, syncd
 
 from syncd import config as configuration
-from syncd.config import SourceConfig
 from syncd.model import RecordError, User
 from syncd.sandbox import Fault, Roster, Sandbox, expected_mapping
 from syncd.sources.oneroster import OneRosterSource, SourceError
+from syncd.sources.oneroster_config import OneRosterConfig
 
 TODAY = date.today()  # noqa: DTZ011
 ROLES = {"student": "learner", "teacher": "instructor"}
@@ -28,7 +28,7 @@ ROLES = {"student": "learner", "teacher": "instructor"}
 def source_for(box: Sandbox, *, page_size: int = 50, concurrency: int = 4, auth: str = "") -> OneRosterSource:
     app = box.oneroster
     oauth2 = (auth or app.auth) == "oauth2"
-    config = SourceConfig(type="oneroster", base_url=box.source_url, version=app.version, auth=auth,
+    config = OneRosterConfig(type="oneroster", base_url=box.source_url, version=app.version, auth=auth,
                           client_id=app.client_id, client_secret=app.client_secret,
                           token_url=box.token_url if oauth2 else "", page_size=page_size, timeout_s=5,
                           concurrency=concurrency)
@@ -332,6 +332,7 @@ def store_rows(state: Path) -> dict[str, list[tuple]]:
               "acked_courses": "tenant, source_id, hash", "acked_users": "tenant, source_id, hash",
               "acked_enrollments": "tenant, course_id, user_id, hash",
               "errors": "entity, source_id, message"}
+    # Whole tables, rows as stored: more than the store's API shows (it never hands out staging rows).
     with sqlite3.connect(state / "syncd.db") as conn:
         return {t: sorted(conn.execute(f"SELECT {cols} FROM {t}").fetchall(), key=repr) for t, cols in tables.items()}
 

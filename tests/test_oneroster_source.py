@@ -7,17 +7,17 @@ from datetime import date
 import pytest
 
 from syncd import http
-from syncd.config import SourceConfig
 from syncd.model import Course, Enrollment, RecordError, User
 from syncd.sandbox import Fault, Roster, Sandbox
 from syncd.sources.oneroster import OneRosterSource, SourceError
+from syncd.sources.oneroster_config import OneRosterConfig
 
 TODAY = date.today()  # noqa: DTZ011
 
 
 def source_for(box: Sandbox, page_size: int = 50, secret: str | None = None, concurrency: int = 4) -> OneRosterSource:
     app = box.oneroster
-    config = SourceConfig(type="oneroster", base_url=box.source_url, version=app.version,
+    config = OneRosterConfig(type="oneroster", base_url=box.source_url, version=app.version,
                           client_id=app.client_id, client_secret=secret or app.client_secret,
                           token_url=box.token_url if app.version == "1.2" else "", page_size=page_size,
                           timeout_s=5, concurrency=concurrency)

@@ -135,7 +135,7 @@ def test_a_state_file_from_before_canonical_hashes_sends_nothing_after_the_upgra
     re-hashes what was acknowledged, so the same roster is still unchanged."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    with sqlite3.connect(state / "syncd.db") as conn:
+    with sqlite3.connect(state / "syncd.db") as conn:  # a file as the older syncd left it: SQLite itself
         conn.executescript((Path(__file__).parent / "fixtures" / "state-before-canonical-hash.sql").read_text())
     (state / "syncd.db").chmod(0o600)
     config = sandbox.write_config(tmp_path / "syncd.toml", state)

@@ -1,4 +1,8 @@
-"""The PostgreSQL schema (syncd/pg_schema.py) and `state copy` of a real SQLite store, on a real server."""
+"""The PostgreSQL schema (syncd/pg_schema.py) and `state copy` of a real SQLite store, on a real server.
+
+These tests open the SQLite file with sqlite3 on purpose: the file's own tables and columns are
+what `state copy` reads and what the PostgreSQL schema must match, beneath the store's API.
+"""
 
 from __future__ import annotations
 

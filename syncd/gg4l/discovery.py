@@ -15,11 +15,12 @@ from typing import Any
 
 import structlog
 
-from syncd.config import SourceConfig, TargetConfig, TenantConfig
+from syncd.config import TargetConfig, TenantConfig
 from syncd.gg4l import higher_mode
 from syncd.gg4l.lifecycle import District, Event, Rules, reconcile
 from syncd.gg4l.partner import Listing, PartnerClient
 from syncd.gg4l_store import DistrictStore
+from syncd.sources.oneroster_config import OneRosterConfig
 
 log = structlog.get_logger("syncd.gg4l")
 
@@ -122,7 +123,7 @@ def tenant_config(record: District, credentials: Credentials | None, template: A
         return None
     # GG4L serves OneRoster 1.1 behind OAuth 2 client credentials; Privacy Shield may blank or
     # randomise e-mails, which must then count as none (template ``source.privacy_shield``).
-    source = SourceConfig(type="oneroster", base_url=credentials.api_url, version="1.1", auth="oauth2",
+    source = OneRosterConfig(type="oneroster", base_url=credentials.api_url, version="1.1", auth="oauth2",
                           client_id=credentials.client_id, client_secret=credentials.client_secret,
                           token_url=credentials.token_url, page_size=template.page_size,
                           timeout_s=template.source_timeout_s, concurrency=4,  # OneRoster's default

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,7 +14,7 @@ from syncd.errors import RunStopped
 from syncd.model import Entity, Record, RecordError
 
 if TYPE_CHECKING:
-    from syncd.config import TenantConfig
+    from syncd.config import TenantConfig, _Checker
 
 
 MAX_TEXT = 1024  # characters in one mapped field: a longer name or title is a broken record
@@ -75,10 +76,55 @@ class Source(Protocol):
     def extract(self) -> Iterator[list[Record]]: ...
 
 
-# How to open a source of each ``type`` (the ``[tenants.X.source]`` key). A new source is a module
-# of its own with a class that meets :class:`Source`, one entry here, and its keys in config.py.
-# The imports wait until a tenant uses the source: a OneRoster tenant never loads Canvas code.
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """What every source's ``[tenants.X.source]`` table has; each source's own dataclass
+    (``OneRosterConfig``, ``CanvasConfig``) adds its keys to these."""
+
+    type: str = ""
+    base_url: str
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    page_size: int = 1000
+    timeout_s: float = 60.0
+    max_pages: int = 100_000  # per run, all collections together (syncd.limits)
+    concurrency: int = 4  # requests in flight
+
+
+def common_keys(checker: _Checker, body: dict[str, Any], key: str, page_size: int) -> dict[str, Any]:
+    """The keys every source reads the same way (``page_size``'s default is the source's)."""
+    return {
+        "base_url": checker.url(body, f"{key}.base_url", required=True),
+        "page_size": checker.number(body, f"{key}.page_size", int, page_size, 1, 100_000),
+        "timeout_s": checker.number(body, f"{key}.timeout_s", float, 60.0, 1, 3600),
+        "max_pages": checker.number(body, f"{key}.max_pages", int, 100_000, 1, 100_000_000),
+    }
+
+
+# How to read and how to open a source of each ``type`` (the ``[tenants.X.source]`` key). A new
+# source is a module of its own with a class that meets :class:`Source`, a config module with its
+# dataclass and ``parse`` (its keys, its checks), and one entry here. The imports wait until a
+# tenant uses the source: a OneRoster tenant never loads Canvas code.
 Opener = Callable[["TenantConfig", Path, date], Source]
+Parser = Callable[["_Checker", dict[str, Any], str], SourceConfig]
+
+
+@dataclass(frozen=True)
+class SourceType:
+    parse: Parser  # the ``[tenants.X.source]`` table (its ``type`` already checked) -> its config
+    open: Opener
+
+
+def _oneroster_config(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig:
+    from syncd.sources import oneroster_config
+
+    return oneroster_config.parse(checker, body, key)
+
+
+def _canvas_config(checker: _Checker, body: dict[str, Any], key: str) -> SourceConfig:
+    from syncd.sources import canvas_config
+
+    return canvas_config.parse(checker, body, key)
 
 
 def _oneroster(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
@@ -104,15 +150,19 @@ def _canvas(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     return CanvasSource(tenant, state_dir)
 
 
-SOURCES: dict[str, Opener] = {"oneroster": _oneroster, "canvas": _canvas}
+SOURCES: dict[str, SourceType] = {
+    "oneroster": SourceType(parse=_oneroster_config, open=_oneroster),
+    "canvas": SourceType(parse=_canvas_config, open=_canvas),
+}
 
 
 def open_source(tenant: TenantConfig, state_dir: Path, today: date) -> Source:
     """The source of a tenant, by its configured ``type``."""
-    opener = SOURCES.get(tenant.source.type)
-    if opener is None:  # config.py accepts only registered types; this is a programming error
+    kind = SOURCES.get(tenant.source.type)
+    if kind is None:  # config.py accepts only registered types; this is a programming error
         raise SourceError(f"no source of type {tenant.source.type!r} (known: {', '.join(SOURCES)})")
-    return opener(tenant, state_dir, today)
+    return kind.open(tenant, state_dir, today)
 
 
-__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceError", "map_record", "open_source", "text_field"]
+__all__ = ["MAX_TEXT", "SOURCES", "Record", "Source", "SourceConfig", "SourceError", "SourceType", "common_keys",
+           "map_record", "open_source", "text_field"]

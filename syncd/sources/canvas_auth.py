@@ -8,8 +8,6 @@ current access token and when it expires, so that a run every few minutes does n
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import threading
 import time
@@ -22,9 +20,9 @@ import requests
 import structlog
 
 from syncd import http, logs
-from syncd.config import SourceConfig
 from syncd.errors import AdminNeeded
-from syncd.sources import SourceError
+from syncd.sources import SourceError, tokens
+from syncd.sources.canvas_config import CanvasConfig
 
 log = structlog.get_logger("syncd.canvas")
 
@@ -36,25 +34,7 @@ SCOPES = (
     "url:POST|/api/v1/accounts/:account_id/reports/:report",
     "url:GET|/api/v1/accounts/:account_id/reports/:report/:id",
 )
-# Refresh this long before Canvas says the token dies, so no request leaves with a dying token.
-EARLY_S = 120.0
-MAX_TOKEN_LIFETIME_S = 86_400.0  # Canvas access tokens live an hour; a cached expiry beyond a day is wrong
 LISTENER_READ_S = 5.0  # a connection to the redirect listener that sends no request within this is closed
-
-
-def credentials_dir(state_dir: Path) -> Path:
-    path = state_dir / "credentials"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file that only the owner can read, atomically (never a half-written token)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class ReauthorizeNeeded(SourceError, AdminNeeded):
@@ -63,59 +43,42 @@ class ReauthorizeNeeded(SourceError, AdminNeeded):
     action = "admin"
 
 
-class CanvasToken(requests.auth.AuthBase):
-    """The bearer token of one tenant: static, or refreshed before expiry and once on a 401."""
+class CanvasToken(tokens.BearerToken):
+    """The bearer token of one tenant: static (``source.access_token``), or obtained with the
+    refresh token (from the config, or from `syncd auth`) under syncd.sources.tokens's rules."""
 
-    def __init__(self, tenant: str, config: SourceConfig, state_dir: Path, session: requests.Session,
+    def __init__(self, tenant: str, config: CanvasConfig, state_dir: Path, session: requests.Session,
                  on_attempt: Callable[[], None]):
         self.tenant = tenant
         self.config = config
         self.session = session
         self.on_attempt = on_attempt
         self._dir = state_dir / "credentials"
-        self._token: str | None = config.access_token or None
-        self._expires_at = float("inf") if config.access_token else 0.0
-        self._used = threading.local()  # the token this thread's last request carried
-        self._lock = threading.Lock()
-        if not config.access_token:
-            self._load_cached()
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        token = self.token()
-        logs.register_secrets([token])  # obtained at run time: an echo of it must be masked too
-        self._used.token = token
-        request.headers["Authorization"] = f"Bearer {token}"
-        return request
-
-    def token(self) -> str:
-        with self._lock:
-            if self._token is None or time.time() >= self._expires_at:
-                self._refresh()
-            assert self._token is not None
-            return self._token
+        # The access.json files of syncd before the shared cache said nothing of what they were for.
+        super().__init__(self._grant, for_=tokens.audience(config.base_url, config.client_id),
+                         cache=None if config.access_token else tokens.cache_path(state_dir, tenant),
+                         legacy_cache=True, name="canvas")
+        if config.access_token:
+            self._token, self._deadline = config.access_token, float("inf")
 
     def refresh(self) -> None:
         """Called on a 401 (once per request, by http.send)."""
-        with self._lock:
-            if self.config.access_token:
-                raise http.AuthError("Canvas refused the configured access_token (expired or revoked): "
-                                     "replace it, or use a developer key with `syncd auth "
-                                     f"{self.tenant}`", 401)
-            # Several workers may get a 401 for the same dead token: the first refreshes it,
-            # the others retry with the new one (each token request costs 200 throttle units).
-            if getattr(self._used, "token", None) == self._token:
-                self._refresh()
+        if self.config.access_token:
+            raise http.AuthError("Canvas refused the configured access_token (expired or revoked): "
+                                 "replace it, or use a developer key with `syncd auth "
+                                 f"{self.tenant}`", 401)
+        super().refresh()
 
     # --- the refresh_token grant -------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def _grant(self) -> dict[str, Any]:
         refresh_token = self.config.refresh_token or self._stored_refresh_token()
         if not refresh_token:
             raise ReauthorizeNeeded(f"no Canvas refresh token for tenant {self.tenant}: run `syncd auth "
                                     f"{self.tenant}` (or set source.refresh_token / source.access_token)")
         try:
-            payload = exchange(self.config, self.session, self.on_attempt, grant_type="refresh_token",
-                               refresh_token=refresh_token)
+            return exchange(self.config, self.session, self.on_attempt, grant_type="refresh_token",
+                            refresh_token=refresh_token)
         except http.HttpError as exc:
             if exc.status in (400, 401):
                 # invalid_grant "refresh_token not found": the integration was removed, the key
@@ -124,11 +87,6 @@ class CanvasToken(requests.auth.AuthBase):
                     f"Canvas refused the refresh token ({exc.detail}): an admin must authorize the "
                     f"developer key again with `syncd auth {self.tenant}`") from None
             raise
-        self._token = str(payload["access_token"])
-        lifetime = _lifetime(payload)
-        self._expires_at = time.time() + max(5.0, lifetime - min(EARLY_S, lifetime / 10))
-        self._save_cached()
-        log.info("canvas.token_refreshed", expires_in=lifetime)
 
     def _stored_refresh_token(self) -> str:
         try:
@@ -138,28 +96,8 @@ class CanvasToken(requests.auth.AuthBase):
         logs.register_secrets([token])
         return token
 
-    def _load_cached(self) -> None:
-        try:
-            cached = json.loads((self._dir / f"{self.tenant}.access.json").read_text(encoding="utf-8"))
-            token, expires_at = str(cached["access_token"]), float(cached["expires_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        # An expiry further ahead than any token lives (a clock that was ahead when it was written)
-        # is not trusted: the token is refreshed instead of being used for years.
-        if time.time() < expires_at <= time.time() + MAX_TOKEN_LIFETIME_S:
-            logs.register_secrets([token])
-            self._token, self._expires_at = token, expires_at
 
-    def _save_cached(self) -> None:
-        try:
-            credentials_dir(self._dir.parent)
-            write_private(self._dir / f"{self.tenant}.access.json",
-                          json.dumps({"access_token": self._token, "expires_at": self._expires_at}))
-        except OSError as exc:
-            log.warning("canvas.token_cache_unwritable", error=exc.strerror)
-
-
-def exchange(config: SourceConfig, session: requests.Session, on_attempt: Callable[[], None] | None = None,
+def exchange(config: CanvasConfig, session: requests.Session, on_attempt: Callable[[], None] | None = None,
              **form: str) -> dict[str, Any]:
     """POST /login/oauth2/token; returns the JSON answer or raises http.HttpError."""
     body = {"client_id": config.client_id, "client_secret": config.client_secret,
@@ -175,17 +113,10 @@ def exchange(config: SourceConfig, session: requests.Session, on_attempt: Callab
     return payload
 
 
-def _lifetime(payload: dict[str, Any]) -> float:
-    try:
-        return float(payload.get("expires_in") or 3600)
-    except (TypeError, ValueError):
-        return 3600.0
-
-
 # --- the authorization-code flow (`syncd auth TENANT`) --------------------------------------
 
 
-def authorize_url(config: SourceConfig, state: str, extra_scopes: tuple[str, ...] = ()) -> str:
+def authorize_url(config: CanvasConfig, state: str, extra_scopes: tuple[str, ...] = ()) -> str:
     query = urllib.parse.urlencode({
         "client_id": config.client_id, "response_type": "code", "redirect_uri": config.redirect_uri,
         "state": state, "scope": " ".join(SCOPES + extra_scopes),  # one space-separated parameter, as Canvas wants
@@ -214,20 +145,18 @@ def printable(text: str, limit: int = 200) -> str:
     return clean + ("…" if len(text) > limit else "")
 
 
-def store_refresh_token(tenant: str, state_dir: Path, payload: dict[str, Any]) -> Path:
-    directory = credentials_dir(state_dir)
+def store_refresh_token(tenant: str, config: CanvasConfig, state_dir: Path, payload: dict[str, Any]) -> Path:
+    directory = tokens.credentials_dir(state_dir)
     path = directory / f"{tenant}.refresh_token"
     if not payload.get("refresh_token"):
         raise SourceError("Canvas answered without a refresh_token (is the key configured to issue one?)")
-    write_private(path, str(payload["refresh_token"]) + "\n")
-    lifetime = _lifetime(payload)
-    write_private(directory / f"{tenant}.access.json",
-                  json.dumps({"access_token": payload["access_token"],
-                              "expires_at": time.time() + max(5.0, lifetime - min(EARLY_S, lifetime / 10))}))
+    tokens.write_private(path, str(payload["refresh_token"]) + "\n")
+    tokens.save(tokens.cache_path(state_dir, tenant), str(payload["access_token"]),
+                tokens.usable_for(tokens.lifetime(payload)), tokens.audience(config.base_url, config.client_id))
     return path
 
 
-def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[[str], None],
+def authorize(tenant: str, config: CanvasConfig, state_dir: Path, say: Callable[[str], None],
               pasted: Callable[[float], str | None], timeout_s: float = 600.0,
               extra_scopes: tuple[str, ...] = ()) -> Path:
     """`syncd auth`: print the URL, take the redirect (loopback listener or pasted), store the token.
@@ -261,7 +190,7 @@ def authorize(tenant: str, config: SourceConfig, state_dir: Path, say: Callable[
             payload = exchange(config, session, grant_type="authorization_code", code=code)
         except http.HttpError as exc:
             raise SourceError(f"Canvas refused the authorization code: {exc.detail}") from None
-    path = store_refresh_token(tenant, state_dir, payload)
+    path = store_refresh_token(tenant, config, state_dir, payload)
     say(f"Authorized. The refresh token is stored in {path} (owner-only); syncd sync {tenant} can run now.")
     return path
 

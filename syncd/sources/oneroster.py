@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,9 +24,9 @@ from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256
 from requests_oauthlib import OAuth1
 
 from syncd import http
-from syncd.config import SourceConfig
 from syncd.model import Course, CourseCode, Enrollment, Entity, Record, User
-from syncd.sources import DeltaRejected, SourceError, map_record, text_field
+from syncd.sources import DeltaRejected, SourceError, map_record, text_field, tokens
+from syncd.sources.oneroster_config import OneRosterConfig
 
 log = structlog.get_logger("syncd.oneroster")
 
@@ -39,7 +38,7 @@ COLLECTIONS = ("courses", "classes", "users", "enrollments")
 
 
 class OneRosterSource:
-    def __init__(self, config: SourceConfig, today: date, session: requests.Session | None = None,
+    def __init__(self, config: OneRosterConfig, today: date, session: requests.Session | None = None,
                  concurrency: int | None = None):
         self.config = config
         self.today = today
@@ -54,7 +53,7 @@ class OneRosterSource:
         self._counter = threading.Lock()
         self._decoding = threading.Lock()
         auth = config.auth or ("oauth2" if config.version == "1.2" else "oauth1")
-        self._auth = _OAuth2Token(config, self.session, self._count) if auth == "oauth2" else None
+        self._auth = _oauth2(config, self.session, self._count) if auth == "oauth2" else None
         self._oauth1 = (
             OAuth1(config.client_id, client_secret=config.client_secret,
                    signature_method=SIGNATURE_HMAC_SHA256)
@@ -353,59 +352,29 @@ class _Crawl:
         source._check_total(self.name, self.cursor, self.total)
 
 
-class _OAuth2Token(requests.auth.AuthBase):
-    """OAuth 2 client credentials: one token reused until it expires, refreshed once on a 401."""
-
-    def __init__(self, config: SourceConfig, session: requests.Session, on_attempt: Callable[[], None]):
-        self.config = config
-        self.session = session
-        self.on_attempt = on_attempt
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = threading.Lock()
-        self._sent = threading.local()
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        token = self.token()
-        self._sent.token = token  # what this thread's request carries, for refresh()
-        request.headers["Authorization"] = f"Bearer {token}"
-        return request
-
-    def token(self) -> str:
-        with self._lock:
-            if self._token is None or time.monotonic() >= self._expires_at:
-                self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def refresh(self) -> None:
-        """A 401: fetch a new token, unless another thread already replaced the one refused
-        (several requests in flight see the same revoked token; one refresh serves them all)."""
-        with self._lock:
-            refused = getattr(self._sent, "token", None)
-            if refused is None or refused == self._token:
-                self._fetch()
-
-    def _fetch(self) -> None:
+def _oauth2(config: OneRosterConfig, session: requests.Session, on_attempt: Callable[[], None]) -> tokens.BearerToken:
+    """OAuth 2 client credentials, under syncd.sources.tokens's rules (reuse, 401), in memory only:
+    a OneRoster token request costs nothing, so a run's token is never written anywhere."""
+    def grant() -> dict[str, Any]:
         quote = urllib.parse.quote
         body = {"grant_type": "client_credentials"}
-        if self.config.scope:
-            body["scope"] = self.config.scope
+        if config.scope:
+            body["scope"] = config.scope
         response = http.send(
-            self.session, "POST", self.config.token_url, timeout=self.config.timeout_s, data=body,
-            auth=(quote(self.config.client_id, safe=""), quote(self.config.client_secret, safe="")),
-            headers={"Accept": "application/json"}, on_attempt=self.on_attempt,
+            session, "POST", config.token_url, timeout=config.timeout_s, data=body,
+            auth=(quote(config.client_id, safe=""), quote(config.client_secret, safe="")),
+            headers={"Accept": "application/json"}, on_attempt=on_attempt,
         )
         try:
             payload = response.json()
-            token = payload["access_token"]
-            lifetime = float(payload.get("expires_in") or 3600)
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(payload, dict) or not payload.get("access_token"):
+                raise ValueError
+        except ValueError:
             raise SourceError("token endpoint answered without an access_token") from None
-        self._token = str(token)
-        # Refresh a little early so that a request never leaves with a token about to die.
-        self._expires_at = time.monotonic() + max(1.0, lifetime - min(60.0, lifetime / 10))
-        log.debug("oneroster.token_obtained", expires_in=lifetime)
+        return payload
+
+    return tokens.BearerToken(grant, for_=tokens.audience(config.token_url, config.client_id, config.scope),
+                              name="oneroster")
 
 
 # --- value parsing -------------------------------------------------------------------------
