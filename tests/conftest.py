@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +30,8 @@ def sandbox(roster: Roster):
 
 @pytest.fixture
 def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Path:
-    path = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
-    if state_backend == "postgresql":
-        url = request.getfixturevalue("pg_database")
-        path.write_text(path.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n', encoding="utf-8")
-    return path
+    url = request.getfixturevalue("pg_database") if state_backend == "postgresql" else ""
+    return sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=url)
 
 
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
@@ -46,8 +45,31 @@ SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--state-backend", choices=("sqlite", "postgresql"), default=None,
-                     help="run the tests that use the state store on this backend only")
+    parser.addoption("--state-backend", choices=("sqlite", "postgresql"),
+                     default=os.environ.get("SYNCD_TEST_STATE") or None,
+                     help="run every test on this state store: with postgresql, every config a test writes "
+                          "(the sandbox's write_config, sandbox.state_toml) names a throwaway database of "
+                          "its own; tests marked sqlite_only are skipped (env: SYNCD_TEST_STATE)")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): looks at what only the SQLite store has (its file); "
+                                       "skipped by --state-backend=postgresql")
+
+
+def on_postgresql(config) -> bool:
+    """Whether this session runs every test on PostgreSQL (``--state-backend=postgresql``)."""
+    return config.getoption("--state-backend") == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not on_postgresql(config):
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -135,10 +157,72 @@ def pg_url(pg_server) -> str:
 @pytest.fixture
 def pg_database(pg_server, request) -> str:
     """A fresh, empty database for one test (advisory locks and tables do not leak between tests)."""
-    import re
+    url = pg_server.create_database(_database_name(request.node.name))
+    yield url
+    _drop(pg_server, [url])
 
-    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}_{id(request) % 10000}"
-    return pg_server.create_database(name)
+
+def _database_name(test: str) -> str:
+    return "t_" + re.sub(r"[^a-z0-9_]", "_", test.lower())[:40] + f"_{os.getpid()}_{next(_numbers)}"
+
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server) -> str:
+    """A database with the store's schema migrated, the template of every database that
+    ``--state-backend=postgresql`` gives a test (a copy is much faster than the migrations)."""
+    import tempfile
+
+    from syncd.store import Store
+
+    url = pg_server.create_database("syncd_template")
+    with tempfile.TemporaryDirectory() as state_dir:
+        Store.open(Path(state_dir), url).close()
+    return "syncd_template"
+
+
+@pytest.fixture(autouse=True)
+def _every_config_on_the_backend(request):
+    """With ``--state-backend=postgresql``: every config this test writes through the sandbox names
+    a database of its own, one per state directory (two "installs" in one test stay apart), each
+    made when the first config names it."""
+    if not on_postgresql(request.config) or request.node.get_closest_marker("sqlite_only"):
+        yield
+        return
+    import psycopg
+
+    import syncd.sandbox
+
+    server = request.getfixturevalue("pg_server")
+    template = request.getfixturevalue("pg_template")
+    urls: dict[Path, str] = {}
+
+    def url_for(state_dir: Path) -> str:
+        key = Path(state_dir).resolve()
+        if key not in urls:
+            name = _database_name(request.node.name)
+            with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            urls[key] = server.url(name)
+        return urls[key]
+
+    syncd.sandbox.state_url_for = url_for
+    try:
+        yield
+    finally:
+        syncd.sandbox.state_url_for = None
+        _drop(server, urls.values())
+
+
+def _drop(server, urls) -> None:
+    """Drop a test's databases (a thousand tests would otherwise keep gigabytes until the session ends)."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
+        for url in urls:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def test_two_tenants_sync_in_parallel(tmp_path, daemon_factory):
     with _slow_sandbox(0.01) as box:
         config = tmp_path / "syncd.toml"
         config.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\n\n'
-                          + box.tenant_toml("north") + box.tenant_toml("south"))
+                          + state_toml(tmp_path / "state") + box.tenant_toml("north") + box.tenant_toml("south"))
         daemon = daemon_factory(config)
         daemon.wait_for(lambda: all(finished(tmp_path / "state", t) for t in ("north", "south")),
                         timeout=60, what="both tenants")

@@ -32,7 +32,7 @@ EXAMS = (f'[tenants.lincoln.exams]\nselect = "title"\ntitle_pattern = "^Unit Exa
 def write_config(box: Sandbox | CanvasSandbox, tmp_path: Path, exams: str = EXAMS, **tenant: Any) -> Path:
     path = tmp_path / "syncd.toml"
     path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\n\n'
-                    + box.tenant_toml(**tenant) + exams, encoding="utf-8")
+                    + state_toml(tmp_path / "state") + box.tenant_toml(**tenant) + exams, encoding="utf-8")
     path.chmod(0o600)
     return path
 
