@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SYNCD, summary, syncd
 
-from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import Roster, Sandbox, state_toml
 
 UNIT = Path(__file__).parent.parent / "systemd" / "syncd.service"
 

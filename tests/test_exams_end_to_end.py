@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import SYNCD, log_events, summary, syncd
 
-from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, state_toml
 from syncd.sandbox import oneroster_lineitems as lineitems
 from syncd.sandbox.canvas_quizzes import CanvasQuizzes
 from syncd.sandbox.canvas_quizzes import expected_exams as canvas_expected
