@@ -84,7 +84,7 @@ class Dialect:
         raise NotImplementedError
 
     def member(self, text: str, key: str) -> str:
-        """SQL for one text member of a JSON object's text."""
+        """SQL for one text member of a JSON object's text (``a.b``: member b of member a)."""
         raise NotImplementedError
 
     def analyze(self, *tables: str) -> list[str]:
@@ -168,6 +168,8 @@ class Postgres(Dialect):
         return f"{left} IS NOT DISTINCT FROM {right}"
 
     def member(self, text: str, key: str) -> str:
+        if "." in key:  # a nested member, "ids.external", as SQLite's '$.ids.external' path
+            return f"(CAST({text} AS json)#>>'{{{key.replace('.', ',')}}}')"
         return f"(CAST({text} AS json)->>'{key}')"
 
     def analyze(self, *tables: str) -> list[str]:
