@@ -27,8 +27,8 @@ class Trail(Scoped):
         """The last run that staged what the source said (a run refused at authorization staged nothing)."""
         return self._dict(
             "SELECT run_id, started_at, finished_at, status, dry_run, extract_complete, message FROM runs "
-            "WHERE tenant = ? AND coalesce(message, '') NOT LIKE 'source authorization failed%' "
-            "ORDER BY started_at DESC LIMIT 1", (self.name,))
+            "WHERE tenant = ? AND coalesce(message, '') NOT LIKE ? "  # a parameter: no '%' in the SQL (psycopg)
+            "ORDER BY started_at DESC LIMIT 1", (self.name, "source authorization failed%"))
 
     def staged_rows(self, entity: Entity, key: tuple[str, ...]) -> list[dict[str, Any]]:
         """What the last extract said of the record: several rows for an enrollment whose
