@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import state as state_store
 from aiosmtpd.controller import Controller
 from conftest import syncd
 from test_daemon import Daemon, finished
@@ -174,7 +175,7 @@ def test_one_message_per_state_change_and_one_on_recovery(sandbox, tmp_path, mai
 
 def test_held_and_credential_states_alert_once_each_across_restarts(tmp_path, hook):
     """The state machine against a real store: the daemon's Alerts, restarted between calls."""
-    store = Store.open(tmp_path / "state")
+    store = Store.open(tmp_path / "state", state_store.url_of(tmp_path / "state"))
     store.close()
 
     def fresh() -> alerts.Alerts:

@@ -8,13 +8,13 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import state as state_store
 from conftest import SYNCD, summary, syncd
 
 from syncd.sandbox import Roster, Sandbox, state_toml
@@ -76,16 +76,9 @@ def daemon_factory(tmp_path):
 
 
 def runs(state: Path, tenant: str = "lincoln") -> list[dict]:
-    db = state / "syncd.db"
-    if not db.exists():
+    if not state_store.url_of(state) and not (state / "syncd.db").exists():
         return []
-    try:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            return [dict(r) for r in conn.execute(
-                "SELECT * FROM runs WHERE tenant = ? ORDER BY started_at", (tenant,))]
-    except sqlite3.OperationalError:
-        return []  # the daemon is still creating the schema
+    return state_store.rows(state, "SELECT * FROM runs WHERE tenant = ? ORDER BY started_at", (tenant,))
 
 
 def finished(state: Path, tenant: str = "lincoln") -> list[dict]:
@@ -148,8 +141,7 @@ def test_sigterm_during_a_push_acknowledges_every_finished_call(tmp_path, daemon
         assert daemon.stop(timeout=30) == 0
         applied = len(box.provision.enrollments)
         assert 0 < applied < 550  # stopped partway
-        with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
-            acked = conn.execute("SELECT count(*) FROM acked_enrollments").fetchone()[0]
+        acked = state_store.execute(tmp_path / "state", "SELECT count(*) FROM acked_enrollments")[0][0]
         assert acked == applied  # every call that reached the target is acknowledged
         stopped = finished(tmp_path / "state")[-1]
         assert stopped["status"] == "failed" and "stopped by a signal" in stopped["message"]
@@ -239,15 +231,14 @@ def test_status_shows_the_next_run_and_errors_name_the_record(sandbox, tmp_path)
 def test_old_runs_and_errors_are_pruned(sandbox, tmp_path):
     config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
     assert syncd(config, "sync", "lincoln").returncode == 0
-    db = tmp_path / "state" / "syncd.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE runs SET started_at = '2020-01-01T00:00:00.000Z'")
-        conn.execute("INSERT INTO errors (run_id, tenant, entity, source_id, stage, message, attempts, first_seen, "
-                     "last_seen) SELECT run_id, tenant, 'user', 'u', 'push', 'm', 1, started_at, started_at FROM runs")
+    state = tmp_path / "state"
+    state_store.execute(state, "UPDATE runs SET started_at = '2020-01-01T00:00:00.000Z'")
+    state_store.execute(state, "INSERT INTO errors (run_id, tenant, entity, source_id, stage, message, attempts, "
+                        "first_seen, last_seen) SELECT run_id, tenant, 'user', 'u', 'push', 'm', 1, started_at, "
+                        "started_at FROM runs")
     assert syncd(config, "sync", "lincoln").returncode == 0
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM errors").fetchone()[0] == 0
+    assert state_store.execute(state, "SELECT count(*) FROM runs")[0][0] == 1
+    assert state_store.execute(state, "SELECT count(*) FROM errors")[0][0] == 0
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")

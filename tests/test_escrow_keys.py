@@ -11,6 +11,7 @@ import json
 import sqlite3
 
 import sqlite_utils
+import state
 from conftest import summary, syncd
 from test_sync_end_to_end import travel_past_escrow
 
@@ -50,8 +51,7 @@ def test_a_refused_record_with_a_non_ascii_id_waits_out_its_escrow_delay(sandbox
     # Not due yet: the next run leaves it alone (before the fix it was sent again, run after run).
     second = syncd(config, "sync", "lincoln", "--json")
     assert second.returncode == 1 and len(sent) == 1 and summary(second)["calls"] == 0
-    with sqlite3.connect(config.parent / "state" / "syncd.db") as conn:
-        keys = [k for (k,) in conn.execute("SELECT key FROM escrow")]
+    keys = [k for (k,) in state.query(config, "SELECT key FROM escrow")]
     assert keys and all("\\u" not in k for k in keys) and any("Zoë" in k for k in keys)
 
     explained = json.loads(syncd(config, "explain", "lincoln", f"user:{ZOE}", "--json").stdout)
@@ -63,8 +63,7 @@ def test_a_refused_record_with_a_non_ascii_id_waits_out_its_escrow_delay(sandbox
     third = syncd(config, "sync", "lincoln", "--json")
     assert third.returncode == 0 and summary(third)["calls"] >= 1, third.stderr[-2000:]
     assert sandbox.provision.snapshot()["users"][ZOE]["firstName"] == "Zoë"
-    with sqlite3.connect(config.parent / "state" / "syncd.db") as conn:
-        assert conn.execute("SELECT count(*) FROM escrow").fetchone()[0] == 0
+    assert state.query(config, "SELECT count(*) FROM escrow")[0][0] == 0
     after = json.loads(syncd(config, "explain", "lincoln", f"user:{ZOE}", "--json").stdout)
     assert after["state"] == "synced" and after["escrow"] is None
 

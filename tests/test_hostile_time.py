@@ -5,10 +5,10 @@ use the monotonic clock."""
 from __future__ import annotations
 
 import os
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import state
 from conftest import summary, syncd
 
 from syncd.sandbox import Roster, Sandbox
@@ -32,8 +32,7 @@ def test_a_record_escrowed_under_a_clock_years_ahead_is_retried_once_the_clock_i
                                              == victim else None)
         ahead = syncd(config, "sync", "lincoln", "--json", env=_skewed(TWO_YEARS_S))
         assert ahead.returncode == 1, ahead.stderr[-2000:]
-        with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:
-            (retry,) = conn.execute("SELECT max(next_retry_at) FROM escrow").fetchone()
+        (retry,) = state.execute(tmp_path / "state", "SELECT max(next_retry_at) FROM escrow")[0]
         assert retry > (datetime.now(UTC) + timedelta(days=365)).isoformat()  # the skewed clock wrote it
         box.provision.reject = None
         result = syncd(config, "sync", "lincoln", "--json")
@@ -61,7 +60,7 @@ def test_a_clock_stepped_back_mid_run_does_not_turn_acknowledgements_into_failur
 def test_pruning_under_a_clock_years_ahead_keeps_the_real_history(tmp_path, monkeypatch):
     from syncd import limits
 
-    store = Store.open(tmp_path / "state")
+    store = Store.open(tmp_path / "state", state.url_of(tmp_path / "state"))
     try:
         tenant = store.tenant("lincoln")
         for n in range(5):

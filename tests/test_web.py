@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import state as state_store
 from conftest import syncd
 from prometheus_client.parser import text_string_to_metric_families
 from test_alerts import run_now
@@ -81,8 +82,7 @@ def wait_healthy(daemon: Daemon, port: int) -> dict:
 
 
 def acked(state: Path, table: str) -> int:
-    with sqlite3.connect(state / "syncd.db") as conn:
-        return conn.execute(f"SELECT count(*) FROM {table} WHERE removed_at IS NULL").fetchone()[0]
+    return state_store.execute(state, f"SELECT count(*) FROM {table} WHERE removed_at IS NULL")[0][0]
 
 
 def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_path, start_daemon):
@@ -167,6 +167,7 @@ def test_the_listener_keeps_serving_across_a_reload(sandbox, tmp_path, start_dae
     assert daemon.stop() == 0
 
 
+@pytest.mark.sqlite_only("locks the SQLite file and puts a trigger in it")
 def test_healthz_is_503_with_the_reason_while_the_store_cannot_take_a_write(sandbox, tmp_path, start_daemon):
     port = free_port()
     config = with_listener(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), port)
@@ -227,7 +228,7 @@ def test_hostile_requests_get_4xx_and_change_nothing(sandbox, tmp_path, start_da
     daemon = start_daemon(config)
     wait_healthy(daemon, port)
     daemon.wait_for(lambda: finished(state), what="the first run")
-    before = (state / "syncd.db").stat().st_size, len(finished(state)), acked(state, "acked_users")
+    before = len(finished(state)), acked(state, "acked_users")
 
     # A slow client that never finishes its headers is cut off after channel_timeout_s, and
     # meanwhile the server goes on answering everyone else.
@@ -276,8 +277,8 @@ def test_hostile_requests_get_4xx_and_change_nothing(sandbox, tmp_path, start_da
         t.join(30)
     assert statuses == [200] * 30
 
-    after = (state / "syncd.db").stat().st_size, len(finished(state)), acked(state, "acked_users")
-    assert after[1:] == before[1:]
+    after = len(finished(state)), acked(state, "acked_users")
+    assert after == before
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
 
