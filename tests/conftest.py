@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    if "state_backend" not in metafunc.fixturenames:
+    if "state_backend" not in metafunc.fixturenames or getattr(metafunc.module, "SQLITE_SOURCE", False):
         return
     chosen = metafunc.config.getoption("--state-backend")
     if chosen:
