@@ -63,6 +63,8 @@ def pytest_addoption(parser) -> None:
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "sqlite_only(reason): looks at what only the SQLite store has (its file); "
                                        "skipped by --state-backend=postgresql")
+    config.addinivalue_line("markers", "postgresql_gap(reason): a known gap of the PostgreSQL store; a strict "
+                                       "xfail with --state-backend=postgresql (it fails the run once fixed)")
 
 
 def on_postgresql(config) -> bool:
@@ -78,6 +80,9 @@ def pytest_collection_modifyitems(config, items) -> None:
         if marker:
             reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+        gap = item.get_closest_marker("postgresql_gap")
+        if gap:
+            item.add_marker(pytest.mark.xfail(reason=f"PostgreSQL gap: {gap.args[0]}", strict=True))
 
 
 def pytest_generate_tests(metafunc) -> None:

@@ -58,7 +58,7 @@ def _run(url: str, state_dir: Path, sql: str, params: tuple[Any, ...], *, dicts:
 
         with psycopg.connect(url, autocommit=True, connect_timeout=10,
                              row_factory=dict_row if dicts else tuple_row) as conn:
-            cursor = conn.execute(sql.replace("?", "%s"), params or None)
+            cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params or None)
             return cursor.fetchall() if cursor.description else []
     conn = sqlite3.connect(state_dir / "syncd.db")
     try:
