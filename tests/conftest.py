@@ -44,6 +44,11 @@ def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Pat
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
 # SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
 BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan", "test_exams_store"}
+# And these tests of other modules (exams and explain end to end), each with the `state_backend`
+# fixture: every config they write through the sandbox names the test's store.
+BOTH_BACKENDS_TESTS = {"test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing",
+                       "test_explain_a_synced_student_gives_sid_body_and_the_call_that_carried_it",
+                       "test_explain_a_student_the_target_refuses_shows_the_escrow"}
 # Their PostgreSQL runs that CI's time budget leaves to `-m slow` (test_pg_store.py keeps a quick
 # form of the canonical-text check in CI).
 SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
@@ -91,7 +96,8 @@ def pytest_generate_tests(metafunc) -> None:
     chosen = metafunc.config.getoption("--state-backend")
     if chosen:
         backends = [chosen]
-    elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
+    elif (metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS
+          or metafunc.function.__name__ in BOTH_BACKENDS_TESTS):
         backends = ["sqlite", "postgresql"]
     else:
         return  # SQLite only, under the test's usual id (the state_backend fixture's default)
@@ -197,10 +203,13 @@ def pg_template(pg_server) -> str:
 
 @pytest.fixture(autouse=True)
 def _every_config_on_the_backend(request):
-    """With ``--state-backend=postgresql``: every config this test writes through the sandbox names
-    a database of its own, one per state directory (two "installs" in one test stay apart), each
-    made when the first config names it."""
-    if not on_postgresql(request.config) or request.node.get_closest_marker("sqlite_only"):
+    """With ``--state-backend=postgresql`` (or a test's ``state_backend`` parameter "postgresql"):
+    every config this test writes through the sandbox names a database of its own, one per state
+    directory (two "installs" in one test stay apart), each made when the first config names it."""
+    callspec = getattr(request.node, "callspec", None)
+    chosen = callspec.params.get("state_backend") if callspec else None
+    if chosen == "sqlite" or not (on_postgresql(request.config) or chosen == "postgresql") \
+            or request.node.get_closest_marker("sqlite_only"):
         yield
         return
     import psycopg

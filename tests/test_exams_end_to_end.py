@@ -74,7 +74,7 @@ def _first_exam(box: Sandbox, roster: Roster, opened: bool) -> dict[str, Any]:
     raise AssertionError("the seed has no such exam")
 
 
-def test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing(box, roster, tmp_path):
+def test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing(box, roster, tmp_path, state_backend):
     config = write_config(box, tmp_path)
     first = run(config)
     exams, failed = expected(box, roster)
