@@ -126,7 +126,7 @@ class Daemon:
         from syncd import metrics, web
 
         self.metrics = metrics.Metrics(self.config.daemon.state_dir, lambda: self.config.tenants,
-                                       lambda: iter(list(self.running)))
+                                       lambda: iter(list(self.running)), self.config.state_url)
         try:
             self.listener = web.Listener(settings, self)
         except web.ListenError as exc:
