@@ -115,6 +115,7 @@ def test_forty_processes_opening_a_fresh_state_dir_at_once(config, tmp_path):
     assert all(r.returncode == 0 and "Traceback" not in r.stderr for r in statuses)
 
 
+@pytest.mark.sqlite_only("the tenant lock file beside the SQLite file (PostgreSQL: a lease)")
 def test_a_lock_file_that_is_a_symlink_is_not_followed(config, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
