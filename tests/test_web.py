@@ -202,6 +202,32 @@ def test_healthz_is_503_with_the_reason_while_the_store_cannot_take_a_write(sand
     assert daemon.stop() == 0
 
 
+@pytest.mark.postgresql
+def test_healthz_on_postgresql_writes_the_heartbeat_there_and_is_503_when_it_refuses(sandbox, tmp_path, start_daemon,
+                                                                                     pg_database):
+    import psycopg
+
+    port = free_port()
+    config = with_listener(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=pg_database),
+                           port)
+    daemon = start_daemon(config)
+    assert wait_healthy(daemon, port)["store"] == "writable"
+    assert not (tmp_path / "state" / "syncd.db").exists()  # the heartbeat went to PostgreSQL
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM heartbeat").fetchone()[0] == 1
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON heartbeat FOR EACH ROW EXECUTE FUNCTION refuse()")
+        status, _, body = get(port, "/healthz")
+        assert status == 503
+        answer = json.loads(body)
+        assert answer["store"] == "failed"
+        assert answer["problems"] == ["state store is not writable: disk full (simulated)"]
+        conn.execute("DROP TRIGGER refuse ON heartbeat")
+    assert get(port, "/healthz")[0] == 200
+    assert daemon.stop() == 0
+
+
 def test_healthz_says_stopping_while_the_daemon_drains_then_the_listener_stops(tmp_path, start_daemon):
     with Sandbox(Roster.generate(seed=3, users=150, classes=15, enrollments=600)) as box:
         box.provision.latency_s = 0.05
