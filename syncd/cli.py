@@ -568,7 +568,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         kind, ident = explain.parse_subject(args.record)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         report = explain.explain(store, args.tenant, kind, ident, tenant.roles,
                                  exams_configured=tenant.exams is not None)

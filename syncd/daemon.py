@@ -126,7 +126,7 @@ class Daemon:
         from syncd import metrics, web
 
         self.metrics = metrics.Metrics(self.config.daemon.state_dir, lambda: self.config.tenants,
-                                       lambda: iter(list(self.running)))
+                                       lambda: iter(list(self.running)), self.config.state_url)
         try:
             self.listener = web.Listener(settings, self)
         except web.ListenError as exc:
@@ -194,8 +194,8 @@ class Daemon:
         finally:
             store.close()
 
-    def _job(self, name: str) -> None:
-        """One scheduled (or signalled) run. Whatever it raises, the daemon lives on."""
+    def _job(self, name: str, requested: bool = False) -> None:
+        """One scheduled (or, ``requested``, signalled) run. Whatever it raises, the daemon lives on."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(tenant=name)
         tenant = self.config.tenants.get(name)
@@ -215,7 +215,8 @@ class Daemon:
                                 on_wait=lambda m: log.info("daemon.waiting_for_lock", message=m)) as held:
                     if self.stopping.is_set():
                         return
-                    if held is not None and held.slot_done(slot):
+                    # A requested run (SIGUSR1, GG4L's new data) is asked of this node: never a slot's twin.
+                    if held is not None and not requested and held.slot_done(slot):
                         log.info("daemon.slot_done_elsewhere", slot=slot)
                         return
                     self._mark(name, running=True)
@@ -313,7 +314,7 @@ class Daemon:
                 if pending.id.startswith(f"now:{name}:"):
                     pending.remove()
             self._signals += 1
-            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], id=f"now:{name}:{self._signals}",
+            self.scheduler.add_job(self._job, DateTrigger(now), args=[name, True], id=f"now:{name}:{self._signals}",
                                    misfire_grace_time=None)
 
     def _reload(self) -> None:

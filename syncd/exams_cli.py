@@ -31,7 +31,7 @@ def cmd_exams(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown tenant: {args.tenant}")
     if tenant.exams is None:
         raise UsageError(f"{args.tenant} provisions no exams (add a [tenants.{args.tenant}.exams] table)")
-    store = Store.open(config.daemon.state_dir)
+    store = Store.open(config.daemon.state_dir, config.state_url)
     try:
         rows = exam_rows(store.conn, args.tenant, store.last_run_id(args.tenant))
     finally:

@@ -44,7 +44,7 @@ class Metrics:
     """The daemon's registry: run counters, and the store read at each scrape."""
 
     def __init__(self, state_dir: Path, tenants: Callable[[], dict[str, TenantConfig]],
-                 running: Callable[[], Iterator[str]]):
+                 running: Callable[[], Iterator[str]], url: str = ""):
         disable_created_metrics()  # *_created series only double what a scraper sees anyway
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -63,7 +63,7 @@ class Metrics:
                                        ["tenant"], registry=r)
         self.throttles = Counter("syncd_source_throttles", "Throttled answers from the source (Canvas 403 "
                                  "Rate Limit Exceeded or 429)", ["tenant"], registry=r)
-        self.state = StateCollector(state_dir, tenants, running)
+        self.state = StateCollector(state_dir, tenants, running, url)
         r.register(self.state)
 
     def observe(self, tenant: str, summary: dict[str, Any] | None, probe: RunProbe | None) -> None:
@@ -97,8 +97,9 @@ class StateCollector:
     """Reads the state store (read-only, WAL: never blocks a run) each time Prometheus scrapes."""
 
     def __init__(self, state_dir: Path, tenants: Callable[[], dict[str, TenantConfig]],
-                 running: Callable[[], Iterator[str]]):
+                 running: Callable[[], Iterator[str]], url: str = ""):
         self.path = state_dir / "syncd.db"
+        self.url = url  # [state] url: the same queries on the PostgreSQL store
         self.tenants = tenants
         self.running = running
         # Counting acknowledged records reads every row of the acked tables (~170 ms at 100k
@@ -110,6 +111,9 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
+        if self.url:
+            yield from self._collect_pg(up)
+            return
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2)
         except sqlite3.Error:
@@ -126,7 +130,28 @@ class StateCollector:
             conn.close()
         yield up
 
-    def _state(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+    def _collect_pg(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+        import psycopg
+
+        from syncd.store.postgres import PgConnection
+
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=2, application_name="syncd-metrics")
+        except psycopg.Error:
+            up.add_metric([], 0)
+            yield up
+            return
+        try:
+            yield from self._state(PgConnection(lambda: raw))
+            up.add_metric([], 1)
+        except psycopg.Error as exc:
+            log.warning("metrics.store_unreadable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            up.add_metric([], 0)
+        finally:
+            raw.close()
+        yield up
+
+    def _state(self, conn: Any) -> Iterator[Metric]:
         configured = self.tenants()
         names = set(configured) | {r[0] for r in conn.execute("SELECT DISTINCT tenant FROM runs")}
         records = GaugeMetricFamily("syncd_records", "Objects the target acknowledged, by state (synced, "
@@ -196,7 +221,7 @@ class StateCollector:
         yield running
 
 
-    def _record_counts(self, conn: sqlite3.Connection) -> dict[str, dict[str, tuple[int, int, int]]]:
+    def _record_counts(self, conn: Any) -> dict[str, dict[str, tuple[int, int, int]]]:
         """Per entity and tenant: (acknowledged, disabled, tombstoned), recounted after each run."""
         fingerprint = conn.execute("SELECT count(*), max(finished_at) FROM runs").fetchone()
         if self._records and self._records[0] == fingerprint:

@@ -185,7 +185,8 @@ def healthz(request: Request) -> Response:
     """200 while the scheduler runs and the store takes a write; 503 with the reasons otherwise."""
     daemon = request.context
     problems = list(daemon.health_problems())
-    store, problem = store_write_check(daemon.config.daemon.state_dir)
+    url = daemon.config.state_url
+    store, problem = pg_write_check(url) if url else store_write_check(daemon.config.daemon.state_dir)
     if problem:
         problems.append(problem)
     body: dict[str, Any] = {"status": "ok" if not problems else "unavailable", "store": store,
@@ -220,6 +221,26 @@ def store_write_check(state_dir: Path) -> tuple[str, str | None]:
         return "failed", f"state store is not writable: {exc}"
     finally:
         conn.close()
+    return "writable", None
+
+
+def pg_write_check(url: str) -> tuple[str, str | None]:
+    """:func:`store_write_check` on the PostgreSQL store (``[state] url``): the same heartbeat row,
+    "busy" when another node's heartbeat holds it past the lock timeout."""
+    import psycopg
+
+    from syncd.lease import _reason
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(HEALTH_LOCK_TIMEOUT_S)),
+                             application_name="syncd-healthz") as conn:
+            conn.execute(f"SET lock_timeout = {int(HEALTH_LOCK_TIMEOUT_S * 1000)}")
+            conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, to_char(now() AT TIME ZONE 'UTC', "
+                         "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+    except psycopg.errors.LockNotAvailable:
+        return "busy", None
+    except psycopg.Error as exc:
+        return "failed", f"state store is not writable: {_reason(exc)}"
     return "writable", None
 
 

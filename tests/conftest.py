@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,35 +30,74 @@ def sandbox(roster: Roster):
 
 @pytest.fixture
 def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Path:
-    path = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
-    if state_backend == "postgresql":
+    import syncd.sandbox
+
+    if state_backend != "postgresql":
+        url: str | None = ""
+    elif syncd.sandbox.state_url_for:  # --state-backend=postgresql: the state directory's database (tests/state.py)
+        url = None
+    else:
         url = request.getfixturevalue("pg_database")
-        path.write_text(path.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n', encoding="utf-8")
-    return path
+    return sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=url)
 
 
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
 # SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
-BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan"}
+BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan", "test_exams_store"}
+# And these tests of other modules (exams and explain end to end), each with the `state_backend`
+# fixture: every config they write through the sandbox names the test's store.
+BOTH_BACKENDS_TESTS = {"test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing",
+                       "test_explain_a_synced_student_gives_sid_body_and_the_call_that_carried_it",
+                       "test_explain_a_student_the_target_refuses_shows_the_escrow"}
 # Their PostgreSQL runs that CI's time budget leaves to `-m slow` (test_pg_store.py keeps a quick
 # form of the canonical-text check in CI).
 SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
                       "test_the_plan_uses_the_minimum_number_of_calls_and_then_none",
-                      "test_a_record_rejected_run_after_run_is_retried_on_the_escrow_schedule"}
+                      "test_a_record_rejected_run_after_run_is_retried_on_the_escrow_schedule",
+                      "test_with_exams_the_plan_uses_the_minimum_number_of_calls_and_then_none"}
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--state-backend", choices=("sqlite", "postgresql"), default=None,
-                     help="run the tests that use the state store on this backend only")
+    parser.addoption("--state-backend", choices=("sqlite", "postgresql"),
+                     default=os.environ.get("SYNCD_TEST_STATE") or None,
+                     help="run every test on this state store: with postgresql, every config a test writes "
+                          "(the sandbox's write_config, sandbox.state_toml) names a throwaway database of "
+                          "its own; tests marked sqlite_only are skipped (env: SYNCD_TEST_STATE)")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): looks at what only the SQLite store has (its file); "
+                                       "skipped by --state-backend=postgresql")
+    config.addinivalue_line("markers", "postgresql_gap(reason): a known gap of the PostgreSQL store; a strict "
+                                       "xfail with --state-backend=postgresql (it fails the run once fixed)")
+
+
+def on_postgresql(config) -> bool:
+    """Whether this session runs every test on PostgreSQL (``--state-backend=postgresql``)."""
+    return config.getoption("--state-backend") == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not on_postgresql(config):
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+        gap = item.get_closest_marker("postgresql_gap")
+        if gap:
+            item.add_marker(pytest.mark.xfail(reason=f"PostgreSQL gap: {gap.args[0]}", strict=True))
 
 
 def pytest_generate_tests(metafunc) -> None:
-    if "state_backend" not in metafunc.fixturenames:
+    if "state_backend" not in metafunc.fixturenames or getattr(metafunc.module, "SQLITE_SOURCE", False):
         return
     chosen = metafunc.config.getoption("--state-backend")
     if chosen:
         backends = [chosen]
-    elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
+    elif (metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS
+          or metafunc.function.__name__ in BOTH_BACKENDS_TESTS):
         backends = ["sqlite", "postgresql"]
     else:
         return  # SQLite only, under the test's usual id (the state_backend fixture's default)
@@ -76,6 +117,7 @@ def state_backend(request) -> str:
 @pytest.fixture
 def make_store(state_backend: str, request):
     """``make_store(state_dir)``: an open, empty state store on the test's backend."""
+    from syncd import pg_schema
     from syncd.store import Store
 
     url = request.getfixturevalue("pg_database") if state_backend == "postgresql" else ""
@@ -83,15 +125,13 @@ def make_store(state_backend: str, request):
     def make(state_dir: Path) -> Store:
         store = Store.open(Path(state_dir), url)
         if url:  # one database per test: a new store (a hypothesis example) starts empty
-            store.conn.execute("TRUNCATE " + ", ".join(STATE_TABLES_ALL))
+            tables = [t for (t,) in store.conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename != ?",
+                (pg_schema.MIGRATIONS_TABLE,))]
+            store.conn.execute("TRUNCATE " + ", ".join(tables))
         return store
 
     return make
-
-
-STATE_TABLES_ALL = ("runs", "errors", "stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
-                    "desired_courses", "desired_users", "desired_enrollments", "acked_courses", "acked_users",
-                    "acked_enrollments", "plan_calls", "pending_removals", "held", "approvals", "escrow")
 
 
 def syncd(config: Path | None, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
@@ -135,10 +175,75 @@ def pg_url(pg_server) -> str:
 @pytest.fixture
 def pg_database(pg_server, request) -> str:
     """A fresh, empty database for one test (advisory locks and tables do not leak between tests)."""
-    import re
+    url = pg_server.create_database(_database_name(request.node.name))
+    yield url
+    _drop(pg_server, [url])
 
-    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}_{id(request) % 10000}"
-    return pg_server.create_database(name)
+
+def _database_name(test: str) -> str:
+    return "t_" + re.sub(r"[^a-z0-9_]", "_", test.lower())[:40] + f"_{os.getpid()}_{next(_numbers)}"
+
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server) -> str:
+    """A database with the store's schema migrated, the template of every database that
+    ``--state-backend=postgresql`` gives a test (a copy is much faster than the migrations)."""
+    import tempfile
+
+    from syncd.store import Store
+
+    url = pg_server.create_database("syncd_template")
+    with tempfile.TemporaryDirectory() as state_dir:
+        Store.open(Path(state_dir), url).close()
+    return "syncd_template"
+
+
+@pytest.fixture(autouse=True)
+def _every_config_on_the_backend(request):
+    """With ``--state-backend=postgresql`` (or a test's ``state_backend`` parameter "postgresql"):
+    every config this test writes through the sandbox names a database of its own, one per state
+    directory (two "installs" in one test stay apart), each made when the first config names it."""
+    callspec = getattr(request.node, "callspec", None)
+    chosen = callspec.params.get("state_backend") if callspec else None
+    if chosen == "sqlite" or not (on_postgresql(request.config) or chosen == "postgresql") \
+            or request.node.get_closest_marker("sqlite_only"):
+        yield
+        return
+    import psycopg
+
+    import syncd.sandbox
+
+    server = request.getfixturevalue("pg_server")
+    template = request.getfixturevalue("pg_template")
+    urls: dict[Path, str] = {}
+
+    def url_for(state_dir: Path) -> str:
+        key = Path(state_dir).resolve()
+        if key not in urls:
+            name = _database_name(request.node.name)
+            with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            urls[key] = server.url(name)
+        return urls[key]
+
+    syncd.sandbox.state_url_for = url_for
+    try:
+        yield
+    finally:
+        syncd.sandbox.state_url_for = None
+        _drop(server, urls.values())
+
+
+def _drop(server, urls) -> None:
+    """Drop a test's databases (a thousand tests would otherwise keep gigabytes until the session ends)."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True, connect_timeout=10) as conn:
+        for url in urls:
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 @pytest.fixture

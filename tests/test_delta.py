@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import state as state_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ SAFE = "safety = { max_updates_percent = 100, max_removals_percent = 100 }"
 
 def _open(box: Sandbox, tmp: Path) -> tuple[configuration.TenantConfig, Store]:
     config = box.write_config(tmp / "syncd.toml", tmp / "state", source_extra=DELTA, extra=SAFE)
-    return configuration.load(config).tenants["lincoln"], Store.open(tmp / "state")
+    return configuration.load(config).tenants["lincoln"], Store.open(tmp / "state", state_store.url_of(tmp / "state"))
 
 
 def _acked(store: Store) -> dict[str, set[tuple]]:
@@ -108,7 +109,8 @@ def test_delta_off_and_full_every_make_full_runs(tmp_path: Path):
     with Sandbox(roster) as box:
         config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state",
                                   source_extra='delta = "auto"\nfull_every = "1s"')
-        tenant, store = configuration.load(config).tenants["lincoln"], Store.open(tmp_path / "state")
+        state = tmp_path / "state"
+        tenant, store = configuration.load(config).tenants["lincoln"], Store.open(state, state_store.url_of(state))
         try:
             engine.run(tenant, store)
             time.sleep(1.1)  # full_every has passed since the full run

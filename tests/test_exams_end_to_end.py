@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import SYNCD, log_events, summary, syncd
 
-from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox
+from syncd.sandbox import CanvasRoster, CanvasSandbox, Roster, Sandbox, state_toml
 from syncd.sandbox import oneroster_lineitems as lineitems
 from syncd.sandbox.canvas_quizzes import CanvasQuizzes
 from syncd.sandbox.canvas_quizzes import expected_exams as canvas_expected
@@ -32,7 +32,7 @@ EXAMS = (f'[tenants.lincoln.exams]\nselect = "title"\ntitle_pattern = "^Unit Exa
 def write_config(box: Sandbox | CanvasSandbox, tmp_path: Path, exams: str = EXAMS, **tenant: Any) -> Path:
     path = tmp_path / "syncd.toml"
     path.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\n\n'
-                    + box.tenant_toml(**tenant) + exams, encoding="utf-8")
+                    + state_toml(tmp_path / "state") + box.tenant_toml(**tenant) + exams, encoding="utf-8")
     path.chmod(0o600)
     return path
 
@@ -74,7 +74,7 @@ def _first_exam(box: Sandbox, roster: Roster, opened: bool) -> dict[str, Any]:
     raise AssertionError("the seed has no such exam")
 
 
-def test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing(box, roster, tmp_path):
+def test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing(box, roster, tmp_path, state_backend):
     config = write_config(box, tmp_path)
     first = run(config)
     exams, failed = expected(box, roster)

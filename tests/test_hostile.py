@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import state as state_store
 from conftest import log_events, summary, syncd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -133,7 +134,7 @@ def test_a_provision_answer_that_acknowledges_nothing_is_reported_not_trusted(tm
         assert result.returncode == 1
         outcome = summary(result)
         assert outcome["counts"]["courses"]["created"] == 0 and outcome["counts"]["courses"]["failed"] > 0
-        state_file = Store.open(tmp_path / "state")
+        state_file = Store.open(tmp_path / "state", state_store.url_of(tmp_path / "state"))
         try:
             assert state_file.tenant("lincoln").acked_counts()["course"] == 0
         finally:

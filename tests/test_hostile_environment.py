@@ -40,6 +40,7 @@ def config(box, tmp_path):
 # --- the state file and directory ------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file")
 def test_a_garbage_state_file_is_refused_with_a_clear_line(config, tmp_path):
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "syncd.db").write_bytes(os.urandom(8192))
@@ -47,6 +48,7 @@ def test_a_garbage_state_file_is_refused_with_a_clear_line(config, tmp_path):
         _clean(syncd(config, *args), 1, "state file cannot be used")
 
 
+@pytest.mark.sqlite_only("a damaged SQLite file")
 def test_a_truncated_state_file_is_refused_with_a_clear_line(config, tmp_path):
     assert syncd(config, "sync", "lincoln").returncode == 0
     db = tmp_path / "state" / "syncd.db"
@@ -59,6 +61,7 @@ def test_a_truncated_state_file_is_refused_with_a_clear_line(config, tmp_path):
     assert "Traceback" not in result.stderr and result.returncode in (1, 2)
 
 
+@pytest.mark.sqlite_only("SQLite's migration table (pg_schema has its own check, tests/test_pg_store.py)")
 def test_a_state_file_from_a_newer_syncd_is_refused(config, tmp_path):
     assert syncd(config, "status").returncode == 0
     with sqlite3.connect(tmp_path / "state" / "syncd.db") as conn:  # as a newer syncd would leave the file
@@ -112,6 +115,7 @@ def test_forty_processes_opening_a_fresh_state_dir_at_once(config, tmp_path):
     assert all(r.returncode == 0 and "Traceback" not in r.stderr for r in statuses)
 
 
+@pytest.mark.sqlite_only("the tenant lock file beside the SQLite file (PostgreSQL: a lease)")
 def test_a_lock_file_that_is_a_symlink_is_not_followed(config, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")

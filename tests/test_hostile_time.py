@@ -60,7 +60,7 @@ def test_a_clock_stepped_back_mid_run_does_not_turn_acknowledgements_into_failur
 def test_pruning_under_a_clock_years_ahead_keeps_the_real_history(tmp_path, monkeypatch):
     from syncd import limits
 
-    store = Store.open(tmp_path / "state")
+    store = Store.open(tmp_path / "state", state.url_of(tmp_path / "state"))
     try:
         tenant = store.tenant("lincoln")
         for n in range(5):

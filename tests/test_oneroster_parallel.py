@@ -6,13 +6,13 @@ real `syncd sync` twice (concurrency 1 and 4) and compare the SQLite stores they
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
+import state as state_store
 from conftest import summary, syncd
 
 from syncd import config as configuration
@@ -332,9 +332,8 @@ def store_rows(state: Path) -> dict[str, list[tuple]]:
               "acked_courses": "tenant, source_id, hash", "acked_users": "tenant, source_id, hash",
               "acked_enrollments": "tenant, course_id, user_id, hash",
               "errors": "entity, source_id, message"}
-    # Whole tables, rows as stored: more than the store's API shows (it never hands out staging rows).
-    with sqlite3.connect(state / "syncd.db") as conn:
-        return {t: sorted(conn.execute(f"SELECT {cols} FROM {t}").fetchall(), key=repr) for t, cols in tables.items()}
+    return {t: sorted(map(tuple, state_store.execute(state, f"SELECT {cols} FROM {t}")), key=repr)
+            for t, cols in tables.items()}
 
 
 def test_syncd_sync_leaves_the_same_store_at_concurrency_1_and_4(tmp_path):

@@ -24,7 +24,7 @@ def with_url(config: Path, url: str) -> Path:
 
 
 def test_a_copied_store_then_a_run_on_postgresql_sends_nothing(sandbox, tmp_path: Path, pg_database: str) -> None:
-    config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url="")
     first = summary(syncd(config, "sync", "lincoln", "--json"))
     assert first["calls"] > 0
     copied = syncd(config, "state", "copy", "--to", pg_database)
@@ -41,7 +41,7 @@ def test_a_copied_store_then_a_run_on_postgresql_sends_nothing(sandbox, tmp_path
 
 def test_sync_meets_a_run_of_another_node_waits_or_exits_4_and_status_names_the_node(
         sandbox, tmp_path: Path, pg_database: str) -> None:
-    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), pg_database)
+    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=""), pg_database)
     node = lease.Node("node-b.example", 4242, "cafe0001")
     held = lease.acquire(pg_database, "lincoln", node=node)
     try:
@@ -123,7 +123,7 @@ def test_both_stores_build_the_same_canonical_text_of_tricky_text(tmp_path: Path
 
 
 def test_a_state_url_that_is_not_postgresql_is_a_config_error_with_its_key_path(sandbox, tmp_path: Path) -> None:
-    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), "mysql://db/syncd")
+    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=""), "mysql://db/syncd")
     result = syncd(config, "status")
     assert result.returncode == 2 and "state.url: must be a postgresql://" in result.stderr
 
@@ -132,7 +132,7 @@ def test_an_unreachable_state_database_is_a_clear_error_without_its_password(san
     import pg
 
     url = f"postgresql://syncd:hunter2-secret@127.0.0.1:{pg.free_port()}/syncd"
-    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state"), url)
+    config = with_url(sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=""), url)
     result = syncd(config, "sync", "lincoln")
     assert result.returncode == 1 and "cannot reach the state database" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import summary, syncd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -123,12 +124,14 @@ def test_the_role_listed_first_wins_when_a_user_has_two_in_one_course(tmp_path, 
         state_file.close()
 
 
+@pytest.mark.sqlite_only("the state file's mode")
 def test_the_state_file_is_owner_only(tmp_path):
     Store.open(tmp_path / "state").close()
     assert (tmp_path / "state" / "syncd.db").stat().st_mode & 0o077 == 0
     assert (tmp_path / "state").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.sqlite_only("a SQLite state file from an older syncd")
 def test_a_state_file_from_before_canonical_hashes_sends_nothing_after_the_upgrade(sandbox, tmp_path):
     """tests/fixtures/state-before-canonical-hash.sql is the state file that the code before
     canonical hashes left after a first sync of the conftest roster (seed 11): the migration
@@ -221,10 +224,10 @@ def exam_minimum(before: dict, after: dict) -> int:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=rosters, after=rosters, exams_before=exam_maps, exams_after=exam_maps)
-def test_with_exams_the_plan_uses_the_minimum_number_of_calls_and_then_none(tmp_path_factory, before, after,
-                                                                             exams_before, exams_after):
+def test_with_exams_the_plan_uses_the_minimum_number_of_calls_and_then_none(make_store, tmp_path_factory, before,
+                                                                             after, exams_before, exams_after):
     before, after = with_exams(before, exams_before), with_exams(after, exams_after)
-    state_file = Store.open(Path(tmp_path_factory.mktemp("state")))
+    state_file = make_store(Path(tmp_path_factory.mktemp("state")))
     store = state_file.tenant("t")
     store.exam_key = b"k" * 32
     try:
@@ -247,12 +250,12 @@ def test_with_exams_the_plan_uses_the_minimum_number_of_calls_and_then_none(tmp_
         state_file.close()
 
 
-def test_a_changed_user_rides_where_an_exam_needs_a_call_not_on_its_first_course(tmp_path):
+def test_a_changed_user_rides_where_an_exam_needs_a_call_not_on_its_first_course(make_store, tmp_path):
     # u1 changes and is enrolled in c0 and c1; only c1 has a changed exam: one call carries both.
     before = {"courses": {"c0": "Art", "c1": "Bio"}, "users": {"u1": "Ann"},
               "enrollments": {("c0", "u1"): "student", ("c1", "u1"): "student"}, "exams": {}}
     after = {**before, "users": {"u1": "Bo"}, "exams": {("c1", 0): "Mid"}}
-    state_file = Store.open(tmp_path)
+    state_file = make_store(tmp_path)
     store = state_file.tenant("t")
     store.exam_key = b"k" * 32
     try:

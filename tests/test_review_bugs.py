@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import state as state_store
 from conftest import SYNCD, summary, syncd
 from test_sync_end_to_end import expected
 
@@ -36,7 +37,7 @@ class _ExplodingSource:
 
 def test_an_unexpected_error_leaves_the_run_failed_with_its_message(sandbox: Sandbox, config: Path):
     tenant = configuration.load(config).tenants["lincoln"]
-    store = Store.open(config.parent / "state")
+    store = Store.open(config.parent / "state", state_store.url_of(config.parent / "state"))
     try:
         with pytest.raises(RuntimeError, match="the unexpected happened"):
             engine.run(tenant, store, source=_ExplodingSource())
@@ -154,7 +155,7 @@ def test_ctrl_c_during_a_sync_says_interrupted_and_records_the_run_as_failed(tmp
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in stderr and "syncd: interrupted" in stderr
-    store = Store.open(tmp_path / "state")
+    store = Store.open(tmp_path / "state", state_store.url_of(tmp_path / "state"))
     try:
         [last] = store.runs("lincoln", limit=1)
     finally:

@@ -21,6 +21,14 @@ from syncd import pg_schema, state_copy
 from syncd.model import canonical_json
 from syncd.store import Store
 
+# The copy's source is a SQLite store whatever `--state-backend` says (tests/conftest.py reads this).
+SQLITE_SOURCE = True
+
+
+@pytest.fixture
+def state_backend() -> str:
+    return "sqlite"
+
 
 def _sqlite_columns(path: Path) -> dict[str, list[str]]:
     with sqlite3.connect(path) as db:

@@ -6,6 +6,7 @@ only and stops with :meth:`Sandbox.stop`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,22 @@ from syncd.sandbox.roster import Roster, expected_mapping
 from syncd.sandbox.server import App, Request, Response, Serving
 
 __all__ = ["CanvasApp", "CanvasFault", "CanvasRoster", "CanvasSandbox", "Fault", "OneRosterApp", "ProvisionApp",
-           "Roster", "Sandbox", "Scripted", "Serving", "canvas_roster", "expected_mapping", "route_installs"]
+           "Roster", "Sandbox", "Scripted", "Serving", "canvas_roster", "expected_mapping", "route_installs",
+           "state_toml"]
 
 DEFAULT_ROLES = '{ student = "learner", teacher = "instructor" }'
+
+# The tests run every config on PostgreSQL with `--state-backend=postgresql` (tests/conftest.py):
+# then this names the `[state] url` of a state directory (one database each); None: SQLite.
+state_url_for: Callable[[Path], str] | None = None
+
+
+def state_toml(state_dir: Path, url: str | None = None) -> str:
+    """The config's ``[state]`` table for ``state_dir``: ``url``, else :data:`state_url_for`'s, else
+    none (the SQLite file in the state directory)."""
+    if url is None:
+        url = state_url_for(Path(state_dir)) if state_url_for else ""
+    return f'[state]\nurl = "{url}"\n\n' if url else ""
 
 
 class _Sandbox:
@@ -64,10 +78,12 @@ class _Sandbox:
             f'install_sid = "{self.provision.install_sid}"\ntoken = "{self.provision.token}"\n{target_extra}\n'
         )
 
-    def write_config(self, path: Path, state_dir: Path, log_level: str = "info", **tenant: Any) -> Path:
+    def write_config(self, path: Path, state_dir: Path, log_level: str = "info", *, state_url: str | None = None,
+                     **tenant: Any) -> Path:
+        """A config for one tenant of this sandbox; ``state_url``: see :func:`state_toml`."""
         path.write_text(
             f'[daemon]\nstate_dir = "{state_dir}"\nlog_level = "{log_level}"\nlog_format = "json"\n\n'
-            + self.tenant_toml(**tenant), encoding="utf-8")
+            + state_toml(state_dir, state_url) + self.tenant_toml(**tenant), encoding="utf-8")
         path.chmod(0o600)
         return path
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import requests
 
+from syncd.sandbox import state_toml
 from syncd.sandbox.provision import ProvisionApp
 from syncd.sandbox.roster import Roster
 from syncd.sandbox.server import Request, Response, Serving
@@ -325,8 +326,8 @@ class Gg4lSandbox:
                 f'[gg4l.tenant.target]\nbase_url = "{self.target_url}"\n{sid}token = "{self.provision.token}"\n')
 
     def write_config(self, path: Path, state_dir: Path, **options: Any) -> Path:
-        path.write_text(f'[daemon]\nstate_dir = "{state_dir}"\nlog_format = "json"\n\n' + self.gg4l_toml(**options),
-                        encoding="utf-8")
+        path.write_text(f'[daemon]\nstate_dir = "{state_dir}"\nlog_format = "json"\n\n' + state_toml(state_dir)
+                        + self.gg4l_toml(**options), encoding="utf-8")
         path.chmod(0o600)
         return path
 

@@ -103,7 +103,8 @@ class Acknowledgements(Scoped):
             "INSERT INTO acked_exams (tenant, source_id, course_id, sid, configuration_sid, hash, body, acked_at, "
             "removed_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT (tenant, source_id) "
             "DO UPDATE SET course_id = excluded.course_id, sid = excluded.sid, "
-            "configuration_sid = coalesce(excluded.configuration_sid, configuration_sid), hash = excluded.hash, "
+            "configuration_sid = coalesce(excluded.configuration_sid, acked_exams.configuration_sid), "
+            "hash = excluded.hash, "
             "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL, deleted_at = NULL",
             (self.name, source_id, call.course_id, sid, configuration_sid, digest, canonical_json(stored), now))
 

@@ -28,9 +28,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-# A member of a body: its SQL value (a scalar expression, NULL meaning "omit the member"), or a
-# nested object (always present, possibly empty, as SQLite's json_patch leaves it).
-Member = Union[str, "Obj"]
+# A member of a body: its SQL value (a scalar expression, NULL meaning "omit the member"), a JSON
+# value, or a nested object (always present, possibly empty, as SQLite's json_patch leaves it).
+Member = Union[str, "Json", "Obj"]
+
+
+@dataclass(frozen=True)
+class Json:
+    """A member whose SQL value is already JSON text (a number, ``true``/``false``, an object in
+    canonical text), nested as JSON, not as a string; NULL omits it. An integer column is one too."""
+
+    sql: str
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,9 @@ class Obj:
     """A JSON object whose text is built in SQL; members are written in sorted key order."""
 
     members: dict[str, Member]
+    # SQLite only: the members in the order given, not sorted. The exam bodies were first written
+    # so, and a new text would push every exam again once (PostgreSQL always sorts: canonical).
+    ordered: bool = False
 
     def items(self) -> list[tuple[str, Member]]:
         return sorted(self.members.items())
@@ -73,7 +84,7 @@ class Dialect:
         raise NotImplementedError
 
     def member(self, text: str, key: str) -> str:
-        """SQL for one text member of a JSON object's text."""
+        """SQL for one text member of a JSON object's text (``a.b``: member b of member a)."""
         raise NotImplementedError
 
     def analyze(self, *tables: str) -> list[str]:
@@ -92,8 +103,13 @@ class SQLite(Dialect):
         return f"json_patch('{{}}', {self._object(obj)})"
 
     def _object(self, obj: Obj) -> str:
-        parts = [f"'{key}', {self._object(v) if isinstance(v, Obj) else v}" for key, v in obj.items()]
+        parts = [f"'{key}', {self._value(v)}" for key, v in (obj.members.items() if obj.ordered else obj.items())]
         return f"json_object({', '.join(parts)})"
+
+    def _value(self, member: Member) -> str:
+        if isinstance(member, Obj):
+            return self._object(member)
+        return f"json({member.sql})" if isinstance(member, Json) else member
 
     def hash(self, text: str) -> str:
         return f"digest({text})"
@@ -125,9 +141,15 @@ class Postgres(Dialect):
     def body(self, obj: Obj) -> str:
         # concat_ws skips NULLs: a member whose value is NULL is omitted, as json_patch does.
         # to_json() escapes text as json.dumps(ensure_ascii=False) does (", \, and controls as \u00xx).
-        members = [f"'\"{key}\":' || {self.body(v) if isinstance(v, Obj) else f'to_json(CAST({v} AS TEXT))::text'}"
-                   for key, v in obj.items()]
+        members = [f"'\"{key}\":' || {self._value(v)}" for key, v in obj.items()]
         return f"('{{' || concat_ws(',', {', '.join(members)}) || '}}')"
+
+    def _value(self, member: Member) -> str:
+        if isinstance(member, Obj):
+            return self.body(member)
+        if isinstance(member, Json):  # its text as it is: a number's or a boolean's is canonical already
+            return f"CAST({member.sql} AS TEXT)"
+        return f"to_json(CAST({member} AS TEXT))::text"
 
     def hash(self, text: str) -> str:
         return f"md5({text})"
@@ -146,6 +168,8 @@ class Postgres(Dialect):
         return f"{left} IS NOT DISTINCT FROM {right}"
 
     def member(self, text: str, key: str) -> str:
+        if "." in key:  # a nested member, "ids.external", as SQLite's '$.ids.external' path
+            return f"(CAST({text} AS json)#>>'{{{key.replace('.', ',')}}}')"
         return f"(CAST({text} AS json)->>'{key}')"
 
     def analyze(self, *tables: str) -> list[str]:

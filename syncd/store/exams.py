@@ -1,9 +1,9 @@
 """Exams in the state store (SPEC §7): the migration, the staging row, the desired and planning SQL.
 
 ``SCHEMA`` is the migration, ``stage_row`` the staging of one mapped :class:`~syncd.exams.Exam`
-(its password only as a keyed digest), and ``DESIRED_EXAMS`` the SQL that builds the exam bodies
-in scope, equal (tests/test_exams_store.py) to :func:`syncd.exams.stored_body` of
-:func:`syncd.exams.exam_body`; ``PLAN_EXAM_RIDES`` / ``PLAN_EXAM_CALLS`` are the planner's last steps.
+(its password only as a keyed digest), and ``desired_exams_sql`` the SQL that builds the exam bodies
+in scope on either store (dialect.py), equal (tests/test_exams_store.py) to :func:`syncd.exams.stored_body` of
+:func:`syncd.exams.exam_body`; ``plan_steps`` are the planner's last steps.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 from syncd import exams
 from syncd.exams import Exam
 from syncd.exams_config import ExamsConfig
+from syncd.model import canonical_json
+from syncd.store.dialect import POSTGRES, SQLITE, Dialect, Json, Obj
 
 # The migration: staging, desired and acknowledged exams, and the plan's exam column.
 SCHEMA = """
@@ -39,28 +41,34 @@ STAGE_COLUMNS = ("tenant", "source_id", "course_id", "title", "description", "pr
                  "open_at", "close_at", "duration_min", "password_digest", "attempts", "override_count")
 
 # An exam is in scope when it is published and its course is (desired_courses is built first).
-# json_patch('{}', …) drops the NULL fields (description, attempts) as the course and user bodies do.
-DESIRED_EXAMS = """
+# The body is the dialect's canonical JSON text (NULL fields, description and attempts, omitted as
+# in the course and user bodies); Json members are already JSON (numbers, booleans, objects).
+# Parameters: the tenant's limitedScope and proctorTypes as JSON text (desired_params, joined as
+# ``t``: the members' order, and so the placeholders', differs by dialect), then the tenant.
+def desired_exams_sql(d: Dialect) -> str:
+    body = d.body(Obj({
+        "ids": Obj({"external": "x.source_id"}),
+        "title": "x.title",
+        "description": "x.description",
+        "type": "'online'",
+        "practice": Json("CASE WHEN x.practice = 1 THEN 'true' ELSE 'false' END"),
+        "limitedScope": Json("t.limited_scope"),
+        "configuration": Obj({
+            "type": "'primary'",
+            "url": "x.url",
+            "access": Obj({"open": "x.open_at", "close": "x.close_at"}, ordered=True),
+            "duration": Json("x.duration_min"),
+            "password": "x.password_digest",
+            "attempts": Json("x.attempts"),
+            "proctorTypes": Json("t.proctor_types")}, ordered=True)}, ordered=True))
+    return f"""
 INSERT INTO desired_exams (tenant, source_id, course_id, body, hash)
-SELECT tenant, source_id, course_id, body, digest(body) FROM (
-    SELECT x.tenant, x.source_id, x.course_id, json_patch('{}', json_object(
-        'ids', json_object('external', x.source_id),
-        'title', x.title,
-        'description', x.description,
-        'type', 'online',
-        'practice', json(CASE WHEN x.practice THEN 'true' ELSE 'false' END),
-        'limitedScope', json(:limited_scope),
-        'configuration', json_object(
-            'type', 'primary',
-            'url', x.url,
-            'access', json_object('open', x.open_at, 'close', x.close_at),
-            'duration', x.duration_min,
-            'password', x.password_digest,
-            'attempts', x.attempts,
-            'proctorTypes', json(:proctor_types)))) AS body
+SELECT tenant, source_id, course_id, body, {d.hash('body')} FROM (
+    SELECT x.tenant, x.source_id, x.course_id, {body} AS body
     FROM stage_exams x
     JOIN desired_courses c ON c.tenant = x.tenant AND c.source_id = x.course_id
-    WHERE x.tenant = :tenant AND x.published = 1)
+    CROSS JOIN (SELECT CAST(? AS TEXT) AS limited_scope, CAST(? AS TEXT) AS proctor_types) AS t
+    WHERE x.tenant = ? AND x.published = 1) AS b
 """
 
 
@@ -72,10 +80,17 @@ def stage_row(tenant: str, exam: Exam, key: bytes) -> tuple[Any, ...]:
             exam.override_count)
 
 
-def desired_params(tenant: str, config: ExamsConfig) -> dict[str, str]:
-    """The tenant-wide fields of every exam body: a change to them updates every exam."""
-    return {"tenant": tenant, "limited_scope": json.dumps(config.limited_scope),
-            "proctor_types": json.dumps(config.proctor_types)}
+def desired_params(tenant: str, config: ExamsConfig, d: Dialect = SQLITE) -> tuple[str, str, str]:
+    """The parameters of :func:`desired_exams_sql`: the tenant-wide fields of every exam body (a
+    change to them updates every exam), then the tenant. SQLite rewrites JSON text as it nests it;
+    PostgreSQL nests it as given, so it gets the canonical text."""
+    text = canonical_json if d is POSTGRES else json.dumps
+    return text(config.limited_scope), text(config.proctor_types), tenant
+
+
+def desired(d: Dialect, tenant: str, config: ExamsConfig) -> tuple[str, tuple[str, ...]]:
+    """The statement that builds the tenant's desired exams, with its parameters."""
+    return desired_exams_sql(d), desired_params(tenant, config, d)
 
 
 def with_password(body: dict[str, Any], password: str) -> dict[str, Any]:
@@ -90,20 +105,25 @@ def with_password(body: dict[str, Any], password: str) -> dict[str, Any]:
 # the total to be the minimum.
 PLAN_EXAM_RIDES = """
 WITH x AS (SELECT source_id, course_id, row_number() OVER (PARTITION BY course_id ORDER BY source_id) AS n
-           FROM desired_exams WHERE tenant = :tenant AND change IN ('create', 'update')),
+           FROM desired_exams WHERE tenant = ? AND change IN ('create', 'update')),
      p AS (SELECT seq, course_id, row_number() OVER (PARTITION BY course_id ORDER BY seq) AS n
-           FROM plan_calls WHERE tenant = :tenant AND exam_id IS NULL)
+           FROM plan_calls WHERE tenant = ? AND exam_id IS NULL)
 UPDATE plan_calls SET exam_id = (SELECT x.source_id FROM p JOIN x USING (course_id, n) WHERE p.seq = plan_calls.seq)
-WHERE tenant = :tenant AND seq IN (SELECT p.seq FROM p JOIN x USING (course_id, n))
+WHERE tenant = ? AND seq IN (SELECT p.seq FROM p JOIN x USING (course_id, n))
 """
 PLAN_EXAM_CALLS = """
 INSERT INTO plan_calls (tenant, seq, course_id, user_id, exam_id)
-SELECT :tenant, (SELECT coalesce(max(seq), 0) FROM plan_calls WHERE tenant = :tenant)
+SELECT CAST(? AS TEXT), (SELECT coalesce(max(seq), 0) FROM plan_calls WHERE tenant = ?)
                 + row_number() OVER (ORDER BY d.course_id, d.source_id), d.course_id, NULL, d.source_id
 FROM desired_exams d
-WHERE d.tenant = :tenant AND d.change IN ('create', 'update')
-  AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = :tenant AND p.exam_id = d.source_id)
+WHERE d.tenant = ? AND d.change IN ('create', 'update')
+  AND NOT EXISTS (SELECT 1 FROM plan_calls p WHERE p.tenant = ? AND p.exam_id = d.source_id)
 """
+
+
+def plan_steps(tenant: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The planner's exam steps, in order, with their parameters (the same SQL on both stores)."""
+    return [(PLAN_EXAM_RIDES, (tenant,) * 3), (PLAN_EXAM_CALLS, (tenant,) * 4)]
 
 
 def exam_rows(conn: Any, tenant: str, run_id: str | None) -> list[dict[str, Any]]:
@@ -117,12 +137,12 @@ def exam_rows(conn: Any, tenant: str, run_id: str | None) -> list[dict[str, Any]
     rows = conn.execute(
         "SELECT i.source_id, coalesce(d.course_id, a.course_id, s.course_id), coalesce(d.body, a.body), "
         "d.hash, a.hash, a.sid, a.removed_at, a.deleted_at, coalesce(s.override_count, 0), s.title "
-        "FROM (SELECT source_id FROM desired_exams WHERE tenant = :t UNION SELECT source_id FROM acked_exams "
-        "      WHERE tenant = :t UNION SELECT source_id FROM stage_exams WHERE tenant = :t AND published = 1) i "
-        "LEFT JOIN desired_exams d ON d.tenant = :t AND d.source_id = i.source_id "
-        "LEFT JOIN acked_exams a ON a.tenant = :t AND a.source_id = i.source_id "
-        "LEFT JOIN stage_exams s ON s.tenant = :t AND s.source_id = i.source_id ORDER BY i.source_id",
-        {"t": tenant}).fetchall()
+        "FROM (SELECT source_id FROM desired_exams WHERE tenant = ? UNION SELECT source_id FROM acked_exams "
+        "      WHERE tenant = ? UNION SELECT source_id FROM stage_exams WHERE tenant = ? AND published = 1) i "
+        "LEFT JOIN desired_exams d ON d.tenant = ? AND d.source_id = i.source_id "
+        "LEFT JOIN acked_exams a ON a.tenant = ? AND a.source_id = i.source_id "
+        "LEFT JOIN stage_exams s ON s.tenant = ? AND s.source_id = i.source_id ORDER BY i.source_id",
+        (tenant,) * 6).fetchall()
     out = []
     for source_id, course, body, desired, acked, sid, removed_at, deleted_at, overrides, staged_title in rows:
         data = json.loads(body) if body else {}

@@ -27,8 +27,8 @@ class Trail(Scoped):
         """The last run that staged what the source said (a run refused at authorization staged nothing)."""
         return self._dict(
             "SELECT run_id, started_at, finished_at, status, dry_run, extract_complete, message FROM runs "
-            "WHERE tenant = ? AND coalesce(message, '') NOT LIKE 'source authorization failed%' "
-            "ORDER BY started_at DESC LIMIT 1", (self.name,))
+            "WHERE tenant = ? AND coalesce(message, '') NOT LIKE ? "  # a parameter: no '%' in the SQL (psycopg)
+            "ORDER BY started_at DESC LIMIT 1", (self.name, "source authorization failed%"))
 
     def staged_rows(self, entity: Entity, key: tuple[str, ...]) -> list[dict[str, Any]]:
         """What the last extract said of the record: several rows for an enrollment whose
@@ -75,11 +75,12 @@ class Trail(Scoped):
         """The record errors of one run's extract for this record (unreadable, duplicate, dangling)."""
         if run_id is None:
             return []
-        pair = key if entity == "enrollment" else ("\0", "\0")  # a course or user has no (course, user)
+        # An enrollment's errors may name its (course, user) instead of a source id; a course's or user's never.
+        pair, params = ("OR (course_id = ? AND user_id = ?)", key) if entity == "enrollment" else ("", ())
         return self._dicts(
             "SELECT source_id, message FROM errors WHERE run_id = ? AND entity = ? AND stage = 'extract' "
-            "AND (source_id IN (SELECT value FROM json_each(?)) OR (course_id IS ? AND user_id IS ?)) ORDER BY id",
-            (run_id, entity, json.dumps(source_ids), *pair))
+            f"AND (source_id IN ({self.dialect.each_text('?')}) {pair}) ORDER BY id",
+            (run_id, entity, json.dumps(source_ids), *params))
 
     def record_errors(self, entity: Entity, key: tuple[str, ...], source_ids: list[str]) -> list[dict[str, Any]]:
         """The record's errors over the retained runs, oldest first; for a user also their
@@ -90,7 +91,7 @@ class Trail(Scoped):
                   "JOIN runs r ON r.run_id = e.run_id WHERE e.tenant = ? AND ")
         order = " ORDER BY r.started_at, e.id"
         if entity == "enrollment":
-            return self._dicts(select + "e.entity = 'enrollment' AND (e.source_id IN (SELECT value FROM json_each(?)) "
+            return self._dicts(select + f"e.entity = 'enrollment' AND (e.source_id IN ({self.dialect.each_text('?')}) "
                                "OR (e.course_id = ? AND e.user_id = ?))" + order,
                                (self.name, json.dumps([*source_ids, "/".join(key)]), *key))
         if entity == "user":
@@ -142,18 +143,19 @@ class Trail(Scoped):
         spec = SPECS[entity]
         return [row[0] for row in self.conn.execute(
             f"SELECT source_id FROM {spec.stage} WHERE tenant = ? AND external_id = ? UNION SELECT source_id "
-            f"FROM {spec.acked} WHERE tenant = ? AND json_extract(body, '$.ids.external') = ?",
+            f"FROM {spec.acked} WHERE tenant = ? AND {self.dialect.member('body', 'ids.external')} = ?",
             (self.name, external, self.name, external))]
 
     def known_names(self, entity: Entity) -> dict[str, str]:
         """Every known id of a course or user (last extract and synced state) with its name."""
+        member = self.dialect.member
         if entity == "course":
             staged = "SELECT source_id, title FROM stage_courses WHERE tenant = ?"
-            acked = "SELECT source_id, json_extract(body, '$.title') FROM acked_courses WHERE tenant = ?"
+            acked = f"SELECT source_id, {member('body', 'title')} FROM acked_courses WHERE tenant = ?"
         else:
             staged = "SELECT source_id, trim(first_name || ' ' || last_name) FROM stage_users WHERE tenant = ?"
-            acked = ("SELECT source_id, trim(coalesce(json_extract(body, '$.firstName'), '') || ' ' || "
-                     "coalesce(json_extract(body, '$.lastName'), '')) FROM acked_users WHERE tenant = ?")
+            acked = (f"SELECT source_id, trim(coalesce({member('body', 'firstName')}, '') || ' ' || "
+                     f"coalesce({member('body', 'lastName')}, '')) FROM acked_users WHERE tenant = ?")
         names: dict[str, str] = {}
         for sql in (staged, acked):
             for ident, name in self.conn.execute(sql, (self.name,)):

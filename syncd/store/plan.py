@@ -87,8 +87,8 @@ class Planning(Scoped):
         """Each changed exam rides on a planned call of its course with no exam yet; the rest get
         a call each."""
         with self._write():
-            self.conn.execute(exam_sql.PLAN_EXAM_RIDES, {"tenant": self.name})
-            self.conn.execute(exam_sql.PLAN_EXAM_CALLS, {"tenant": self.name})
+            for sql, params in exam_sql.plan_steps(self.name):
+                self.conn.execute(sql, params)
 
     def call_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM plan_calls WHERE tenant = ?", (self.name,)).fetchone()[0]

@@ -111,7 +111,7 @@ class Staging(Scoped):
             self.conn.execute(enrollments, (role_rows, self.name))
             self.conn.execute(users, (time_zone, self.name))
             if exams is not None:  # after the courses: an exam is in scope when its course is
-                self.conn.execute(exam_sql.DESIRED_EXAMS, exam_sql.desired_params(self.name, exams))
+                self.conn.execute(*exam_sql.desired(self.dialect, self.name, exams))
             for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
                 self.conn.execute(sql)
 
