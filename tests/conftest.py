@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ import pytest
 from syncd.sandbox import Roster, Sandbox
 
 SYNCD = str(Path(sys.executable).with_name("syncd"))
+
+# A shell without job control starts background commands with SIGINT ignored, and children inherit
+# that: the `syncd` a test starts would then ignore the Ctrl-C a test sends it (and Python would not
+# even install its KeyboardInterrupt handler). Give the children the disposition a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
