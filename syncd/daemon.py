@@ -67,7 +67,7 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(workers), "housekeeping": ThreadPoolExecutor(1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S},
         )
-        self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir)
+        self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir, config.state_url)
         self.metrics: Any = None  # syncd.metrics.Metrics while the listener serves
         self.listener: Any = None
         self.gg4l: Any = None  # syncd.gg4l.daemon_wiring.Gg4lDaemon with [gg4l]
@@ -126,7 +126,7 @@ class Daemon:
         from syncd import metrics, web
 
         self.metrics = metrics.Metrics(self.config.daemon.state_dir, lambda: self.config.tenants,
-                                       lambda: iter(list(self.running)))
+                                       lambda: iter(list(self.running)), self.config.state_url)
         try:
             self.listener = web.Listener(settings, self)
         except web.ListenError as exc:
@@ -143,6 +143,7 @@ class Daemon:
         if self.gg4l is not None:
             self.gg4l.stop()
         self.alerts.stop(timeout=min(10.0, self.config.daemon.stop_timeout_s))
+        self.alerts.close()
 
     def health_problems(self) -> list[str]:
         """Why the daemon is not healthy (for /healthz), besides the state store."""
@@ -278,11 +279,18 @@ class Daemon:
 
         zone = ZoneInfo(self.config.alerts.time_zone) if self.config.alerts.time_zone else tzlocal.get_localzone()
         self.scheduler.add_job(self._digest, CronTrigger(hour=when[0], minute=when[1], timezone=zone), id="digest",
-                               executor="housekeeping", misfire_grace_time=3600)
+                               executor="housekeeping", misfire_grace_time=3600, args=[zone])
         log.info("alerts.digest_scheduled", at=f"{when[0]:02d}:{when[1]:02d}", time_zone=str(zone))
 
-    def _digest(self) -> None:
-        message = alerting.digest(self.config.daemon.state_dir, list(self.config.tenants))
+    def _digest(self, zone: Any = UTC) -> None:
+        def build() -> alerting.Message:
+            return alerting.digest(self.config.daemon.state_dir, list(self.config.tenants), url=self.config.state_url)
+
+        if self.config.state_url:  # one node of the cluster sends the day's digest (SPEC §11)
+            alerting.digest_once(self.config.state_url, datetime.now(zone).strftime("%Y-%m-%d"), build,
+                                 self.alerts.send)
+            return
+        message = build()
         self.alerts.send(message.title, message.body)
 
     def _mark(self, name: str, running: bool) -> None:

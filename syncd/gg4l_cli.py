@@ -55,6 +55,9 @@ def _setup(args: argparse.Namespace) -> tuple[configuration.Config, Any]:
     from syncd.store import Store
 
     config = cli._load(args)
+    if config.state_url:  # the cluster's districts, in the shared PostgreSQL store (SPEC §11)
+        districts = DistrictStore.for_state(config.daemon.state_dir, config.state_url)
+        return config, (districts, districts)
     store = Store.open(config.daemon.state_dir)
     return config, (store, DistrictStore(store.conn))
 
@@ -198,13 +201,11 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
     from syncd import cli
     from syncd.gg4l.service import Gg4lService
     from syncd.gg4l_store import DistrictStore
-    from syncd.store import DB_NAME, Store
 
     wanted = [n for n in names if n not in config.tenants]
     if not wanted or config.gg4l is None:
         return config
-    Store.open(config.daemon.state_dir).close()
-    store = DistrictStore.open(str(config.daemon.state_dir / DB_NAME))
+    store = DistrictStore.for_state(config.daemon.state_dir, config.state_url)
     service = None
     try:
         # Discovery first: a district GG4L lists but no daemon has seen yet is a tenant all the same.
@@ -249,9 +250,10 @@ def status_rows(config: configuration.Config) -> list[dict[str, Any]]:
     from syncd.store import DB_NAME
 
     path = config.daemon.state_dir / DB_NAME
-    if not path.exists():
+    if not path.exists() and not config.state_url:
         return []
-    store = DistrictStore.open(str(path))
+    store = DistrictStore.for_state(config.daemon.state_dir, config.state_url) if config.state_url \
+        else DistrictStore.open(str(path))
     try:
         now = datetime.now(UTC)
         rows = []

@@ -60,7 +60,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from syncd.lock import Busy
@@ -449,6 +449,30 @@ def once_per_cluster(url: str, job: str, slot: str, *, node: Node,
             return
         yield lease
         lease.mark_done(slot)
+
+
+@contextlib.contextmanager
+def cluster_job(url: str, job: str, since: str, *, node: Node, stop: threading.Event | None = None,
+                done_as: str | None = None, timeouts: Timeouts | None = None) -> Iterator[Lease | None]:
+    """Run a cluster-wide job unless a run of it that started at or after ``since`` has finished.
+
+    Unlike :func:`once_per_cluster`, a node finding the job running elsewhere waits for that run
+    (polling; ``stop`` ends the wait with Busy) and then looks at the ledger, so that a node that
+    dies mid-job is replaced, not skipped. ``since`` is ISO text: the start of the current period
+    (GG4L's discovery interval, the digest's day) to run once per period across the cluster, or the
+    moment something asked for a fresh run (a webhook) to run unless one started after it. The
+    ledger records the start of each finished run (this node's clock: nodes' clocks must agree to
+    within a few seconds, as NTP keeps them), or ``done_as`` (a period's own name, e.g. a local day).
+    """
+    lease = _acquire(url, "cluster", job, CLUSTER_NS, node=node, wait=True, stop=stop, on_wait=None,
+                     timeouts=timeouts or Timeouts())
+    with lease:
+        if lease.slot_done(since):
+            yield None
+            return
+        started = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        yield lease
+        lease.mark_done(done_as or started)
 
 
 def holders(url: str, timeouts: Timeouts | None = None) -> list[Holder]:

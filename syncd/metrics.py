@@ -7,7 +7,8 @@ Two kinds, by where the truth lives:
   start at zero with the process, as Prometheus counters do (``rate()`` handles the reset).
 - **State**, read from the state store at scrape time by :class:`StateCollector`: records per
   entity and state, escrow, held objects, last success, degraded. They survive a restart and
-  count what ``syncd sync`` did from the CLI too.
+  count what ``syncd sync`` did from the CLI too; with ``[state] url`` they are the cluster's
+  (every node's runs, read from the shared PostgreSQL store), while the counters stay this node's.
 
 Every name starts with ``syncd_``; ``tenant`` is the only label whose values grow with the install.
 """
@@ -44,7 +45,7 @@ class Metrics:
     """The daemon's registry: run counters, and the store read at each scrape."""
 
     def __init__(self, state_dir: Path, tenants: Callable[[], dict[str, TenantConfig]],
-                 running: Callable[[], Iterator[str]]):
+                 running: Callable[[], Iterator[str]], url: str = ""):
         disable_created_metrics()  # *_created series only double what a scraper sees anyway
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -63,7 +64,7 @@ class Metrics:
                                        ["tenant"], registry=r)
         self.throttles = Counter("syncd_source_throttles", "Throttled answers from the source (Canvas 403 "
                                  "Rate Limit Exceeded or 429)", ["tenant"], registry=r)
-        self.state = StateCollector(state_dir, tenants, running)
+        self.state = StateCollector(state_dir, tenants, running, url)
         r.register(self.state)
 
     def observe(self, tenant: str, summary: dict[str, Any] | None, probe: RunProbe | None) -> None:
@@ -94,11 +95,15 @@ def exposition(daemon: Any, accept: str) -> tuple[bytes, str]:
 
 
 class StateCollector:
-    """Reads the state store (read-only, WAL: never blocks a run) each time Prometheus scrapes."""
+    """Reads the state store (read-only, WAL: never blocks a run) each time Prometheus scrapes; with
+    ``url``, the PostgreSQL store, on one session kept (and reopened after an outage) between scrapes."""
 
     def __init__(self, state_dir: Path, tenants: Callable[[], dict[str, TenantConfig]],
-                 running: Callable[[], Iterator[str]]):
+                 running: Callable[[], Iterator[str]], url: str = ""):
         self.path = state_dir / "syncd.db"
+        self.url = url
+        self._pg: Any = None  # (PgConnection, Reconnecting), opened at the first scrape
+        self._pg_lock = threading.Lock()
         self.tenants = tenants
         self.running = running
         # Counting acknowledged records reads every row of the acked tables (~170 ms at 100k
@@ -109,6 +114,9 @@ class StateCollector:
         return []  # names vary with the store; skip the registry's dry-run collect()
 
     def collect(self) -> Iterator[Metric]:
+        if self.url:
+            yield from self._collect_shared()
+            return
         up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2)
@@ -126,7 +134,30 @@ class StateCollector:
             conn.close()
         yield up
 
-    def _state(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+    def _collect_shared(self) -> Iterator[Metric]:
+        """:meth:`collect` on PostgreSQL. The metrics are gathered whole before any is yielded, so
+        that a scrape never holds the session's lock across the exposition."""
+        import psycopg
+
+        from syncd.lease import LeaseLost
+        from syncd.store import postgres
+
+        up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
+        gathered: list[Metric] = []
+        with self._pg_lock:
+            try:
+                if self._pg is None:
+                    self._pg = postgres.side_connection(self.url)
+                gathered = list(self._state(self._pg[0]))
+                up.add_metric([], 1)
+            except (psycopg.Error, LeaseLost) as exc:
+                log.warning("metrics.store_unreadable", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+                gathered = []
+                up.add_metric([], 0)
+        yield from gathered
+        yield up
+
+    def _state(self, conn: Any) -> Iterator[Metric]:
         configured = self.tenants()
         names = set(configured) | {r[0] for r in conn.execute("SELECT DISTINCT tenant FROM runs")}
         records = GaugeMetricFamily("syncd_records", "Objects the target acknowledged, by state (synced, "
@@ -196,7 +227,7 @@ class StateCollector:
         yield running
 
 
-    def _record_counts(self, conn: sqlite3.Connection) -> dict[str, dict[str, tuple[int, int, int]]]:
+    def _record_counts(self, conn: Any) -> dict[str, dict[str, tuple[int, int, int]]]:
         """Per entity and tenant: (acknowledged, disabled, tombstoned), recounted after each run."""
         fingerprint = conn.execute("SELECT count(*), max(finished_at) FROM runs").fetchone()
         if self._records and self._records[0] == fingerprint:

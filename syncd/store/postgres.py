@@ -77,6 +77,52 @@ def connect(url: str) -> Any:
         raise lease.LeaseLost(f"cannot reach the state database: {lease._reason(exc)}") from None
 
 
+class Reconnecting:
+    """A connection for the daemon's long-lived readers and writers outside a run (GG4L districts,
+    alert state, metrics): connects on first use and again after the server restarted or failed
+    over, so that one outage does not leave them broken for the daemon's life. Use it from one
+    thread at a time (its users hold a lock) and never for a run's state: that goes through the
+    run's lease (fencing).
+
+    A statement on a connection that broke mid-transaction fails (the transaction is gone with the
+    session); only the next statement, the caller's ROLLBACK, opens a new session.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+        self._guard = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._guard:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                self._conn = connect(self.url)
+            return self._conn
+
+    def in_transaction(self) -> bool:
+        import psycopg
+
+        conn = self._conn
+        return bool(conn is not None and not conn.closed
+                    and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        with self._guard:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+
+def side_connection(url: str) -> tuple[PgConnection, Reconnecting]:
+    """A :class:`PgConnection` (``?`` placeholders) over a :class:`Reconnecting` session."""
+    raw = Reconnecting(url)
+    return PgConnection(raw), raw
+
+
 @functools.cache
 def this_node() -> lease.Node:
     """This process, as every lease it takes names it (one token per process, not per store)."""
