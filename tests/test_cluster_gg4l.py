@@ -245,3 +245,87 @@ def test_metrics_and_healthz_read_and_write_the_shared_store(pg_database, tmp_pa
     assert state == "failed" and "cannot be reached" in problem and "s3cret-pw" not in problem
     down = StateCollector(tmp_path, lambda: {}, lambda: iter(()), dead)
     assert {m.name: m for m in down.collect()}["syncd_store_up"].samples[0].value == 0
+
+
+# --- two `syncd run` nodes with [gg4l] on one store ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_gg4l_nodes_reconcile_once_and_the_district_syncs_on_one_of_them(pg_database, tmp_path):
+    import itertools
+    import time
+
+    from test_daemon import Daemon
+    from test_web import free_port, get
+
+    from syncd.sandbox import Roster, expected_mapping
+    from syncd.sandbox.gg4l import send_webhook
+
+    def healthy(port: int) -> bool:
+        try:
+            return get(port, "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def wait(predicate, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            assert all(n.process.poll() is None for n in nodes), "a node exited"
+            time.sleep(0.1)
+
+    def count(event: str, node: Daemon) -> int:
+        return sum(e["event"] == event for e in node.events())
+
+    def runs() -> list[tuple]:
+        with psycopg.connect(pg_database) as conn:
+            return conn.execute("SELECT started_at, finished_at, status, pid, calls FROM runs WHERE tenant = %s "
+                                "ORDER BY started_at", (T1,)).fetchall()
+
+    with Gg4lSandbox() as box:
+        district = box.gg4l.add_district(G1, Roster.generate(seed=11, users=40, classes=4, enrollments=120))
+        nodes: list[Daemon] = []
+        ports = []
+        for i in range(2):
+            home = tmp_path / f"node{i}"
+            home.mkdir()
+            ports.append(free_port())
+            config = box.write_config(home / "syncd.toml", home / "state")
+            config.write_text(config.read_text() + f'\n[daemon.http]\nlisten = "127.0.0.1:{ports[-1]}"\n'
+                              f'\n[state]\nurl = "{pg_database}"\n')
+            nodes.append(Daemon(config, home))
+        try:
+            for port in ports:
+                wait(lambda port=port: healthy(port), "the listener")
+            wait(lambda: any(r[2] == "completed" for r in runs()), "the district's first sync")
+            wait(lambda: sum(count("gg4l.discovered", n) + count("gg4l.listed", n) for n in nodes) == 2,
+                 "both nodes' first discovery")
+            started = [period_start(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")), 3600)
+                       for n in nodes for e in n.events() if e["event"] in ("gg4l.discovered", "gg4l.listed")]
+            if len(set(started)) == 1:  # both in one discovery period (unless an hour turned in between)
+                assert sum(count("gg4l.discovered", n) for n in nodes) == 1
+            # The node that only listed got the district's secret all the same, and both scheduled it.
+            assert all(count("gg4l.scheduled", n) == 1 for n in nodes)
+            # A webhook to the node that only listed: it reconciles there and then.
+            lister = next((n for n in nodes if count("gg4l.listed", n)), nodes[1])
+            before = count("gg4l.discovered", lister)
+            assert send_webhook(f"http://127.0.0.1:{ports[nodes.index(lister)]}/webhooks/gg4l", G1,
+                                "standard").status == 200
+            wait(lambda: count("gg4l.discovered", lister) > before, "the webhook's discovery")
+            time.sleep(2)  # let a second node's job for the same district reach its gate
+        finally:
+            codes = [n.stop() for n in nodes]
+        assert codes == [0, 0]
+        history = runs()
+        assert history and all(r[1] is not None for r in history)
+        for earlier, later in itertools.pairwise(history):
+            assert earlier[1] <= later[0], f"two runs of the district at once: {earlier} {later}"
+        # GG4L had no new import after the first completed sync: the other node skipped the district
+        # (the synced data stamp is shared), or its run found the slot done, or sent nothing.
+        assert sum(r[4] or 0 for r in history[1:]) == 0
+        assert box.provision.snapshot() == expected_mapping(district.roster, {"student": "learner",
+                                                                               "teacher": "instructor"})
+        assert box.provision.duplicates() == 0
+        with psycopg.connect(pg_database) as conn:
+            events = [r[0] for r in conn.execute("SELECT event FROM district_events WHERE lower(guid) = %s", (G1,))]
+        assert events.count("gg4l.district_new") == 1, events
