@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -70,6 +71,9 @@ TENANT_NS = 0x53594E54
 CLUSTER_NS = 0x53594E43
 # Serialises the creation of the lease tables by nodes starting together (single-bigint form).
 SCHEMA_LOCK = 0x53594E445F534348
+
+# The test suite's short lease timeouts (Timeouts.configured); never set in production.
+TEST_TIMEOUTS_ENV = "SYNCD_TEST_LEASE_TIMEOUTS"
 
 MIN_SERVER_VERSION = 140000  # idle_session_timeout arrived in PostgreSQL 14
 
@@ -134,10 +138,20 @@ class Timeouts:
     tcp_user_timeout: float = 20.0
     connect: float = 10.0
     poll: float = 1.0
+    # After a run lost its lease (the database restarted or failed over, the node was cut off or
+    # frozen), the daemon tries the tenant again after this long (plus up to half as much, at random).
+    retry: float = 10.0
+
+    @classmethod
+    def configured(cls) -> Timeouts:
+        """The defaults above, or (tests only: a freeze in seconds, not minutes) the JSON object of
+        fields in ``$SYNCD_TEST_LEASE_TIMEOUTS``. No config key sets them: SPEC §11's 60 s holds."""
+        raw = os.environ.get(TEST_TIMEOUTS_ENV)
+        return cls(**json.loads(raw)) if raw else cls()
 
     def __post_init__(self) -> None:
         # A heartbeat slower than half the idle timeouts would let the server end a live holder's session.
-        if min(self.heartbeat, self.poll, self.statement, self.tcp_user_timeout, self.connect) <= 0:
+        if min(self.heartbeat, self.poll, self.statement, self.tcp_user_timeout, self.connect, self.retry) <= 0:
             raise ValueError("lease timeouts must be positive")
         if 2 * self.heartbeat > min(self.idle_session, self.idle_in_transaction):
             raise ValueError(f"the lease heartbeat ({self.heartbeat:g} s) must be at most half the idle timeouts "

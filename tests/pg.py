@@ -107,7 +107,7 @@ class PgServer:
                       "--locale=C.UTF-8", "--no-sync", "--no-instructions")
         options = " ".join([
             "-c listen_addresses=127.0.0.1", f"-c port={self.port}", f"-c unix_socket_directories={self.root}",
-            "-c max_connections=200",
+            "-c max_connections=400",
             *([] if self.durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]),
         ])
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
