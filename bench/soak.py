@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -186,23 +187,37 @@ def _invariants(box: Sandbox, db: Path, report: Report, hostiles: Hostiles | Non
     if not db.exists():  # killed before the state existed
         report.check("no duplicate in the target", box.provision.duplicates() == 0)
         return
-    with sqlite3.connect(db) as conn:
-        report.check("integrity_check", conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
-        report.check("no duplicate in the target", box.provision.duplicates() == 0)
-        target = box.provision
-        enrollment_sids = {e["sid"] for e in target.enrollments.values()}
-        missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
-        missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
-        missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
-        report.check("every acknowledged record is in the target", missing == 0,
-                     f"({missing} not)")
-        bad = 0
-        finished = conn.execute("SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL")
-        for summary, complete in finished:
-            if summary and not complete:
-                counts = json.loads(summary)["counts"]
-                bad += any(c.get("removed") for c in counts.values())
-        report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
+    # Read-only and closed before the next run: the harness must never be a writer (nor the last
+    # connection that checkpoints) of the file it judges.
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        _check_state(box, conn, report)
+    except sqlite3.DatabaseError as exc:
+        # Keep the evidence: a copy of the state as the check found it, named in the failure.
+        kept = db.parent.with_name(f"damaged-step-{report.steps}")
+        shutil.copytree(db.parent, kept, dirs_exist_ok=True)
+        report.check("integrity_check", False, f"({exc}; the state is kept in {kept})")
+    finally:
+        conn.close()
+
+
+def _check_state(box: Sandbox, conn: sqlite3.Connection, report: Report) -> None:
+    report.check("integrity_check", conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+    report.check("no duplicate in the target", box.provision.duplicates() == 0)
+    target = box.provision
+    enrollment_sids = {e["sid"] for e in target.enrollments.values()}
+    missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
+    missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
+    missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
+    report.check("every acknowledged record is in the target", missing == 0,
+                 f"({missing} not)")
+    bad = 0
+    finished = conn.execute("SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL")
+    for summary, complete in finished:
+        if summary and not complete:
+            counts = json.loads(summary)["counts"]
+            bad += any(c.get("removed") for c in counts.values())
+    report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
 
 
 def _pg_invariants(box: Sandbox, url: str, report: Report) -> None:

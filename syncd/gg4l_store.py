@@ -21,8 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from syncd.gg4l.lifecycle import District, Event
 from syncd.gg4l.webhook import Delivery
+
+log = structlog.get_logger("syncd.gg4l")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS districts (
@@ -182,6 +186,13 @@ class DistrictStore:
                     f"VALUES ({placeholders}) ON CONFLICT (guid) DO UPDATE SET {_UPDATES}",
                     (*(values[c] for c in _COLUMNS), _text(now)))
             self._events(events, now)
+            # A district that became purged loses its local roster in the same transaction: no
+            # moment (and no crash) leaves a purged district with its people still stored.
+            for event in events:
+                if event.event == "gg4l.district_purged":
+                    touched = self._purge(str(event.detail.get("tenant", "")), _text(now))
+                    log.warning("gg4l.roster_purged", tenant=event.detail.get("tenant"), rows=sum(touched.values()),
+                                kept="each object's key and sid, so that a district listed again keeps them")
 
     def mark_synced(self, guid: str, data_ts: datetime) -> None:
         """A completed sync of the data ready at ``data_ts``: the next run may skip if nothing moved."""
@@ -199,9 +210,12 @@ class DistrictStore:
         acknowledged, no breaker holds it.
         Run history (``runs``) stays as the audit trail. Returns the rows touched per table.
         """
-        stamp = _text(now or datetime.now(UTC))
-        touched: dict[str, int] = {}
         with self._lock, self._transaction():
+            return self._purge(tenant, _text(now or datetime.now(UTC)))
+
+    def _purge(self, tenant: str, stamp: str) -> dict[str, int]:
+        touched: dict[str, int] = {}
+        if tenant:
             for table, columns in self._tenant_tables():
                 if table.startswith("acked_") and {"body", "hash", "removed_at"} <= columns:
                     cursor = self.conn.execute(

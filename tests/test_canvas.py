@@ -120,8 +120,9 @@ def test_paging_survives_a_silent_per_page_cap_and_bookmarks(roster, tmp_path):
 
 @pytest.mark.parametrize("status", [403, 429])
 def test_throttling_is_survived_without_a_failed_run(roster, tmp_path, status):
-    # A small bucket: more than four requests in flight fill it up front.
-    with CanvasSandbox(roster, hwm=200.0, latency_s=0.02, throttle_status=status) as box:
+    # A small bucket: more than three requests in flight fill it up front. Answers slow enough that
+    # twelve workers overlap even on a loaded machine (at 20 ms they could run one after another).
+    with CanvasSandbox(roster, hwm=150.0, latency_s=0.1, throttle_status=status) as box:
         config = write(box, tmp_path, source_extra='mode = "api"\nconcurrency = 12\n')
         result = syncd(config, "sync", "stateu", "--json")
         assert result.returncode == 0, result.stderr[-2000:]

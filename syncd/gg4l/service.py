@@ -80,20 +80,14 @@ class Gg4lService:
     def poll(self) -> Result | None:
         """One discovery; a Partner API failure is logged and changes nothing.
 
-        A district that became ``purged`` has its local roster deleted here (keys and sids kept);
-        then every listener sees the result.
+        A district that became ``purged`` had its local roster deleted (keys and sids kept) in the
+        transaction that saved it (``DistrictStore.save``); then every listener sees the result.
         """
         try:
             result = self.discovery.run()
         except PartnerError as exc:
             log.error("gg4l.discovery_failed", error=str(exc))
             return None
-        for event in result.events:
-            if event.event == "gg4l.district_purged":
-                tenant = str(event.detail.get("tenant", ""))
-                touched = self.store.purge_roster(tenant)
-                log.warning("gg4l.roster_purged", tenant=tenant, rows=sum(touched.values()),
-                            kept="each object's key and sid, so that a district listed again keeps them")
         for listener in list(self.listeners):
             try:
                 listener(result)
