@@ -156,7 +156,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     gg4l = config.gg4l
     client = PartnerClient(gg4l.partner_url, gg4l.client_id, gg4l.client_secret, timeout_s=gg4l.timeout_s)
     try:
-        result = Discovery(client, districts, gg4l.rules()).run()
+        result = _cluster_wide(config, Discovery(client, districts, gg4l.rules()).run)
     except PartnerError as exc:
         sys.stderr.write(f"syncd: discovery failed: {exc}\n")
         return EXIT_FAILED
@@ -228,6 +228,19 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
         if service is not None:
             service.recorder.stop()
         store.close()
+
+
+def _cluster_wide(config: configuration.Config, discover: Any) -> Any:
+    """On PostgreSQL, a discovery from the command line reconciles under the cluster's discovery job,
+    never beside a daemon's (SPEC §11); on SQLite, directly."""
+    if not config.state_url:
+        return discover()
+    from syncd import lease
+    from syncd.gg4l.daemon_wiring import DISCOVERY_JOB, _stamp
+    from syncd.store import postgres
+
+    with lease.cluster_job(config.state_url, DISCOVERY_JOB, _stamp(datetime.now(UTC)), node=postgres.this_node()):
+        return discover()
 
 
 def _why_not(record: District, discovered: bool) -> str:

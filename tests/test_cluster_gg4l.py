@@ -329,3 +329,21 @@ def test_two_gg4l_nodes_reconcile_once_and_the_district_syncs_on_one_of_them(pg_
         with psycopg.connect(pg_database) as conn:
             events = [r[0] for r in conn.execute("SELECT event FROM district_events WHERE lower(guid) = %s", (G1,))]
         assert events.count("gg4l.district_new") == 1, events
+
+
+def test_the_gg4l_commands_read_and_reconcile_the_clusters_districts(box, pg_database, tmp_path):
+    from conftest import syncd
+
+    box.gg4l.add_district(G1)
+    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    config.write_text(config.read_text() + f'\n[state]\nurl = "{pg_database}"\n')
+    found = syncd(config, "gg4l", "discover", "--json")
+    assert found.returncode == 0, found.stderr[-2000:]
+    # The reconcile ran as the cluster's discovery job: a daemon's discovery this period is a listing.
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM slots WHERE kind = 'cluster' AND name = 'gg4l-discovery'"
+                            ).fetchone()[0] == 1
+    listed = syncd(config, "tenants", "--json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert [row["tenant"] for row in json.loads(listed.stdout) if row["origin"] == "gg4l"] == [T1]
+    assert not (tmp_path / "state" / "syncd.db").exists(), "nothing in a local SQLite file"
