@@ -16,9 +16,10 @@ Results are printed as Markdown and written to bench/results.md.
     --skip-slow   leave out the `--force` baseline and the RSS growth table (about half the time)
 
 ``--state-url URL`` (an empty PostgreSQL database it may fill, or ``throwaway`` for a server that
-tests/pg.py starts and removes) runs only the store comparison: the same roster synced on the SQLite
-file and on PostgreSQL (initial, no-change and 1 %-change resync), with the ratio, written to
-bench/postgres-results.md.
+tests/pg.py starts and removes, durable: fsync and synchronous_commit on) runs only the store
+comparison: the same roster synced on the SQLite file and on PostgreSQL (initial sync, then ``--rounds``
+interleaved no-change and 1 %-change resyncs; medians, wall and CPU time, the server's CPU too), with
+the ratios, written to bench/postgres-results.md.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def main() -> None:
     factor = 10 if args.quick else 1
     users, classes, enrollments = 20_000 // factor, 2_000 // factor, 100_000 // factor
     if args.state_url:
-        publish(compare_stores(args.state_url, users, classes, enrollments), "postgres-results.md", args.quick)
+        publish(compare_stores(args.state_url, users, classes, enrollments, args.rounds), "postgres-results.md",
+                args.quick)
         return
     lines = [f"# syncd benchmark ({datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} cores, "
              f"Python {sys.version.split()[0]})", ""]
@@ -273,48 +275,106 @@ def main() -> None:
     publish(report, "results.md", args.quick)
 
 
-def store_runs(url: str, users: int, classes: int, enrollments: int) -> dict[str, dict]:
-    """Initial, no-change and 1 %-change runs of one roster on one store ("" for SQLite)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        roster, box, config = scale(users, classes, enrollments, Path(tmp), concurrency="8")
+def server_cpu_s(data_dir: Path | None) -> float:
+    """CPU seconds of a local PostgreSQL server so far: the postmaster and every backend it has reaped
+    (a session's backend exits when syncd disconnects, and its time lands in the postmaster's
+    cutime/cstime). 0 for a server this machine cannot see (a remote URL)."""
+    if data_dir is None:
+        return 0.0
+    pid = (data_dir / "postmaster.pid").read_text().split()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class StoreBench:
+    """One roster synced on one store ("" for the SQLite file): its sandbox, config and runs."""
+
+    def __init__(self, url: str, users: int, classes: int, enrollments: int, workdir: Path,
+                 data_dir: Path | None) -> None:
+        self.url, self.data_dir = url, data_dir
+        workdir.mkdir()
+        self.roster, self.box, self.config = scale(users, classes, enrollments, workdir, concurrency="8")
         if url:
-            config.write_text(config.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n', encoding="utf-8")
-        with box:
-            first = run_syncd(config)
-            nochange = run_syncd(config)
-            before = expected_mapping(roster, ROLES)
-            roster.mutate(seed=1, fraction=0.01)
-            change = run_syncd(config)
-            change["minimum"] = minimal_calls(before, expected_mapping(roster, ROLES))
-    return {"initial sync": first, "no-change resync": nochange, "1 % change resync": change}
+            self.config.write_text(self.config.read_text(encoding="utf-8") + f'\n[state]\nurl = "{url}"\n',
+                                   encoding="utf-8")
+
+    def run(self) -> dict[str, Any]:
+        """One `syncd sync`: wall, CPU of the syncd process, CPU of the server, calls."""
+        server = server_cpu_s(self.data_dir)
+        result = measured([SYNCD, "--config", str(self.config), "sync", "lincoln", "--json"])
+        result["server_cpu_s"] = server_cpu_s(self.data_dir) - server
+        result["calls"] = json.loads(result["stdout"])["calls"]
+        return result
 
 
-def compare_stores(url: str, users: int, classes: int, enrollments: int) -> str:
+def compare_stores(url: str, users: int, classes: int, enrollments: int, rounds: int) -> str:
+    """The same roster on SQLite and on PostgreSQL: initial sync once, then ``rounds`` interleaved
+    no-change and 1 %-change resyncs (SQLite, then PostgreSQL, each round: a noisy neighbour slows both)."""
     import pg  # tests/pg.py
     import psycopg
 
     with contextlib.ExitStack() as stack:
+        data_dir = None
         if url == "throwaway":
-            url = stack.enter_context(pg.running()).create_database("bench")
+            # Durable, as a production server: fsync on, synchronous_commit on (every ack waits for the WAL).
+            server = stack.enter_context(pg.running(durable=True))
+            url, data_dir = server.create_database("bench"), server.data
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             busy = conn.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
+            settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN "
+                                         "('fsync', 'synchronous_commit', 'server_version')").fetchall())
         if busy:
             raise SystemExit("--state-url: the database already holds a syncd store; give an empty one")
-        sqlite = store_runs("", users, classes, enrollments)
-        postgres = store_runs(url, users, classes, enrollments)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stores = {"SQLite": StoreBench("", users, classes, enrollments, tmp / "sqlite", None),
+                  "PostgreSQL": StoreBench(url, users, classes, enrollments, tmp / "pg", data_dir)}
+        for bench in stores.values():
+            stack.enter_context(bench.box)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in stores}
+        for name, bench in stores.items():
+            runs[name]["initial sync"] = [bench.run()]
+        minimum = 0
+        for step in range(rounds):
+            for name, bench in stores.items():
+                runs[name].setdefault("no-change resync", []).append(bench.run())
+            before = expected_mapping(stores["SQLite"].roster, ROLES)
+            for name, bench in stores.items():
+                bench.roster.mutate(seed=100 + step, fraction=0.01)
+                runs[name].setdefault("1 % change resync", []).append(bench.run())
+            minimum = minimal_calls(before, expected_mapping(stores["SQLite"].roster, ROLES))
+        equal = {name: _target_ok(bench) for name, bench in stores.items()}
+    med = {name: {run: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s", "server_cpu_s")}
+                  | {"calls": rs[-1]["calls"], "n": len(rs)} for run, rs in by_run.items()}
+           for name, by_run in runs.items()}
     lines = [f"# SQLite and PostgreSQL state stores ({datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
              f"{os.cpu_count()} cores, Python {sys.version.split()[0]})", "",
-             f"{users:,} users / {classes:,} classes / {enrollments:,} enrollments, no latency, concurrency 8; "
-             "wall time of the whole `syncd sync` process (PostgreSQL on loopback).", "",
-             "| run | SQLite | PostgreSQL | ratio | calls (SQLite / PostgreSQL) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for name, on_sqlite in sqlite.items():
-        on_pg = postgres[name]
-        lines.append(f"| {name} | {on_sqlite['wall_s']:.2f} s | {on_pg['wall_s']:.2f} s | "
-                     f"{on_pg['wall_s'] / on_sqlite['wall_s']:.2f}x | "
-                     f"{on_sqlite['summary']['calls']:,} / {on_pg['summary']['calls']:,} |")
-    lines.append("")
+             f"{users:,} users / {classes:,} classes / {enrollments:,} enrollments, no latency, concurrency 8. "
+             f"PostgreSQL {settings.get('server_version', '?')} on loopback, fsync={settings.get('fsync')}, "
+             f"synchronous_commit={settings.get('synchronous_commit')} (every acknowledgement waits for its WAL "
+             f"flush); SQLite in WAL mode with synchronous=NORMAL, as syncd opens it. Resyncs are medians of "
+             f"{rounds} interleaved rounds (SQLite, then PostgreSQL, in each); the initial sync is one run. "
+             "Wall and CPU time of the whole `syncd sync` process; the server's CPU is its postmaster's and "
+             "reaped backends' (from /proc).", "",
+             "| run | SQLite wall | PostgreSQL wall | **wall ratio** | SQLite CPU | PostgreSQL CPU (syncd + server) "
+             "| CPU ratio | calls (SQLite / PostgreSQL / minimum) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run, on_sqlite in med["SQLite"].items():
+        on_pg = med["PostgreSQL"][run]
+        pg_cpu = on_pg["cpu_s"] + on_pg["server_cpu_s"]
+        least = f" / {minimum:,}" if run == "1 % change resync" else ""
+        lines.append(f"| {run} | {on_sqlite['wall_s']:.2f} s | {on_pg['wall_s']:.2f} s | "
+                     f"**{on_pg['wall_s'] / on_sqlite['wall_s']:.2f}x** | {on_sqlite['cpu_s']:.2f} s | "
+                     f"{pg_cpu:.2f} s ({on_pg['cpu_s']:.2f} + {on_pg['server_cpu_s']:.2f}) | "
+                     f"{pg_cpu / on_sqlite['cpu_s']:.2f}x | {on_sqlite['calls']:,} / {on_pg['calls']:,}{least} |")
+    lines += ["", "Targets equal to the expected mapping after the runs: "
+              + ", ".join(f"{name} {ok}" for name, ok in equal.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _target_ok(bench: StoreBench) -> bool:
+    target, expected = bench.box.provision.snapshot(), expected_mapping(bench.roster, ROLES)
+    return all(target[k].get(key) == v for k in expected for key, v in expected[k].items())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ invariants checked after every step.
 
     .venv/bin/python bench/soak.py                     # 500 steps (~10 minutes on 2 cores)
     .venv/bin/python bench/soak.py --steps 40 --seed 7 # the short form CI runs (tests/test_soak.py)
+    .venv/bin/python bench/soak.py --state-url throwaway   # the same schedule on PostgreSQL (SPEC §11)
 
 Faults, drawn per step: provision 5xx, 429 with and without Retry-After, responses lost after
 the write was applied, slow answers (a wider window for a kill in mid-push), source pages failing
@@ -12,7 +13,8 @@ one byte every half second, a refusal that echoes the token back), and
 ``kill -9`` of the sync process at a random moment (during the extract, during the push, between
 push and acknowledge). Invariants after every step:
 
-1. the SQLite file passes ``PRAGMA integrity_check``;
+1. the SQLite file passes ``PRAGMA integrity_check`` (on PostgreSQL: ``amcheck`` finds every
+   B-tree index of the state consistent with its table);
 2. no duplicate object in the target;
 3. every acknowledged record exists in the target (the target may be ahead of the state, after a
    kill between a call and its acknowledgement, never behind it);
@@ -20,13 +22,19 @@ push and acknowledge). Invariants after every step:
 5. every few steps, and at the end, once the faults stop, one clean run makes the target hold
    exactly the expected mapping, and the run after it sends nothing;
 6. nothing ever reached the other origin a redirect pointed to, and no secret (the target token,
-   the OAuth client secret) is in any output or in the state file;
+   the OAuth client secret) is in any output or in the state file (on PostgreSQL: in any row of any
+   table);
 7. every run ends within its bound (a drip is cut by the request deadline).
+
+``--state-url URL`` (an empty database, or ``throwaway``: a server tests/pg.py starts and removes)
+runs the same seeded schedule with the state in PostgreSQL (``[state] url``): a kill -9 then ends
+the run's lease session too, and the invariants read the same tables there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -166,9 +174,12 @@ def _sync(config: Path, report: Report, kill_after: float | None = None, secrets
     return json.loads(lines[0]) if lines else None
 
 
-def _invariants(box: Sandbox, db: Path, report: Report, hostiles: Hostiles | None = None) -> None:
+def _invariants(box: Sandbox, db: Path, report: Report, hostiles: Hostiles | None = None, url: str = "") -> None:
     if hostiles:
         report.check("nothing reached the origin a redirect pointed to", hostiles.elsewhere.seen == [])
+    if url:
+        _pg_invariants(box, url, report)
+        return
     if db.exists():
         state = b"".join(p.read_bytes() for p in db.parent.glob("syncd.db*"))
         report.check("no secret in the state file", box.provision.token.encode() not in state
@@ -209,6 +220,43 @@ def _check_state(box: Sandbox, conn: sqlite3.Connection, report: Report) -> None
     report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
 
 
+def _pg_invariants(box: Sandbox, url: str, report: Report) -> None:
+    """The invariants of :func:`_invariants`, on the PostgreSQL store."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT to_regclass('runs') IS NULL").fetchone()[0]:  # killed before the state existed
+            report.check("no duplicate in the target", box.provision.duplicates() == 0)
+            return
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        secrets = (box.provision.token, box.oneroster.client_secret)
+        leaked = sum(conn.execute(f'SELECT count(*) FROM "{t}" x WHERE strpos(x::text, %s) > 0 '
+                                  f'OR strpos(x::text, %s) > 0', secrets).fetchone()[0] for t in tables)
+        report.check("no secret in the state file", leaked == 0, f"({leaked} rows)")
+        indexes = [r[0] for r in conn.execute(
+            "SELECT c.oid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.amname = 'btree' AND n.nspname = 'public'")]
+        try:
+            for oid in indexes:
+                conn.execute("SELECT bt_index_check(%s::regclass, true)", (oid,))
+            report.check("integrity_check", True)
+        except psycopg.Error as exc:
+            report.check("integrity_check", False, f"({str(exc).splitlines()[0]})")
+        report.check("no duplicate in the target", box.provision.duplicates() == 0)
+        target = box.provision
+        enrollment_sids = {e["sid"] for e in target.enrollments.values()}
+        missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
+        missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
+        missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
+        report.check("every acknowledged record is in the target", missing == 0, f"({missing} not)")
+        bad = 0
+        for summary, complete in conn.execute(
+                "SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL").fetchall():
+            if summary and not complete:
+                bad += any(c.get("removed") for c in json.loads(summary)["counts"].values())
+        report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
+
+
 def _converges(box: Sandbox, config: Path, report: Report, hostiles: Hostiles | None = None) -> None:
     _clear(box)
     if hostiles:
@@ -224,7 +272,13 @@ def _converges(box: Sandbox, config: Path, report: Report, hostiles: Hostiles | 
                  f"(calls {second and second['calls']})")
 
 
-def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
+def soak(steps: int, seed: int, workdir: Path, check_every: int = 10, state_url: str = "") -> Report:
+    """The seeded schedule; with ``state_url`` (an empty PostgreSQL database) on the PostgreSQL store."""
+    if state_url:
+        import psycopg
+
+        with psycopg.connect(state_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # bt_index_check, the integrity check
     rng = random.Random(seed)
     report = Report()
     roster = Roster.generate(seed=seed, users=120, classes=12, enrollments=480)
@@ -233,7 +287,8 @@ def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
         hostiles = Hostiles(front, elsewhere)
         config = box.write_config(workdir / "syncd.toml", workdir / "state",
                                   target_extra="concurrency = 4\ntimeout_s = 2")
-        config.write_text(config.read_text().replace(box.target_url, front.url))
+        config.write_text(config.read_text().replace(box.target_url, front.url)
+                          + (f'\n[state]\nurl = "{state_url}"\n' if state_url else ""))
         secrets = (box.provision.token, box.oneroster.client_secret)
         db = workdir / "state" / "syncd.db"
         for step in range(1, steps + 1):
@@ -247,10 +302,10 @@ def soak(steps: int, seed: int, workdir: Path, check_every: int = 10) -> Report:
             _inject(rng, box, report, hostiles)
             kill_after = rng.uniform(0.05, 0.6) if rng.random() < 0.3 else None
             _sync(config, report, kill_after, secrets)
-            _invariants(box, db, report, hostiles)
+            _invariants(box, db, report, hostiles, state_url)
             if step % check_every == 0 or step == steps:
                 _converges(box, config, report, hostiles)
-                _invariants(box, db, report, hostiles)
+                _invariants(box, db, report, hostiles, state_url)
     return report
 
 
@@ -258,12 +313,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--state-url", default="", help="an empty PostgreSQL database, or 'throwaway'")
     args = parser.parse_args()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = soak(args.steps, args.seed, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        url = args.state_url
+        if url == "throwaway":
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            import pg  # tests/pg.py
+
+            url = stack.enter_context(pg.running()).create_database("soak")
+        report = soak(args.steps, args.seed, Path(tmp), state_url=url)
     print(report.markdown())
-    print(f"seed {args.seed} · {time.monotonic() - started:.0f} s")
+    print(f"seed {args.seed} · {'PostgreSQL' if args.state_url else 'SQLite'} · {time.monotonic() - started:.0f} s")
     raise SystemExit(1 if report.failures else 0)
 
 

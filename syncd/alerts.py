@@ -13,7 +13,8 @@ topic=alerts.GG4L)``, and ``notify_state(tenant, alerts.OK, "listed again", topi
 is over (the "recovered" message).
 
 :func:`notify_state` compares the new state with the last one alerted for (tenant, topic), kept
-in the state store (table ``alert_state``), and queues one message only when it changed: a tenant
+in the state store (table ``alert_state``; with ``[state] url`` the shared PostgreSQL one, so that
+the nodes of a cluster alert once between them), and queues one message only when it changed: a tenant
 that fails ten runs in a row gets one "failed" message (then one "degraded"), and one "recovered"
 when a run completes again. Messages go out from one background thread, each channel tried up
 to three times; a channel that fails is logged and never slows or fails a sync. The URLs may carry
@@ -73,9 +74,12 @@ class Message:
 class Alerts:
     """The dispatcher: state changes -> queued messages -> every configured channel."""
 
-    def __init__(self, config: Callable[[], AlertsConfig], state_dir: Path):
+    def __init__(self, config: Callable[[], AlertsConfig], state_dir: Path, url: str = ""):
         self.config = config
         self.path = state_dir / "syncd.db"
+        self.url = url  # the PostgreSQL store shared by the cluster; "" for the SQLite file
+        self._pg: Any = None  # (PgConnection, Reconnecting) on PostgreSQL, opened on first use
+        self._pg_lock = threading.Lock()
         self.queue: queue.Queue[Message | None] = queue.Queue(QUEUE_LIMIT)
         self._thread = threading.Thread(target=self._worker, name="alerts", daemon=True)
         self.stopping = threading.Event()
@@ -131,6 +135,8 @@ class Alerts:
         return self.send(f"syncd: {title}", body)
 
     def _swap_state(self, tenant: str, topic: str, state: str, detail: str) -> tuple[str, str] | None:
+        if self.url:
+            return self._swap_shared(tenant, topic, state, detail)
         conn = sqlite3.connect(self.path, timeout=60)
         try:
             # The common case, the same state as last time, is one read and no write lock.
@@ -151,6 +157,45 @@ class Alerts:
         finally:
             conn.close()
         return (row[0], row[1]) if row else None
+
+    def _swap_shared(self, tenant: str, topic: str, state: str, detail: str) -> tuple[str, str] | None:
+        """``_swap_state`` on PostgreSQL. Two nodes may report the same change at once (a GG4L
+        district's state, read by every node): a transaction-scoped advisory lock on (tenant, topic)
+        makes the read-compare-write atomic, so exactly one of them sees the change and alerts."""
+        from syncd import lease
+        from syncd.store import postgres
+
+        with self._pg_lock:
+            if self._pg is None:
+                self._pg = postgres.side_connection(self.url)
+            conn = self._pg[0]
+            select = "SELECT state, changed_at FROM alert_state WHERE tenant = ? AND topic = ?"
+            row = conn.execute(select, (tenant, topic)).fetchone()
+            if row and row[0] == state:
+                return row[0], row[1]
+            conn.execute("BEGIN")
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(?, ?)",
+                             (lease.CLUSTER_NS, lease.lock_key(f"alert:{topic}:{tenant}")))
+                row = conn.execute(select, (tenant, topic)).fetchone()
+                if row is None or row[0] != state:
+                    conn.execute("INSERT INTO alert_state (tenant, topic, state, detail, changed_at) "
+                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, topic) DO UPDATE SET "
+                                 "state = excluded.state, detail = excluded.detail, changed_at = excluded.changed_at",
+                                 (tenant, topic, state, logs.redact(detail)[:2000], utcnow()))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.execute("ROLLBACK")
+                raise
+        return (row[0], row[1]) if row else None
+
+    def close(self) -> None:
+        """Close the PostgreSQL session (the SQLite path opens one per change)."""
+        with self._pg_lock:
+            if self._pg is not None:
+                self._pg[1].close()
+                self._pg = None
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -212,12 +257,19 @@ def deliver(urls: tuple[str, ...], message: Message, stopping: threading.Event |
 # --- the daily digest ------------------------------------------------------------------------
 
 
-def digest(state_dir: Path, tenants: list[str], now: datetime | None = None) -> Message:
+def digest(state_dir: Path, tenants: list[str], now: datetime | None = None, url: str = "") -> Message:
     """Per tenant, the last 24 hours: runs by status, changes pushed, record errors; and now:
-    records in escrow, objects held, and any alerted state that is not ok."""
+    records in escrow, objects held, and any alerted state that is not ok. Read from the SQLite
+    file, or with ``url`` from the PostgreSQL store (every node's runs)."""
     now = now or datetime.now(UTC)
     since = (now - timedelta(days=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    conn = sqlite3.connect(f"file:{state_dir / 'syncd.db'}?mode=ro", uri=True, timeout=10)
+    if url:
+        from syncd.store import postgres
+
+        session = postgres.connect(url)
+        conn: Any = postgres.PgConnection(lambda: session)
+    else:
+        conn = sqlite3.connect(f"file:{state_dir / 'syncd.db'}?mode=ro", uri=True, timeout=10)
     try:
         names = sorted(set(tenants) | {r[0] for r in conn.execute(
             "SELECT DISTINCT tenant FROM runs WHERE started_at >= ?", (since,))})
@@ -229,7 +281,23 @@ def digest(state_dir: Path, tenants: list[str], now: datetime | None = None) -> 
     return Message(f"syncd: daily summary, {len(names)} tenant(s)", "\n\n".join(lines) or "No tenant.")
 
 
-def _tenant_digest(conn: sqlite3.Connection, tenant: str, since: str) -> str:
+def digest_once(url: str, slot: str, build: Callable[[], Message], send: Callable[[str, str], bool]) -> bool:
+    """In a cluster, the digest of ``slot`` (its day) is sent by one node: the first to take the
+    cluster's ``digest`` job; the others wait for it, find the day done and send nothing. A node that
+    dies before it is sent leaves the day to the next one. True when this node sent it."""
+    from syncd import lease
+    from syncd.store import postgres
+
+    with lease.cluster_job(url, "digest", slot, node=postgres.this_node(), done_as=slot) as held:
+        if held is None:
+            log.info("alerts.digest_sent_elsewhere", day=slot)
+            return False
+        message = build()
+        send(message.title, message.body)
+        return True
+
+
+def _tenant_digest(conn: Any, tenant: str, since: str) -> str:
     import json
 
     statuses: dict[str, int] = {}

@@ -37,7 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd import alerts as alerting
 from syncd import config as configuration
-from syncd import engine, http, lock, logs, schedule
+from syncd import engine, http, lease, lock, logs, schedule
 from syncd.notify import notify, watchdog_interval_s
 from syncd.startup import warn_if_exposed
 from syncd.store import Store
@@ -67,7 +67,7 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(workers), "housekeeping": ThreadPoolExecutor(1)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S},
         )
-        self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir)
+        self.alerts = alerting.Alerts(lambda: self.config.alerts, config.daemon.state_dir, config.state_url)
         self.metrics: Any = None  # syncd.metrics.Metrics while the listener serves
         self.listener: Any = None
         self.gg4l: Any = None  # syncd.gg4l.daemon_wiring.Gg4lDaemon with [gg4l]
@@ -143,6 +143,7 @@ class Daemon:
         if self.gg4l is not None:
             self.gg4l.stop()
         self.alerts.stop(timeout=min(10.0, self.config.daemon.stop_timeout_s))
+        self.alerts.close()
 
     def health_problems(self) -> list[str]:
         """Why the daemon is not healthy (for /healthz), besides the state store."""
@@ -194,7 +195,7 @@ class Daemon:
         finally:
             store.close()
 
-    def _job(self, name: str, requested: bool = False) -> None:
+    def _job(self, name: str, slot: str | None = None, requested: bool = False) -> None:
         """One scheduled (or, ``requested``, signalled) run. Whatever it raises, the daemon lives on."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(tenant=name)
@@ -207,7 +208,8 @@ class Daemon:
         # This job's slot: on PostgreSQL every node schedules every tenant, and the first to hold the
         # tenant's lease runs the slot; a node that gets the lease after it skips it (SPEC §11).
         # A node that dies mid-run never marks its slot done, so a node waiting for the lease runs it.
-        slot = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        slot = slot or datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        lost = False  # the run (or the wait for it) lost the database: try the slot again soon
         try:
             store = Store.open(self.config.daemon.state_dir, self.config.state_url)
             try:
@@ -228,8 +230,7 @@ class Daemon:
                     finally:
                         self._observe(tenant, store, summary, probe)
                         self._mark(name, running=False)
-                        if held is not None and held.alive:  # a failed run is done too: no re-run elsewhere
-                            held.mark_done(slot)
+                        lost = held is not None and not self._slot_done(held, slot)
             finally:
                 store.close()
             if after is not None:
@@ -237,11 +238,39 @@ class Daemon:
             log.info("daemon.run_done", status=summary["status"], run_id=summary["run_id"])
         except lock.Busy:
             return  # stopped while another process held the tenant
-        except Exception:
-            # engine.run has already recorded its run as failed when it got that far.
-            log.exception("daemon.job_failed")
+        except Exception as exc:
+            lost = lost or _lost_database(exc)
+            if lost:  # the lease's session ended under the run: its writes failed, nothing half-done
+                log.warning("daemon.lease_lost", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+            else:  # engine.run has already recorded its run as failed when it got that far.
+                log.exception("daemon.job_failed")
         finally:
+            if lost and not self.stopping.is_set():
+                self._retry(name, slot)
             structlog.contextvars.clear_contextvars()
+
+    @staticmethod
+    def _slot_done(held: Any, slot: str) -> bool:
+        """Mark the slot done on the lease's session; False when that session is gone (the run was
+        cut short by a lost lease and must run again). A failed run is done too: no re-run elsewhere."""
+        if not held.alive:
+            return False
+        try:
+            held.mark_done(slot)
+        except Exception:  # noqa: BLE001 - the session ended between the check and the write
+            return False
+        return True
+
+    def _retry(self, name: str, slot: str) -> None:
+        """Run the tenant's slot again soon on this node (SPEC §11: a database restart or failover ends
+        every run): whichever node takes the lease first runs it, the others find it done."""
+        import random
+
+        delay = lease.Timeouts.configured().retry
+        delay += random.uniform(0, delay / 2)  # spreading retries, not a secret
+        log.info("daemon.retry_scheduled", slot=slot, in_s=round(delay, 1))
+        self.scheduler.add_job(self._job, DateTrigger(datetime.now(UTC) + timedelta(seconds=delay)),
+                               args=[name, slot], id=f"retry:{name}", replace_existing=True)
 
     def _probe(self, tenant: configuration.TenantConfig) -> Any:
         """With metrics on, a metered source and client for engine.run (they count what they did)."""
@@ -279,11 +308,18 @@ class Daemon:
 
         zone = ZoneInfo(self.config.alerts.time_zone) if self.config.alerts.time_zone else tzlocal.get_localzone()
         self.scheduler.add_job(self._digest, CronTrigger(hour=when[0], minute=when[1], timezone=zone), id="digest",
-                               executor="housekeeping", misfire_grace_time=3600)
+                               executor="housekeeping", misfire_grace_time=3600, args=[zone])
         log.info("alerts.digest_scheduled", at=f"{when[0]:02d}:{when[1]:02d}", time_zone=str(zone))
 
-    def _digest(self) -> None:
-        message = alerting.digest(self.config.daemon.state_dir, list(self.config.tenants))
+    def _digest(self, zone: Any = UTC) -> None:
+        def build() -> alerting.Message:
+            return alerting.digest(self.config.daemon.state_dir, list(self.config.tenants), url=self.config.state_url)
+
+        if self.config.state_url:  # one node of the cluster sends the day's digest (SPEC §11)
+            alerting.digest_once(self.config.state_url, datetime.now(zone).strftime("%Y-%m-%d"), build,
+                                 self.alerts.send)
+            return
+        message = build()
         self.alerts.send(message.title, message.body)
 
     def _mark(self, name: str, running: bool) -> None:
@@ -314,7 +350,8 @@ class Daemon:
                 if pending.id.startswith(f"now:{name}:"):
                     pending.remove()
             self._signals += 1
-            self.scheduler.add_job(self._job, DateTrigger(now), args=[name, True], id=f"now:{name}:{self._signals}",
+            self.scheduler.add_job(self._job, DateTrigger(now), args=[name], kwargs={"requested": True},
+                                   id=f"now:{name}:{self._signals}",
                                    misfire_grace_time=None)
 
     def _reload(self) -> None:
@@ -379,6 +416,17 @@ class Daemon:
             return "idle"
         when, name = min(upcoming)
         return f"idle; next: {name} at {when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _lost_database(exc: BaseException) -> bool:
+    """A run or a wait for the lease ended because the state database went away (cluster mode)."""
+    if isinstance(exc, lease.LeaseLost):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # no cluster extra: SQLite only
+        return False
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def _iso(value: datetime | None) -> str | None:

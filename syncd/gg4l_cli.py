@@ -55,6 +55,9 @@ def _setup(args: argparse.Namespace) -> tuple[configuration.Config, Any]:
     from syncd.store import Store
 
     config = cli._load(args)
+    if config.state_url:  # the cluster's districts, in the shared PostgreSQL store (SPEC §11)
+        districts = DistrictStore.for_state(config.daemon.state_dir, config.state_url)
+        return config, (districts, districts)
     store = Store.open(config.daemon.state_dir)
     return config, (store, DistrictStore(store.conn))
 
@@ -153,7 +156,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     gg4l = config.gg4l
     client = PartnerClient(gg4l.partner_url, gg4l.client_id, gg4l.client_secret, timeout_s=gg4l.timeout_s)
     try:
-        result = Discovery(client, districts, gg4l.rules()).run()
+        result = _cluster_wide(config, Discovery(client, districts, gg4l.rules()).run)
     except PartnerError as exc:
         sys.stderr.write(f"syncd: discovery failed: {exc}\n")
         return EXIT_FAILED
@@ -198,13 +201,11 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
     from syncd import cli
     from syncd.gg4l.service import Gg4lService
     from syncd.gg4l_store import DistrictStore
-    from syncd.store import DB_NAME, Store
 
     wanted = [n for n in names if n not in config.tenants]
     if not wanted or config.gg4l is None:
         return config
-    Store.open(config.daemon.state_dir).close()
-    store = DistrictStore.open(str(config.daemon.state_dir / DB_NAME))
+    store = DistrictStore.for_state(config.daemon.state_dir, config.state_url)
     service = None
     try:
         # Discovery first: a district GG4L lists but no daemon has seen yet is a tenant all the same.
@@ -229,6 +230,19 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
         store.close()
 
 
+def _cluster_wide(config: configuration.Config, discover: Any) -> Any:
+    """On PostgreSQL, a discovery from the command line reconciles under the cluster's discovery job,
+    never beside a daemon's (SPEC §11); on SQLite, directly."""
+    if not config.state_url:
+        return discover()
+    from syncd import lease
+    from syncd.gg4l.daemon_wiring import DISCOVERY_JOB, _stamp
+    from syncd.store import postgres
+
+    with lease.cluster_job(config.state_url, DISCOVERY_JOB, _stamp(datetime.now(UTC)), node=postgres.this_node()):
+        return discover()
+
+
 def _why_not(record: District, discovered: bool) -> str:
     if not discovered:
         return f"{record.tenant}: the GG4L Partner API did not answer, so the district's secret is unknown; try again"
@@ -249,9 +263,10 @@ def status_rows(config: configuration.Config) -> list[dict[str, Any]]:
     from syncd.store import DB_NAME
 
     path = config.daemon.state_dir / DB_NAME
-    if not path.exists():
+    if not path.exists() and not config.state_url:
         return []
-    store = DistrictStore.open(str(path))
+    store = DistrictStore.for_state(config.daemon.state_dir, config.state_url) if config.state_url \
+        else DistrictStore.open(str(path))
     try:
         now = datetime.now(UTC)
         rows = []

@@ -1,9 +1,12 @@
-"""District state in SQLite: the ``districts`` table, their audit events and the webhook deliveries.
+"""District state: the ``districts`` table, their audit events and the webhook deliveries.
 
-A small class over a ``sqlite3`` connection, so that the state store can wire it in as it likes
-(``migrate`` is idempotent). It never stores a district's client secret: there is no column for
-it, and ``token_ref`` only ever holds a secret *reference* (``env:``, ``file:``, ``credential:``).
-One lock serialises writers of this object; SQLite's own locking covers other processes.
+A small class over a ``sqlite3`` connection to the state file, or, with ``[state] url``, over a
+connection to the shared PostgreSQL store (``pg_schema``'s ``pg002_gg4l`` twin of :data:`SCHEMA`),
+so that every node of a cluster sees the same districts (:meth:`DistrictStore.for_state`). The SQL
+is the same on both (``?`` placeholders, ``ON CONFLICT … DO UPDATE``, ``RETURNING``). It never
+stores a district's client secret: there is no column for it, and ``token_ref`` only ever holds a
+secret *reference* (``env:``, ``file:``, ``credential:``). One lock serialises writers of this
+object; the database's own locking covers other processes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -99,11 +103,16 @@ def _time(text: str | None) -> datetime | None:
 class DistrictStore:
     """Districts, their events and the webhook deliveries over one connection."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: Any, session: Any = None):
+        """``conn``: a sqlite3 connection (the tables are created if missing), or a
+        :class:`syncd.store.postgres.PgConnection` over ``session``, a
+        :class:`syncd.store.postgres.Reconnecting` (the migrations made the tables)."""
         self.conn = conn
+        self._session = session
         self._lock = threading.RLock()
-        with self._lock:
-            migrate(conn)
+        if session is None:
+            with self._lock:
+                migrate(conn)
 
     @classmethod
     def open(cls, path: str) -> DistrictStore:
@@ -112,8 +121,30 @@ class DistrictStore:
         conn.execute("PRAGMA busy_timeout=30000")
         return cls(conn)
 
+    @classmethod
+    def for_state(cls, state_dir: Path, url: str = "") -> DistrictStore:
+        """The districts of the state store: the SQLite file in ``state_dir`` (created owner-only and
+        migrated first), or the PostgreSQL store at ``url`` shared by every node (migrated first)."""
+        from syncd.store import DB_NAME, Store
+
+        Store.open(state_dir, url).close()
+        if not url:
+            return cls.open(str(state_dir / DB_NAME))
+        from syncd.store import postgres
+
+        conn, session = postgres.side_connection(url)
+        return cls(conn, session)
+
+    @property
+    def shared(self) -> bool:
+        """True on the PostgreSQL store (every node reads and writes the same districts)."""
+        return self._session is not None
+
     def close(self) -> None:
-        self.conn.close()
+        if self._session is not None:
+            self._session.close()
+        else:
+            self.conn.close()
 
     # --- districts -----------------------------------------------------------------------
 
@@ -200,6 +231,13 @@ class DistrictStore:
 
     def _tenant_tables(self) -> list[tuple[str, set[str]]]:
         """Every table with a ``tenant`` column and its columns (exam tables included when present)."""
+        if self.shared:
+            found: dict[str, set[str]] = {}
+            for table, column in self.conn.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema()").fetchall():
+                found.setdefault(table, set()).add(column)
+            return sorted((t, c) for t, c in found.items() if "tenant" in c)
         names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         out = []
         for name in names:
@@ -238,7 +276,7 @@ class DistrictStore:
             cursor = self.conn.execute(
                 "INSERT INTO district_webhooks (guid, guid_key, mode, first_received_at, last_received_at, "
                 "remote_addr, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (guid_key, mode) DO UPDATE SET deliveries = deliveries + 1, "
+                "ON CONFLICT (guid_key, mode) DO UPDATE SET deliveries = district_webhooks.deliveries + 1, "
                 "last_received_at = excluded.last_received_at RETURNING deliveries",
                 (delivery.guid, delivery.guid.lower(), delivery.mode, stamp, stamp, delivery.remote_addr[:64],
                  delivery.body_sha256))
@@ -272,10 +310,10 @@ class DistrictStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """One transaction, unless the caller already holds one (then it commits)."""
-        if self.conn.in_transaction:
+        if self._session.in_transaction() if self._session is not None else self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("BEGIN" if self._session is not None else "BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:

@@ -7,7 +7,8 @@ Two kinds, by where the truth lives:
   start at zero with the process, as Prometheus counters do (``rate()`` handles the reset).
 - **State**, read from the state store at scrape time by :class:`StateCollector`: records per
   entity and state, escrow, held objects, last success, degraded. They survive a restart and
-  count what ``syncd sync`` did from the CLI too.
+  count what ``syncd sync`` did from the CLI too; with ``[state] url`` they are the cluster's
+  (every node's runs, read from the shared PostgreSQL store), while the counters stay this node's.
 
 Every name starts with ``syncd_``; ``tenant`` is the only label whose values grow with the install.
 """
@@ -94,12 +95,15 @@ def exposition(daemon: Any, accept: str) -> tuple[bytes, str]:
 
 
 class StateCollector:
-    """Reads the state store (read-only, WAL: never blocks a run) each time Prometheus scrapes."""
+    """Reads the state store (read-only, WAL: never blocks a run) each time Prometheus scrapes; with
+    ``url``, the PostgreSQL store, on one session kept (and reopened after an outage) between scrapes."""
 
     def __init__(self, state_dir: Path, tenants: Callable[[], dict[str, TenantConfig]],
                  running: Callable[[], Iterator[str]], url: str = ""):
         self.path = state_dir / "syncd.db"
-        self.url = url  # [state] url: the same queries on the PostgreSQL store
+        self.url = url
+        self._pg: Any = None  # (PgConnection, Reconnecting), opened at the first scrape
+        self._pg_lock = threading.Lock()
         self.tenants = tenants
         self.running = running
         # Counting acknowledged records reads every row of the acked tables (~170 ms at 100k
@@ -110,10 +114,10 @@ class StateCollector:
         return []  # names vary with the store; skip the registry's dry-run collect()
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
         if self.url:
-            yield from self._collect_pg(up)
+            yield from self._collect_shared()
             return
+        up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2)
         except sqlite3.Error:
@@ -130,25 +134,27 @@ class StateCollector:
             conn.close()
         yield up
 
-    def _collect_pg(self, up: GaugeMetricFamily) -> Iterator[Metric]:
+    def _collect_shared(self) -> Iterator[Metric]:
+        """:meth:`collect` on PostgreSQL. The metrics are gathered whole before any is yielded, so
+        that a scrape never holds the session's lock across the exposition."""
         import psycopg
 
-        from syncd.store.postgres import PgConnection
+        from syncd.lease import LeaseLost
+        from syncd.store import postgres
 
-        try:
-            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=2, application_name="syncd-metrics")
-        except psycopg.Error:
-            up.add_metric([], 0)
-            yield up
-            return
-        try:
-            yield from self._state(PgConnection(lambda: raw))
-            up.add_metric([], 1)
-        except psycopg.Error as exc:
-            log.warning("metrics.store_unreadable", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            up.add_metric([], 0)
-        finally:
-            raw.close()
+        up = GaugeMetricFamily("syncd_store_up", "1 when the state store could be read for this scrape")
+        gathered: list[Metric] = []
+        with self._pg_lock:
+            try:
+                if self._pg is None:
+                    self._pg = postgres.side_connection(self.url)
+                gathered = list(self._state(self._pg[0]))
+                up.add_metric([], 1)
+            except (psycopg.Error, LeaseLost) as exc:
+                log.warning("metrics.store_unreadable", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+                gathered = []
+                up.add_metric([], 0)
+        yield from gathered
         yield up
 
     def _state(self, conn: Any) -> Iterator[Metric]:

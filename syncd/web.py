@@ -185,8 +185,7 @@ def healthz(request: Request) -> Response:
     """200 while the scheduler runs and the store takes a write; 503 with the reasons otherwise."""
     daemon = request.context
     problems = list(daemon.health_problems())
-    url = daemon.config.state_url
-    store, problem = pg_write_check(url) if url else store_write_check(daemon.config.daemon.state_dir)
+    store, problem = store_write_check(daemon.config.daemon.state_dir, daemon.config.state_url)
     if problem:
         problems.append(problem)
     body: dict[str, Any] = {"status": "ok" if not problems else "unavailable", "store": store,
@@ -196,10 +195,13 @@ def healthz(request: Request) -> Response:
     return json_response(503 if problems else 200, body)
 
 
-def store_write_check(state_dir: Path) -> tuple[str, str | None]:
+def store_write_check(state_dir: Path, url: str = "") -> tuple[str, str | None]:
     """("writable", None) when one small write transaction commits; ("busy", None) when another
     writer holds the lock (a run staging a page, a CLI sync: the store works, someone is using it);
-    ("failed", why) when SQLite refuses the write (read-only, disk full, I/O error, corrupt file)."""
+    ("failed", why) when SQLite refuses the write (read-only, disk full, I/O error, corrupt file),
+    or, with ``url``, when the shared PostgreSQL store cannot be reached or written."""
+    if url:
+        return shared_write_check(url)
     path = state_dir / "syncd.db"
     if not path.exists():
         return "failed", f"state store {path} does not exist"
@@ -224,23 +226,34 @@ def store_write_check(state_dir: Path) -> tuple[str, str | None]:
     return "writable", None
 
 
-def pg_write_check(url: str) -> tuple[str, str | None]:
-    """:func:`store_write_check` on the PostgreSQL store (``[state] url``): the same heartbeat row,
-    "busy" when another node's heartbeat holds it past the lock timeout."""
+def shared_write_check(url: str) -> tuple[str, str | None]:
+    """:func:`store_write_check` on PostgreSQL: a session of its own (so the answer says whether a
+    run could reach the database now), one upsert of the heartbeat row, each step bounded by
+    ``HEALTH_LOCK_TIMEOUT_S`` (a statement, twice that); "busy" when another node's check holds the
+    row past that."""
     import psycopg
 
     from syncd.lease import _reason
+    from syncd.store import utcnow
 
+    wait_ms = str(int(HEALTH_LOCK_TIMEOUT_S * 1000))
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(HEALTH_LOCK_TIMEOUT_S)),
-                             application_name="syncd-healthz") as conn:
-            conn.execute(f"SET lock_timeout = {int(HEALTH_LOCK_TIMEOUT_S * 1000)}")
-            conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, to_char(now() AT TIME ZONE 'UTC', "
-                         "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(HEALTH_LOCK_TIMEOUT_S)),
+                               application_name="syncd:healthz")
+    except psycopg.Error as exc:
+        return "failed", f"state store cannot be reached: {_reason(exc)}"
+    try:
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                         (wait_ms, str(2 * int(wait_ms))))
+            conn.execute("INSERT INTO heartbeat (id, at) VALUES (1, %s) "
+                         "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (utcnow(),))
     except psycopg.errors.LockNotAvailable:
         return "busy", None
     except psycopg.Error as exc:
         return "failed", f"state store is not writable: {_reason(exc)}"
+    finally:
+        conn.close()
     return "writable", None
 
 

@@ -3,8 +3,8 @@
 ``initdb`` refuses to run as root, so as root the server runs as the ``postgres`` user that
 Debian's package creates (its data directory is handed to that user); otherwise as ourselves.
 The server is trust-authenticated and listens only on loopback, never on the default port, and
-``stop()`` removes every file it made. ``fsync`` is off: a crash of the test server loses
-nothing we keep.
+``stop()`` removes every file it made. ``fsync`` is off (unless ``durable``, for the benchmarks):
+a crash of the test server loses nothing we keep.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def free_port() -> int:
 class PgServer:
     """One PostgreSQL cluster in a temp dir. ``start`` → ``url()`` → ``stop``."""
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, durable: bool = False) -> None:
+        # durable: fsync and synchronous_commit on, as a production server (the benchmarks).
+        self.durable = durable
         found = bindir or find_bindir()
         if found is None:
             raise RuntimeError(missing_reason() or "no PostgreSQL binaries")
@@ -105,7 +107,8 @@ class PgServer:
                       "--locale=C.UTF-8", "--no-sync", "--no-instructions")
         options = " ".join([
             "-c listen_addresses=127.0.0.1", f"-c port={self.port}", f"-c unix_socket_directories={self.root}",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off", "-c max_connections=200",
+            "-c max_connections=400",
+            *([] if self.durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]),
         ])
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         return self
@@ -153,9 +156,9 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def running() -> Iterator[PgServer]:
+def running(durable: bool = False) -> Iterator[PgServer]:
     """A started server, stopped and removed at the end whatever happens."""
-    server = PgServer()
+    server = PgServer(durable=durable)
     try:
         yield server.start()
     finally:

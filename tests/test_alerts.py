@@ -27,7 +27,6 @@ from syncd.sandbox import Fault
 from syncd.store import Store
 
 # alerts.py keeps its alert state and reads the digest in the SQLite file, whatever [state] url says.
-ALERTS_GAP = pytest.mark.postgresql_gap("alerts.py's alert_state and digest use the SQLite file, not [state] url")
 
 
 def free_port() -> int:
@@ -135,7 +134,6 @@ def wait(predicate, timeout: float = 30, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@ALERTS_GAP
 def test_one_message_per_state_change_and_one_on_recovery(sandbox, tmp_path, mailbox, hook, start_daemon):
     state = tmp_path / "state"
     config = with_alerts(sandbox.write_config(tmp_path / "syncd.toml", state), mailbox.url, hook.url)
@@ -177,7 +175,6 @@ def test_one_message_per_state_change_and_one_on_recovery(sandbox, tmp_path, mai
     assert len(hook.received) == 3 and len(mailbox.messages) == 3
 
 
-@ALERTS_GAP
 def test_held_and_credential_states_alert_once_each_across_restarts(tmp_path, hook):
     """The state machine against a real store: the daemon's Alerts, restarted between calls."""
     store = Store.open(tmp_path / "state", state_store.url_of(tmp_path / "state"))
@@ -216,7 +213,6 @@ def test_held_and_credential_states_alert_once_each_across_restarts(tmp_path, ho
     assert len(hook.received) == 4
 
 
-@ALERTS_GAP
 def test_a_channel_that_is_down_neither_slows_nor_fails_a_sync(sandbox, tmp_path, hook, start_daemon):
     state = tmp_path / "state"
     down = f"json://127.0.0.1:{free_port()}/"  # nothing listens there
@@ -257,7 +253,6 @@ def test_alerts_test_sends_one_message_to_every_channel(sandbox, tmp_path, mailb
     assert result.returncode == 2 and "no [alerts] urls" in result.stderr
 
 
-@ALERTS_GAP
 def test_the_daily_digest_sums_up_each_tenant(sandbox, config, tmp_path):
     assert syncd(config, "sync", "lincoln", "--json").returncode == 0
     assert syncd(config, "sync", "lincoln", "--json").returncode == 0
@@ -281,7 +276,6 @@ def test_the_daemon_schedules_the_digest(sandbox, tmp_path, hook, start_daemon):
     assert daemon.stop() == 0
 
 
-@ALERTS_GAP
 def test_a_held_tenant_alerts_once_with_the_approve_command_then_recovers(sandbox, tmp_path, hook, start_daemon):
     state = tmp_path / "state"
     config = with_alerts(sandbox.write_config(tmp_path / "syncd.toml", state), hook.url)

@@ -243,8 +243,6 @@ def test_bad_webhooks_are_refused_and_duplicates_create_nothing_twice(gg4l):
 # --- a district's life: rotation, expiry, revocation, purge, restore ------------------------
 
 
-@pytest.mark.postgresql_gap("a purge deletes the district's roster from the node's SQLite file only "
-                            "(gg4l_store.purge_roster), not from the PostgreSQL store")
 def test_rotation_expiry_revocation_purge_and_restore_with_the_old_sids(gg4l):
     setup = gg4l()
     box, state = setup.box, setup.state

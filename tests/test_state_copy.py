@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from conftest import summary, syncd
 
-from syncd import pg_schema, state_copy
+from syncd import gg4l_store, pg_schema, state_copy
 from syncd.model import canonical_json
 from syncd.store import Store
 
@@ -49,6 +49,8 @@ def _pg_columns(url: str) -> dict[str, list[str]]:
 
 def test_the_postgresql_schema_has_every_sqlite_table_and_column_in_order(pg_database: str, tmp_path: Path) -> None:
     Store.open(tmp_path)  # a fresh SQLite store, every migration applied
+    with sqlite3.connect(tmp_path / "syncd.db") as db:
+        gg4l_store.migrate(db)  # the GG4L tables, which SQLite makes when GG4L is first used
     with psycopg.connect(pg_database, autocommit=True) as conn:
         assert pg_schema.migrate(conn) == [name for name, _ in pg_schema.MIGRATIONS]
         assert pg_schema.migrate(conn) == [], "a second start applies nothing"

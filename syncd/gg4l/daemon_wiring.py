@@ -15,11 +15,17 @@ tenants of the TOML.
   have finished an import since the last completed sync, and the secret of a fresh discovery must
   be in memory (a discovery older than ``SECRET_MAX_AGE_S`` is redone first, so that a rotated
   secret is picked up). ``on_new_district = "dry_run"`` districts run with ``Options(dry_run=True)``.
+- With ``[state] url`` (a cluster, SPEC §11) the districts live in the shared PostgreSQL store and
+  :class:`ClusterService` reconciles them once per cluster: a discovery takes the cluster's
+  ``gg4l-discovery`` job (:func:`syncd.lease.cluster_job`) and runs once per discovery interval on
+  whichever node comes first (states, events, purges, alerts), or at once for a webhook that node
+  received. The other nodes only list the districts, because a district's secret lives in the
+  memory of each node that runs it and nowhere else, and schedule the districts from the shared store.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,14 +35,15 @@ import structlog
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd import alerts as alerting
-from syncd import engine, schedule
+from syncd import engine, lease, lock, schedule
 from syncd.config import TenantConfig
 from syncd.gg4l.discovery import Result
 from syncd.gg4l.lifecycle import District, data_changed
-from syncd.gg4l.partner import iso
+from syncd.gg4l.partner import PartnerError, iso
 from syncd.gg4l.service import Gg4lService
+from syncd.gg4l.webhook import Webhook
 from syncd.gg4l_store import DistrictStore
-from syncd.store import DB_NAME, Store
+from syncd.store import Store
 
 log = structlog.get_logger("syncd.gg4l")
 
@@ -51,13 +58,80 @@ SPREAD_S = 0.5
 ALERT_STATES = ("expiring", "expired", "revoked", "purged", "listing_invalid")
 
 Lookup = tuple[TenantConfig | None, engine.Options, Callable[[dict[str, Any] | None], None] | None]
+# The cluster-wide job of the discovery's reconcile (SPEC §11).
+DISCOVERY_JOB = "gg4l-discovery"
+
+
+def period_start(now: datetime, interval_s: float) -> datetime:
+    """The start of the discovery period ``now`` falls in (periods counted from the epoch, so that
+    every node computes the same one whenever it started)."""
+    epoch = now.timestamp()
+    return datetime.fromtimestamp(epoch - epoch % max(1.0, interval_s), UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ClusterService(Gg4lService):
+    """GG4L on a cluster: one node reconciles per discovery period (or per webhook it received)."""
+
+    def __init__(self, settings: Any, store: DistrictStore, url: str, stopping: threading.Event, **options: Any):
+        super().__init__(settings, store, **options)
+        self.url = url
+        self.stopping = stopping
+        self._urgent = threading.Event()
+        # A webhook asks for a discovery now, not "once this period" (the new district must not wait).
+        self._webhook = Webhook(settings.webhook_headers, self.recorder, self._asked_now)
+
+    def _asked_now(self) -> None:
+        self._urgent.set()
+        self.trigger()
+
+    def poll(self) -> Result | None:
+        """The reconcile on the node that takes the cluster's discovery job first in this period (or
+        after this webhook); on the others, a listing for their own secrets (:meth:`refresh`)."""
+        urgent = self._urgent.is_set()
+        self._urgent.clear()
+        now = datetime.now(UTC)
+        since = now if urgent else period_start(now, self.settings.discovery_interval_s)
+        from syncd.store import postgres
+
+        try:
+            with lease.cluster_job(self.url, DISCOVERY_JOB, _stamp(since), node=postgres.this_node(),
+                                   stop=self.stopping) as held:
+                if held is not None:
+                    return super().poll()
+        except (lock.Busy, lease.LeaseLost) as exc:
+            log.warning("gg4l.discovery_deferred", reason=str(exc))
+            return None
+        return self.refresh()
+
+    def refresh(self) -> Result | None:
+        """Another node reconciled this period: list the districts for their secrets (kept in memory
+        only), and hand the listeners the districts as the shared store holds them."""
+        try:
+            listings, warnings = self.discovery.client.list_districts()
+        except PartnerError as exc:
+            log.error("gg4l.discovery_failed", error=str(exc))
+            return None
+        for event in self.discovery.secrets.replace(listings):
+            log.info(event.event, guid=event.guid)
+        result = Result(listings, self.store.districts(), [], warnings)
+        log.info("gg4l.listed", reconciled_by="another node", **result.summary())
+        for listener in list(self.listeners):
+            try:
+                listener(result)
+            except Exception:
+                log.exception("gg4l.listener_failed")
+        return result
 
 
 class Gg4lDaemon:
-    def __init__(self, daemon: Any, service: Gg4lService, conn: sqlite3.Connection):
+    def __init__(self, daemon: Any, service: Gg4lService, store: DistrictStore):
         self.daemon = daemon  # syncd.daemon.Daemon
         self.service = service
-        self.conn = conn
+        self.store = store
         self._discovered_at = 0.0  # time.monotonic() of the last successful discovery
         self._alerted: dict[str, str] = {}  # tenant -> alert state last handed to notify_state
 
@@ -65,12 +139,11 @@ class Gg4lDaemon:
     def start(cls, daemon: Any) -> Gg4lDaemon:
         """Start discovery (a first one now), mount the webhook, schedule the periodic discovery."""
         settings = daemon.config.gg4l
-        path = daemon.config.daemon.state_dir / DB_NAME
-        Store.open(daemon.config.daemon.state_dir).close()  # the file exists, owner-only, migrated
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=30000")
-        service = Gg4lService(settings, DistrictStore(conn), min_gap_s=MIN_DISCOVERY_GAP_S)
-        wiring = cls(daemon, service, conn)
+        url = daemon.config.state_url
+        store = DistrictStore.for_state(daemon.config.daemon.state_dir, url)  # migrated (owner-only file)
+        service = ClusterService(settings, store, url, daemon.stopping, min_gap_s=MIN_DISCOVERY_GAP_S) if url \
+            else Gg4lService(settings, store, min_gap_s=MIN_DISCOVERY_GAP_S)
+        wiring = cls(daemon, service, store)
         service.listeners.append(wiring._on_discovered)
         service.mount()
         service.trigger.start()
@@ -83,7 +156,7 @@ class Gg4lDaemon:
 
     def stop(self) -> None:
         self.service.stop()
-        self.conn.close()
+        self.store.close()
 
     def reload(self, fresh: Any) -> Any:
         """SIGHUP: a new district template applies; a new Partner API or webhook needs a restart.
@@ -129,7 +202,7 @@ class Gg4lDaemon:
             return  # the common case under a webhook storm: no store to open
         now = datetime.now(UTC)
         template = self.service.settings.tenant
-        store = Store.open(self.daemon.config.daemon.state_dir)
+        store = Store.open(self.daemon.config.daemon.state_dir, self.daemon.config.state_url)
         try:
             due = 0
             for name in new:

@@ -67,14 +67,78 @@ class PgConnection:
             self._raw().close()
 
 
+# The store's own sessions may sit idle between a run's reads (no idle_session_timeout), but a node
+# frozen or cut off inside one of their transactions (a migration check, a GG4L save) must not keep
+# its locks past the lease's takeover bound: the whole cluster would wait on it.
+OWN_SESSION = ("idle_in_transaction_session_timeout", "statement_timeout", "tcp_keepalives_idle",
+               "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
+
+
 def connect(url: str) -> Any:
-    """The store's own connection (not a lease's): autocommit, bounded connect time."""
+    """The store's own connection (not a lease's): autocommit, bounded connect time, and the lease's
+    timeouts for a session stuck in a transaction or on a dead network (:data:`OWN_SESSION`)."""
     import psycopg
 
+    timeouts = lease.Timeouts.configured()
+    client = {k: v for k, v in timeouts.libpq_params().items() if k != "connect_timeout"}
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="syncd")
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="syncd", **client)
     except psycopg.Error as exc:
         raise lease.LeaseLost(f"cannot reach the state database: {lease._reason(exc)}") from None
+    settings = timeouts.session_settings()
+    try:
+        for name in OWN_SESSION:
+            conn.execute("SELECT set_config(%s, %s, false)", (name, settings[name]))
+    except psycopg.Error as exc:
+        conn.close()
+        raise lease.LeaseLost(f"cannot prepare the state database session: {lease._reason(exc)}") from None
+    return conn
+
+
+class Reconnecting:
+    """A connection for the daemon's long-lived readers and writers outside a run (GG4L districts,
+    alert state, metrics): connects on first use and again after the server restarted or failed
+    over, so that one outage does not leave them broken for the daemon's life. Use it from one
+    thread at a time (its users hold a lock) and never for a run's state: that goes through the
+    run's lease (fencing).
+
+    A statement on a connection that broke mid-transaction fails (the transaction is gone with the
+    session); only the next statement, the caller's ROLLBACK, opens a new session.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+        self._guard = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._guard:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                self._conn = connect(self.url)
+            return self._conn
+
+    def in_transaction(self) -> bool:
+        import psycopg
+
+        conn = self._conn
+        return bool(conn is not None and not conn.closed
+                    and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        with self._guard:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+
+def side_connection(url: str) -> tuple[PgConnection, Reconnecting]:
+    """A :class:`PgConnection` (``?`` placeholders) over a :class:`Reconnecting` session."""
+    raw = Reconnecting(url)
+    return PgConnection(raw), raw
 
 
 @functools.cache
@@ -89,13 +153,15 @@ class Leases:
     def __init__(self, url: str) -> None:
         self.url = url
         self.node = this_node()
+        self.timeouts = lease.Timeouts.configured()
         self._held: dict[str, lease.Lease] = {}
         self._guard = threading.Lock()
 
     @contextlib.contextmanager
     def hold(self, tenant: str, *, wait: bool = True, on_wait: Callable[[str], None] | None = None,
              stop: threading.Event | None = None) -> Iterator[lease.Lease]:
-        with lease.tenant_lease(self.url, tenant, node=self.node, wait=wait, on_wait=on_wait, stop=stop) as held:
+        with lease.tenant_lease(self.url, tenant, node=self.node, wait=wait, on_wait=on_wait, stop=stop,
+                                timeouts=self.timeouts) as held:
             with self._guard:
                 self._held[tenant] = held
             try:
