@@ -181,7 +181,8 @@ def test_held_and_credential_states_alert_once_each_across_restarts(tmp_path, ho
     store.close()
 
     def fresh() -> alerts.Alerts:
-        dispatcher = alerts.Alerts(lambda: AlertsConfig(urls=(hook.url,)), tmp_path / "state")
+        dispatcher = alerts.Alerts(lambda: AlertsConfig(urls=(hook.url,)), tmp_path / "state",
+                                  url=state_store.url_of(tmp_path / "state"))
         dispatcher.start()
         return dispatcher
 
@@ -256,7 +257,7 @@ def test_alerts_test_sends_one_message_to_every_channel(sandbox, tmp_path, mailb
 def test_the_daily_digest_sums_up_each_tenant(sandbox, config, tmp_path):
     assert syncd(config, "sync", "lincoln", "--json").returncode == 0
     assert syncd(config, "sync", "lincoln", "--json").returncode == 0
-    message = alerts.digest(tmp_path / "state", ["lincoln", "never-ran"])
+    message = alerts.digest(tmp_path / "state", ["lincoln", "never-ran"], url=state_store.url_of(tmp_path / "state"))
     assert message.title == "syncd: daily summary, 2 tenant(s)"
     lincoln, never = message.body.split("\n\n")
     assert lincoln.splitlines()[:2] == ["lincoln", "  runs: 2 completed"]
