@@ -52,8 +52,17 @@ def read(state: Any, store: TenantStore, source: Source, extract: Extract) -> No
     allowed = _delta_allowed(state, source)  # with delta off, the marks are never touched
     if allowed:
         store.forget_marks()
-    store.reset_stage()
-    extract(state, store, source, store.stage)
+    if _pages_allowed(state, source):
+        # A full extract that parses only the pages whose bytes changed (syncd.store.pages).
+        source.known_pages = store.begin_pages()  # type: ignore[attr-defined]
+        try:
+            extract(state, store, source, store.stage_page)
+        finally:
+            source.known_pages = None  # type: ignore[attr-defined]
+            store.end_pages()
+    else:
+        store.reset_stage()
+        extract(state, store, source, store.stage)
     if allowed and _read_to_end(state):
         store.mark_extract(started, full=True)
 
@@ -77,6 +86,11 @@ def _delta_allowed(state: Any, source: Source) -> bool:
     # makes full runs, so stage_exams is never a stale mirror.
     return (config.type == "oneroster" and config.delta != "off" and hasattr(source, "since")
             and state.tenant.exams is None)
+
+
+def _pages_allowed(state: Any, source: Source) -> bool:
+    """Page fingerprints: a plain OneRoster source (its exams, read whole, are staged otherwise)."""
+    return hasattr(source, "known_pages") and state.tenant.exams is None
 
 
 def _read_to_end(state: Any) -> bool:

@@ -197,6 +197,23 @@ M009 = """
 CREATE TABLE source_marks (tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL);
 """
 
+# Page fingerprints (syncd.store.pages). Not in STATE_TABLES: like source_marks they vouch for the
+# stage_* mirror and the desired state, which are not copied either.
+M010 = """
+ALTER TABLE stage_courses ADD COLUMN page BIGINT;
+ALTER TABLE stage_course_codes ADD COLUMN page BIGINT;
+ALTER TABLE stage_users ADD COLUMN page BIGINT;
+ALTER TABLE stage_enrollments ADD COLUMN page BIGINT;
+CREATE INDEX stage_courses_by_page ON stage_courses (tenant, page);
+CREATE INDEX stage_course_codes_by_page ON stage_course_codes (tenant, page);
+CREATE INDEX stage_users_by_page ON stage_users (tenant, page);
+CREATE INDEX stage_enrollments_by_page ON stage_enrollments (tenant, page);
+CREATE UNLOGGED TABLE source_pages (
+    tenant TEXT, page BIGINT, digest TEXT, count INTEGER NOT NULL, ids TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (tenant, page));
+CREATE UNLOGGED TABLE desired_marks (tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL);
+"""
+
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m001_initial", M001),
@@ -209,6 +226,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m007_exams", M007),
     ("m008_alerts", M008),
     ("m009_delta", M009),
+    ("m010_pages", M010),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

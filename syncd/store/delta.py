@@ -16,9 +16,6 @@ from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, Use
 from syncd.store.base import Scoped
 from syncd.store.staging import _STAGE_ROW, STAGE_TABLES
 
-# What a delta run forgets: the derived state, never the mirror.
-DERIVED_TABLES = ("desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
-
 
 @dataclass(frozen=True)
 class SourceMarks:
@@ -46,10 +43,10 @@ class Delta(Scoped):
                 self.conn.execute("UPDATE source_marks SET since = ? WHERE tenant = ?", (started, self.name))
 
     def begin_delta(self) -> None:
-        """Forget the last run's desired state and plan; keep the mirror the delta updates."""
+        """Forget the last run's plan; keep the mirror the delta updates, and the desired state,
+        which build_desired keeps only if the delta changed no staged row (desired_marks)."""
         with self._write():
-            for table in DERIVED_TABLES:
-                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
+            self.conn.execute("DELETE FROM plan_calls WHERE tenant = ?", (self.name,))
 
     def stage_changes(self, records: list[Record]) -> list[RecordError]:
         """Upsert one page of changed records into the mirror (the latest read of an id wins).
@@ -62,8 +59,14 @@ class Delta(Scoped):
                 assert isinstance(record, RecordError)
                 failed.append(record)
             else:
-                rows[type(record)].append(to_row(self.name, record))
+                rows[type(record)].append((*to_row(self.name, record), None))  # page: none
+        if not any(rows.values()):
+            return failed
         with self._write():
+            # The mirror changes: the desired state is rebuilt, and no page fingerprint vouches
+            # for the rows any more (syncd.store.pages: untagged rows drop the mirror).
+            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self.conn.execute("DELETE FROM source_pages WHERE tenant = ?", (self.name,))
             for kind, batch in rows.items():
                 if batch:
                     self._upsert(STAGE_TABLES[kind][0], batch)

@@ -18,16 +18,23 @@ class Diff(Scoped):
         are hashed (the dialect's hash); every row is written once."""
         same = "'update'" if force else "'none'"
         fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
+        differs = self.dialect.differs
         with self._write():
             for entity, spec in SPECS.items():
+                # A desired state kept from the last run (build_desired) is mostly rows already
+                # classified against this acknowledged row: those would be written unchanged, and
+                # are left alone (the conditions are exactly "the SET below changes nothing").
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET "
                     f"change = CASE WHEN a.body = d.body OR a.hash = {fresh} THEN {same} ELSE 'update' END, "
                     f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
-                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ?", (self.name,))
+                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ? "
+                    f"AND (d.change IS NULL OR d.change <> {same} OR d.hash IS NULL OR a.body IS NULL "
+                    f"OR {differs('a.body', 'd.body')} OR {differs('a.hash', 'd.hash')})", (self.name,))
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
-                    f"WHERE d.tenant = ? AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
+                    f"WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'create' OR d.hash IS NULL) "
+                    f"AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
                     (self.name,))
             # An exam is sent again with the same body when the target deleted it (on_removed =
             # "delete": provisioning reactivates it) or when it moved to another course (the course

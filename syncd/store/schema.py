@@ -204,3 +204,29 @@ def m009_delta(db: sqlite_utils.Database) -> None:
             tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m010_pages(db: sqlite_utils.Database) -> None:
+    """Page fingerprints (syncd.store.pages): each staged roster row is tagged with the page position
+    it was read from, and ``source_pages`` holds each position's digest; ``desired_marks`` vouches
+    for the desired state a run may keep (syncd.store.staging.build_desired). Rows staged before
+    belong to no page: the next fingerprinted run drops them and parses every page."""
+    db.executescript(PAGES_SQL)
+
+
+PAGES_SQL = """
+ALTER TABLE stage_courses ADD COLUMN page INTEGER;
+ALTER TABLE stage_course_codes ADD COLUMN page INTEGER;
+ALTER TABLE stage_users ADD COLUMN page INTEGER;
+ALTER TABLE stage_enrollments ADD COLUMN page INTEGER;
+CREATE INDEX stage_courses_by_page ON stage_courses (tenant, page);
+CREATE INDEX stage_course_codes_by_page ON stage_course_codes (tenant, page);
+CREATE INDEX stage_users_by_page ON stage_users (tenant, page);
+CREATE INDEX stage_enrollments_by_page ON stage_enrollments (tenant, page);
+CREATE TABLE source_pages (
+    tenant TEXT, page INTEGER, digest TEXT, count INTEGER NOT NULL, ids TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (tenant, page)) WITHOUT ROWID;
+CREATE TABLE desired_marks (
+    tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL) WITHOUT ROWID;
+"""

@@ -24,7 +24,14 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
 }
 STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
 RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
-              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
+              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls",
+              "source_pages", "desired_marks")
+DESIRED_NAMES = ("desired_courses", "desired_users", "desired_enrollments")
+# Bump when the SQL below changes the bodies it builds: a kept desired state is then rebuilt.
+DESIRED_VERSION = "1"
+# The changes classify and the planner leave in desired_*; any other (held, deferred) rewrote a
+# row's body or must not outlive its run, so such a desired state is never kept.
+KEPT_CHANGES = ("none", "create", "update")
 
 
 class Staging(Scoped):
@@ -47,7 +54,7 @@ class Staging(Scoped):
             # A dict lookup on the exact type, not an isinstance chain: this runs once per record.
             to_row = _STAGE_ROW.get(type(record))
             if to_row is not None:
-                rows[type(record)].append(to_row(self.name, record))
+                rows[type(record)].append((*to_row(self.name, record), None))  # page: none (syncd.store.pages)
             elif isinstance(record, Exam):
                 if self.exam_key is None:
                     raise ValueError("an exam was read for a tenant without exams")
@@ -100,10 +107,17 @@ class Staging(Scoped):
         return {e: self.conn.execute(f"SELECT count(*) FROM {spec.stage} WHERE tenant = ?",
                                      (self.name,)).fetchone()[0] for e, spec in SPECS.items()}
 
-    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> None:
-        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL."""
+    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> bool:
+        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL. The desired state
+        of the last run is kept instead when nothing it was built from changed since: the staged
+        rows (any write to them drops ``desired_marks``) and the mapping options. True: rebuilt."""
+        fingerprint = None if exams is not None else self._desired_fingerprint(roles, time_zone)
+        if fingerprint is not None and self._desired_kept(fingerprint):
+            return False
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         with self._write():
+            for table in ("desired_marks", *DESIRED_NAMES, "desired_exams"):
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
             for sql in self.dialect.analyze(*STAGE_NAMES):
                 self.conn.execute(sql)
             courses, enrollments, users = desired_sql(self.dialect)
@@ -114,6 +128,30 @@ class Staging(Scoped):
                 self.conn.execute(exam_sql.DESIRED_EXAMS, exam_sql.desired_params(self.name, exams))
             for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
                 self.conn.execute(sql)
+            if fingerprint is not None:
+                self.conn.execute("INSERT INTO desired_marks (tenant, fingerprint, counts) VALUES (?, ?, ?)",
+                                  (self.name, fingerprint, json.dumps(self._desired_counts())))
+        return True
+
+    def _desired_fingerprint(self, roles: dict[str, str], time_zone: str | None) -> str:
+        """What the desired state is a function of, besides the staged rows."""
+        return json.dumps([DESIRED_VERSION, self.dialect.name, list(roles.items()), time_zone])
+
+    def _desired_counts(self) -> list[int]:
+        return [self.conn.execute(f"SELECT count(*) FROM {table} WHERE tenant = ?", (self.name,)).fetchone()[0]
+                for table in DESIRED_NAMES]
+
+    def _desired_kept(self, fingerprint: str) -> bool:
+        """The last desired state still stands: built from these staged rows with this mapping,
+        all its rows there, and none held or deferred (those rows carry another body)."""
+        row = self.conn.execute("SELECT fingerprint, counts FROM desired_marks WHERE tenant = ?",
+                                (self.name,)).fetchone()
+        if row is None or row[0] != fingerprint or json.loads(row[1]) != self._desired_counts():
+            return False
+        kept = ", ".join(f"'{change}'" for change in KEPT_CHANGES)
+        return not any(self.conn.execute(
+            f"SELECT 1 FROM {table} WHERE tenant = ? AND change IS NOT NULL AND change NOT IN ({kept}) LIMIT 1",
+            (self.name,)).fetchone() for table in DESIRED_NAMES)
 
     def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
         """Active enrollments whose class or user is missing from a complete extract."""

@@ -1,0 +1,167 @@
+"""Page fingerprints (issue 15): a full OneRoster extract that parses only the pages that changed.
+
+``stage_*`` is kept between full runs as the tenant's mirror of the source, each row tagged with
+the page position it was read from (``page``: ``oneroster.page_tag``). ``source_pages`` holds, per
+position, the digest of the raw bytes last read there (``digest``), the page's item count and id
+fingerprint (the paging rules need them), and how many rows it staged. A page whose bytes hash
+equal to the stored digest is neither decoded nor mapped nor staged: its rows are already there,
+and it is only marked confirmed (in memory). A changed page replaces the rows of its position.
+At the end, rows of positions this run did not confirm are deleted, whether the extract was
+complete or not, so ``stage_*`` holds exactly what this run read, as a reset-and-stage run would.
+
+Exactness, and what never leaves a fingerprint that could hide a change:
+
+- a page with any unreadable record or duplicate id stores no digest (it is parsed next time, so
+  its errors are reported every run);
+- the first read of an id wins, as in a parse: a record of a changed page whose id is staged from a
+  position not yet confirmed this run takes that row over ("stolen"); the page it was taken from
+  loses its digest in the same transaction, and if this run skips it, the taken ids are reported
+  as the duplicates a parse would have found;
+- each page's rows and its ``source_pages`` row change in one transaction, so a crash leaves every
+  stored digest true of the rows tagged with it; and a mirror whose row counts do not add up to
+  its pages' (purged, or written by a delta run) is dropped and the extract parses everything.
+
+Any change of the page rows also drops ``desired_marks`` (syncd.store.staging), so the desired
+state is rebuilt; a run whose pages were all skipped keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from syncd.entities import Entity
+from syncd.model import Record, RecordError
+from syncd.sources.pages import COLLECTIONS, KnownPage, PageRecords
+from syncd.store.base import Scoped
+from syncd.store.staging import _STAGE_ROW, _duplicate
+
+# The stage table and entity of each collection, in COLLECTIONS order (page_tag % 4 picks one).
+PAGE_TABLES: tuple[tuple[str, Entity], ...] = (
+    ("stage_course_codes", "course"), ("stage_courses", "course"), ("stage_users", "user"),
+    ("stage_enrollments", "enrollment"))
+assert len(PAGE_TABLES) == len(COLLECTIONS)
+
+
+class Pages(Scoped):
+    _confirmed: set[int]
+    _stolen: dict[int, list[str]]
+
+    def begin_pages(self) -> dict[int, KnownPage]:
+        """Start a fingerprinted full extract: the digests of the pages the mirror holds."""
+        self._confirmed, self._stolen = set(), {}
+        if not self._mirror_adds_up():
+            self.reset_stage()  # type: ignore[attr-defined]  # Staging
+        with self._write():
+            for table in ("plan_calls", "stage_exams", "desired_exams"):
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
+        return {page: KnownPage(digest, count, ids) for page, digest, count, ids in self.conn.execute(
+            "SELECT page, digest, count, ids FROM source_pages WHERE tenant = ? AND digest IS NOT NULL",
+            (self.name,))}
+
+    def _mirror_adds_up(self) -> bool:
+        """Every staged row belongs to a stored page, and every stored page's rows are there."""
+        stored = dict.fromkeys(range(len(PAGE_TABLES)), 0)
+        for page, rows in self.conn.execute("SELECT page, rows FROM source_pages WHERE tenant = ?", (self.name,)):
+            stored[page % len(PAGE_TABLES)] += rows
+        return all(self.conn.execute(f"SELECT count(*) FROM {table} WHERE tenant = ?", (self.name,)).fetchone()[0]
+                   == stored[i] for i, (table, _) in enumerate(PAGE_TABLES))
+
+    def stage_page(self, records: list[Record]) -> list[RecordError]:
+        """Stage one page of a fingerprinted extract (a ``PageRecords``)."""
+        assert isinstance(records, PageRecords)
+        if records.skipped:
+            self._confirmed.add(records.page)
+            entity = PAGE_TABLES[records.page % len(PAGE_TABLES)][1]
+            return [_duplicate(entity, source_id) for source_id in self._stolen.pop(records.page, [])]
+        return self._replace_page(records)
+
+    def _replace_page(self, records: PageRecords) -> list[RecordError]:
+        table, entity = PAGE_TABLES[records.page % len(PAGE_TABLES)]
+        failed = [r for r in records if isinstance(r, RecordError)]
+        rows = [(*_STAGE_ROW[type(r)](self.name, r), records.page) for r in records if not isinstance(r, RecordError)]
+        tag = records.page
+        self._confirmed.add(tag)
+        self._stolen.pop(tag, None)
+        with self._write():
+            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page = ?", (self.name, tag))
+            self.conn.execute("DELETE FROM source_pages WHERE tenant = ? AND page = ?", (self.name, tag))
+            fresh, duplicates = self._insert_tagged(table, entity, rows) if rows else ([], [])
+            failed += duplicates
+            self.conn.execute(
+                "INSERT INTO source_pages (tenant, page, digest, count, ids, rows) VALUES (?, ?, ?, ?, ?, ?)",
+                (self.name, tag, None if failed else records.digest, records.size, records.ids, len(fresh)))
+        return failed
+
+    def _insert_tagged(self, table: str, entity: Entity,
+                       rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[RecordError]]:
+        """Insert a page's rows; the rows inserted and the duplicates. The common page has no id
+        staged already: on SQLite one INSERT … ON CONFLICT DO NOTHING proves it by its row count."""
+        if not hasattr(self.conn, "copy_rows"):
+            marks = ",".join("?" * len(rows[0]))
+            self.conn.execute("SAVEPOINT stage_page")
+            if self.conn.executemany(f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT DO NOTHING",
+                                     rows).rowcount == len(rows):
+                self.conn.execute("RELEASE stage_page")
+                return rows, []
+            self.conn.execute("ROLLBACK TO stage_page")
+            self.conn.execute("RELEASE stage_page")
+        fresh, duplicates, stolen = self._sort_out(table, entity, rows)
+        if stolen:
+            self.conn.executemany(f"DELETE FROM {table} WHERE tenant = ? AND source_id = ?",
+                                  [(self.name, source_id) for source_id, _ in stolen])
+            losers: dict[int, int] = {}
+            for source_id, page in stolen:
+                if page is not None:
+                    losers[page] = losers.get(page, 0) + 1
+                    self._stolen.setdefault(page, []).append(source_id)
+            self.conn.executemany("UPDATE source_pages SET digest = NULL, rows = rows - ? "
+                                  "WHERE tenant = ? AND page = ?", [(n, self.name, page) for page, n in losers.items()])
+        if hasattr(self.conn, "copy_rows"):
+            self.conn.copy_rows(table, fresh)
+        elif fresh:
+            marks = ",".join("?" * len(fresh[0]))
+            self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
+        return fresh, duplicates
+
+    def _sort_out(self, table: str, entity: Entity, rows: list[tuple[Any, ...]]) -> tuple[
+            list[tuple[Any, ...]], list[RecordError], list[tuple[str, int | None]]]:
+        """Which rows are new, which are duplicates of an id read earlier this run (first wins), and
+        which take over a row staged from a position this run has not confirmed (a stale row)."""
+        ids = [row[1] for row in rows]
+        staged = dict(self.conn.execute(
+            f"SELECT source_id, page FROM {table} WHERE tenant = ? AND source_id IN ({self.dialect.each_text('?')})",
+            (self.name, json.dumps(ids))).fetchall())
+        fresh: list[tuple[Any, ...]] = []
+        duplicates: list[RecordError] = []
+        stolen: list[tuple[str, int | None]] = []
+        seen: set[str] = set()
+        for row in rows:
+            source_id = row[1]
+            if source_id in seen or (source_id in staged and staged[source_id] in self._confirmed):
+                duplicates.append(_duplicate(entity, source_id))
+                continue
+            seen.add(source_id)
+            if source_id in staged:
+                stolen.append((source_id, staged[source_id]))
+            fresh.append(row)
+        return fresh, duplicates, stolen
+
+    def end_pages(self) -> None:
+        """Drop the rows of every position this run did not confirm (and rows of no page), so the
+        mirror holds what this run read, complete or not."""
+        stale = [page for (page,) in self.conn.execute("SELECT page FROM source_pages WHERE tenant = ?", (self.name,))
+                 if page not in self._confirmed]
+        untagged = [table for table, _ in PAGE_TABLES if self.conn.execute(
+            f"SELECT 1 FROM {table} WHERE tenant = ? AND page IS NULL LIMIT 1", (self.name,)).fetchone()]
+        if not stale and not untagged:
+            return
+        with self._write():
+            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            for table in untagged:
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page IS NULL", (self.name,))
+            for page in stale:
+                table = PAGE_TABLES[page % len(PAGE_TABLES)][0]
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page = ?", (self.name, page))
+                self.conn.execute("DELETE FROM source_pages WHERE tenant = ? AND page = ?", (self.name, page))
