@@ -37,7 +37,7 @@ def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Pat
 
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
 # SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
-BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan"}
+BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan", "test_pages"}
 # Their PostgreSQL runs that CI's time budget leaves to `-m slow` (test_pg_store.py keeps a quick
 # form of the canonical-text check in CI).
 SLOW_ON_POSTGRESQL = {"test_the_body_each_store_builds_is_its_canonical_json",
@@ -91,7 +91,8 @@ def make_store(state_backend: str, request):
 
 STATE_TABLES_ALL = ("runs", "errors", "stage_courses", "stage_course_codes", "stage_users", "stage_enrollments",
                     "desired_courses", "desired_users", "desired_enrollments", "acked_courses", "acked_users",
-                    "acked_enrollments", "plan_calls", "pending_removals", "held", "approvals", "escrow")
+                    "acked_enrollments", "plan_calls", "pending_removals", "held", "approvals", "escrow",
+                    "source_pages", "desired_marks")
 
 
 def syncd(config: Path | None, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
