@@ -17,6 +17,7 @@ from syncd import config as configuration
 from syncd import delta, engine
 from syncd.sandbox import Roster, Sandbox
 from syncd.sandbox.oneroster import Fault
+from syncd.sandbox.roster import modified_now
 from syncd.sources import oneroster
 from syncd.store import Store, TenantStore
 
@@ -285,5 +286,36 @@ def test_a_purged_mirror_is_noticed_and_every_page_parsed(tmp_path, roster, monk
             assert result["calls"] == 0 and all(c["removed"] == 0 for c in result["counts"].values()), result
             assert len(parsed.take()) > 10
             assert _snapshot(store) == kept
+        finally:
+            store.close()
+
+
+def test_a_delta_maps_again_only_what_changed_and_gets_what_a_rebuild_gets(tmp_path, roster, monkeypatch,
+                                                                          make_store):
+    rebuilt: list[bool] = []
+    build = TenantStore.build_desired
+
+    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
+        rebuilt.append(build(self, *args, **kwargs))
+        return rebuilt[-1]
+
+    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    with Sandbox(roster) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra=SAFE,
+                                  source_extra='page_size = 20\ndelta = "auto"')
+        tenant, store = configuration.load(config).tenants["lincoln"], make_store(tmp_path / "state")
+        try:
+            engine.run(tenant, store)
+            assert engine.run(tenant, store)["calls"] == 0  # a delta that reads nothing new
+            assert rebuilt == [True, False]
+            roster.mutate(seed=9, fraction=0.05)
+            klass = sorted(row[1] for row in _snapshot(store)["desired_courses"])[2]
+            roster.classes[klass] |= {"status": "tobedeleted", "dateLastModified": modified_now()}
+            result = engine.run(tenant, store)
+            assert box.oneroster.filtered_requests > 0 and result["calls"] > 0, result
+            assert result["counts"]["courses"]["removed"] == 1, result
+            kept = _snapshot(store)
+            reparsed = _parse_all(monkeypatch, tenant, store)
+            assert reparsed["calls"] == 0 and _snapshot(store) == kept
         finally:
             store.close()

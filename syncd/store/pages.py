@@ -34,7 +34,7 @@ from syncd.entities import Entity
 from syncd.model import Record, RecordError
 from syncd.sources.pages import COLLECTIONS, KnownPage, PageRecords
 from syncd.store.base import Scoped
-from syncd.store.staging import _STAGE_ROW, _duplicate
+from syncd.store.staging import _STAGE_ROW, STAGE_COLUMNS, _duplicate
 
 # The stage table and entity of each collection, in COLLECTIONS order (page_tag % 4 picks one).
 PAGE_TABLES: tuple[tuple[str, Entity], ...] = (
@@ -43,14 +43,22 @@ PAGE_TABLES: tuple[tuple[str, Entity], ...] = (
 assert len(PAGE_TABLES) == len(COLLECTIONS)
 
 
+Row = tuple[Any, ...]
+
+
 class Pages(Scoped):
     _confirmed: set[int]
     _stolen: dict[int, list[str]]
+    # Rows deleted with their page and not (yet) read again elsewhere: a record that moved to a
+    # later page is unchanged when it arrives there (Dirty: only real changes are mapped again).
+    _moved: dict[tuple[str, str], Row]
 
     def begin_pages(self) -> dict[int, KnownPage]:
         """Start a fingerprinted full extract: the digests of the pages the mirror holds."""
-        self._confirmed, self._stolen = set(), {}
-        if not self._mirror_adds_up():
+        self._confirmed, self._stolen, self._moved = set(), {}, {}
+        if self._mirror_adds_up():
+            self.track_changes()  # type: ignore[attr-defined]  # Staging
+        else:
             self.reset_stage()  # type: ignore[attr-defined]  # Staging
         with self._write():
             for table in ("plan_calls", "stage_exams", "desired_exams"):
@@ -83,36 +91,48 @@ class Pages(Scoped):
         tag = records.page
         self._confirmed.add(tag)
         self._stolen.pop(tag, None)
+        dirty = self._dirty  # type: ignore[attr-defined]  # Staging
         with self._write():
             self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            old = {row[1]: row for row in self.conn.execute(
+                f"SELECT {STAGE_COLUMNS[table]} FROM {table} WHERE tenant = ? AND page = ?", (self.name, tag))
+            } if dirty is not None else {}
             self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page = ?", (self.name, tag))
             self.conn.execute("DELETE FROM source_pages WHERE tenant = ? AND page = ?", (self.name, tag))
-            fresh, duplicates = self._insert_tagged(table, entity, rows) if rows else ([], [])
+            fresh, duplicates, stolen = self._insert_tagged(table, entity, rows) if rows else ([], [], {})
             failed += duplicates
             self.conn.execute(
                 "INSERT INTO source_pages (tenant, page, digest, count, ids, rows) VALUES (?, ?, ?, ?, ?, ?)",
                 (self.name, tag, None if failed else records.digest, records.size, records.ids, len(fresh)))
+        if dirty is not None:
+            for row in fresh:
+                new = row[:-1]
+                before = old.pop(new[1], None) or stolen.get(new[1]) or self._moved.pop((table, new[1]), None)
+                dirty.note(table, before, new)
+            for source_id, row in old.items():
+                self._moved[(table, source_id)] = row
         return failed
 
     def _insert_tagged(self, table: str, entity: Entity,
-                       rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[RecordError]]:
-        """Insert a page's rows; the rows inserted and the duplicates. The common page has no id
-        staged already: on SQLite one INSERT … ON CONFLICT DO NOTHING proves it by its row count."""
+                       rows: list[Row]) -> tuple[list[Row], list[RecordError], dict[str, Row]]:
+        """Insert a page's rows; the rows inserted, the duplicates and the rows taken over (by id,
+        as they were). The common page has no id staged already: on SQLite one INSERT … ON
+        CONFLICT DO NOTHING proves it by its row count."""
         if not hasattr(self.conn, "copy_rows"):
             marks = ",".join("?" * len(rows[0]))
             self.conn.execute("SAVEPOINT stage_page")
             if self.conn.executemany(f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT DO NOTHING",
                                      rows).rowcount == len(rows):
                 self.conn.execute("RELEASE stage_page")
-                return rows, []
+                return rows, [], {}
             self.conn.execute("ROLLBACK TO stage_page")
             self.conn.execute("RELEASE stage_page")
         fresh, duplicates, stolen = self._sort_out(table, entity, rows)
         if stolen:
             self.conn.executemany(f"DELETE FROM {table} WHERE tenant = ? AND source_id = ?",
-                                  [(self.name, source_id) for source_id, _ in stolen])
+                                  [(self.name, source_id) for source_id in stolen])
             losers: dict[int, int] = {}
-            for source_id, page in stolen:
+            for source_id, (_, page) in stolen.items():
                 if page is not None:
                     losers[page] = losers.get(page, 0) + 1
                     self._stolen.setdefault(page, []).append(source_id)
@@ -123,34 +143,39 @@ class Pages(Scoped):
         elif fresh:
             marks = ",".join("?" * len(fresh[0]))
             self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", fresh)
-        return fresh, duplicates
+        return fresh, duplicates, {source_id: row for source_id, (row, _) in stolen.items()}
 
-    def _sort_out(self, table: str, entity: Entity, rows: list[tuple[Any, ...]]) -> tuple[
-            list[tuple[Any, ...]], list[RecordError], list[tuple[str, int | None]]]:
+    def _sort_out(self, table: str, entity: Entity, rows: list[Row]) -> tuple[
+            list[Row], list[RecordError], dict[str, tuple[Row, int | None]]]:
         """Which rows are new, which are duplicates of an id read earlier this run (first wins), and
         which take over a row staged from a position this run has not confirmed (a stale row)."""
         ids = [row[1] for row in rows]
-        staged = dict(self.conn.execute(
-            f"SELECT source_id, page FROM {table} WHERE tenant = ? AND source_id IN ({self.dialect.each_text('?')})",
-            (self.name, json.dumps(ids))).fetchall())
-        fresh: list[tuple[Any, ...]] = []
+        staged = {row[1]: (tuple(row[:-1]), row[-1]) for row in self.conn.execute(
+            f"SELECT {STAGE_COLUMNS[table]}, page FROM {table} WHERE tenant = ? "
+            f"AND source_id IN ({self.dialect.each_text('?')})", (self.name, json.dumps(ids)))}
+        fresh: list[Row] = []
         duplicates: list[RecordError] = []
-        stolen: list[tuple[str, int | None]] = []
+        stolen: dict[str, tuple[Row, int | None]] = {}
         seen: set[str] = set()
         for row in rows:
             source_id = row[1]
-            if source_id in seen or (source_id in staged and staged[source_id] in self._confirmed):
+            if source_id in seen or (source_id in staged and staged[source_id][1] in self._confirmed):
                 duplicates.append(_duplicate(entity, source_id))
                 continue
             seen.add(source_id)
             if source_id in staged:
-                stolen.append((source_id, staged[source_id]))
+                stolen[source_id] = staged[source_id]
             fresh.append(row)
         return fresh, duplicates, stolen
 
     def end_pages(self) -> None:
         """Drop the rows of every position this run did not confirm (and rows of no page), so the
         mirror holds what this run read, complete or not."""
+        dirty = self._dirty  # type: ignore[attr-defined]  # Staging
+        if dirty is not None:
+            for (table, _), row in self._moved.items():
+                dirty.note(table, row, None)  # read on no page this run
+        self._moved = {}
         stale = [page for (page,) in self.conn.execute("SELECT page FROM source_pages WHERE tenant = ?", (self.name,))
                  if page not in self._confirmed]
         untagged = [table for table, _ in PAGE_TABLES if self.conn.execute(
@@ -160,8 +185,15 @@ class Pages(Scoped):
         with self._write():
             self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
             for table in untagged:
-                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page IS NULL", (self.name,))
+                self._drop_rows(table, "page IS NULL", ())
             for page in stale:
-                table = PAGE_TABLES[page % len(PAGE_TABLES)][0]
-                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND page = ?", (self.name, page))
+                self._drop_rows(PAGE_TABLES[page % len(PAGE_TABLES)][0], "page = ?", (page,))
                 self.conn.execute("DELETE FROM source_pages WHERE tenant = ? AND page = ?", (self.name, page))
+
+    def _drop_rows(self, table: str, where: str, params: tuple[Any, ...]) -> None:
+        dirty = self._dirty  # type: ignore[attr-defined]  # Staging
+        if dirty is not None:
+            for row in self.conn.execute(f"SELECT {STAGE_COLUMNS[table]} FROM {table} WHERE tenant = ? AND {where}",
+                                         (self.name, *params)):
+                dirty.note(table, tuple(row), None)
+        self.conn.execute(f"DELETE FROM {table} WHERE tenant = ? AND {where}", (self.name, *params))
