@@ -212,6 +212,9 @@ CREATE UNLOGGED TABLE source_pages (
     tenant TEXT, page BIGINT, digest TEXT, count INTEGER NOT NULL, ids TEXT NOT NULL, rows INTEGER NOT NULL,
     PRIMARY KEY (tenant, page));
 CREATE UNLOGGED TABLE desired_marks (tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL);
+CREATE INDEX acked_courses_live ON acked_courses (tenant, removed_at);
+CREATE INDEX acked_users_live ON acked_users (tenant, removed_at);
+CREATE INDEX acked_enrollments_live ON acked_enrollments (tenant, removed_at);
 """
 
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).

@@ -55,11 +55,14 @@ class Diff(Scoped):
         with the body planned) and not done."""
         counts: dict[Entity, dict[str, int]] = {}
         for entity, spec in SPECS.items():
+            # Unchanged rows need no look at what was acknowledged: counted alone, without the join.
+            unchanged = self.conn.execute(f"SELECT count(*) FROM {spec.desired} WHERE tenant = ? AND change = 'none'",
+                                          (self.name,)).fetchone()[0]
             rows = self.conn.execute(
                 f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
-                "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
-            result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}
+                "WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'none') GROUP BY 1, 2", (since, self.name))
+            result = {"created": 0, "updated": 0, "unchanged": unchanged, "failed": 0, "held": 0}
             for change, done, n in rows:
                 if change == "none":
                     result["unchanged"] += n
