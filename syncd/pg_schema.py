@@ -215,6 +215,9 @@ CREATE UNLOGGED TABLE desired_marks (tenant TEXT PRIMARY KEY, fingerprint TEXT N
 CREATE INDEX acked_courses_live ON acked_courses (tenant, removed_at);
 CREATE INDEX acked_users_live ON acked_users (tenant, removed_at);
 CREATE INDEX acked_enrollments_live ON acked_enrollments (tenant, removed_at);
+CREATE INDEX desired_courses_by_change ON desired_courses (tenant, change);
+CREATE INDEX desired_users_by_change ON desired_users (tenant, change);
+CREATE INDEX desired_enrollments_by_change ON desired_enrollments (tenant, change);
 """
 
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).

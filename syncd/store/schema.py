@@ -213,7 +213,8 @@ def m010_pages(db: sqlite_utils.Database) -> None:
     for the desired state a run may keep (syncd.store.staging.build_desired). Rows staged before
     belong to no page: the next fingerprinted run drops them and parses every page. And an index of
     the acknowledged rows not removed, which a run counts three times: without it each count reads
-    every acknowledged body."""
+    every acknowledged body; and of the desired rows by change, which the planner and the counts ask
+    for (a run that changes nothing then reads no body)."""
     db.executescript(PAGES_SQL)
 
 
@@ -234,4 +235,7 @@ CREATE TABLE desired_marks (
 CREATE INDEX acked_courses_live ON acked_courses (tenant, removed_at);
 CREATE INDEX acked_users_live ON acked_users (tenant, removed_at);
 CREATE INDEX acked_enrollments_live ON acked_enrollments (tenant, removed_at);
+CREATE INDEX desired_courses_by_change ON desired_courses (tenant, change);
+CREATE INDEX desired_users_by_change ON desired_users (tenant, change);
+CREATE INDEX desired_enrollments_by_change ON desired_enrollments (tenant, change);
 """
