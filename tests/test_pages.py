@@ -319,3 +319,29 @@ def test_a_delta_maps_again_only_what_changed_and_gets_what_a_rebuild_gets(tmp_p
             assert reparsed["calls"] == 0 and _snapshot(store) == kept
         finally:
             store.close()
+
+
+def test_the_daemon_s_wrapped_source_gets_the_fingerprints_and_the_delta_filter(tmp_path, roster, monkeypatch):
+    """The daemon hands the engine a MeteredSource, which forwards reads to the source it opens:
+    what the engine sets on the source goes through methods, so it reaches the real one."""
+    from syncd.metrics import MeteredSource
+
+    parsed = Parsed(monkeypatch)
+    with Sandbox(roster) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra=SAFE,
+                                  source_extra='page_size = 20\ndelta = "auto"')
+        tenant, store = configuration.load(config).tenants["lincoln"], Store.open(tmp_path / "state")
+
+        def wrapped() -> MeteredSource:
+            return MeteredSource(lambda: oneroster.OneRosterSource(tenant.source, datetime.now(UTC).date()))
+
+        try:
+            assert engine.run(tenant, store, source=wrapped())["calls"] > 0
+            assert len(parsed.take()) > 10
+            assert engine.run(tenant, store, source=wrapped())["calls"] == 0  # a delta
+            assert box.oneroster.filtered_requests > 0
+            parsed.take()
+            assert engine.run(tenant, store, engine.Options(full=True), source=wrapped())["calls"] == 0
+            assert parsed.take() == []  # every page skipped
+        finally:
+            store.close()

@@ -66,6 +66,18 @@ class OneRosterSource:
             if auth == "oauth1" else None
         )
 
+    # Set through methods, not attributes: a wrapper that forwards attribute reads to its source
+    # (syncd.metrics.MeteredSource) would keep an attribute set on it for itself.
+    def read_since(self, since: str | None) -> None:
+        """Delta runs: read only what changed after ``since`` (None: everything, from the start)."""
+        self.since = since
+        if since is None:
+            self.short = []
+
+    def remember_pages(self, known: dict[int, KnownPage] | None) -> None:
+        """Page fingerprints of the last run (None: parse every page and yield plain lists)."""
+        self.known_pages = known
+
     def _count(self) -> None:
         with self._counter:  # called from the fetch workers
             self.requests += 1
