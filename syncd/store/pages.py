@@ -21,8 +21,11 @@ Exactness, and what never leaves a fingerprint that could hide a change:
   stored digest true of the rows tagged with it; and a mirror whose row counts do not add up to
   its pages' (purged, or written by a delta run) is dropped and the extract parses everything.
 
-Any change of the page rows also drops ``desired_marks`` (syncd.store.staging), so the desired
-state is rebuilt; a run whose pages were all skipped keeps it.
+Any change of the page rows also drops ``desired_marks`` (syncd.store.staging) in its transaction,
+so a run that stops before build_desired leaves a desired state that the next run rebuilds whole;
+within a run, the rows that really changed are noted (``Dirty``: a record that only moved to
+another page is not a change) and build_desired maps again only what depends on them (nothing,
+when every page was skipped).
 """
 
 from __future__ import annotations
