@@ -35,13 +35,12 @@ def read(state: Any, store: TenantStore, source: Source, extract: Extract) -> No
     since = delta_since(state, store, source)
     if since is not None:
         store.begin_delta()
-        source.since = since  # type: ignore[attr-defined]  # OneRosterSource (checked in delta_since)
+        source.read_since(since)  # type: ignore[attr-defined]  # OneRosterSource (checked in delta_since)
         try:
             extract(state, store, source, store.stage_changes)
         except DeltaRejected as exc:
             log.warning("sync.delta_unsupported", error=str(exc), consequence="a full extract instead")
-            source.since = None  # type: ignore[attr-defined]
-            source.short = []  # type: ignore[attr-defined]
+            source.read_since(None)  # type: ignore[attr-defined]
             since = None
         else:
             state.delta = True
@@ -52,8 +51,17 @@ def read(state: Any, store: TenantStore, source: Source, extract: Extract) -> No
     allowed = _delta_allowed(state, source)  # with delta off, the marks are never touched
     if allowed:
         store.forget_marks()
-    store.reset_stage()
-    extract(state, store, source, store.stage)
+    if _pages_allowed(state, source):
+        # A full extract that parses only the pages whose bytes changed (syncd.store.pages).
+        source.remember_pages(store.begin_pages())  # type: ignore[attr-defined]
+        try:
+            extract(state, store, source, store.stage_page)
+        finally:
+            source.remember_pages(None)  # type: ignore[attr-defined]
+            store.end_pages()
+    else:
+        store.reset_stage()
+        extract(state, store, source, store.stage)
     if allowed and _read_to_end(state):
         store.mark_extract(started, full=True)
 
@@ -75,8 +83,13 @@ def _delta_allowed(state: Any, source: Source) -> bool:
     config = state.tenant.source
     # Exams are read whole each run (their gradebook has no delta read here): a tenant with exams
     # makes full runs, so stage_exams is never a stale mirror.
-    return (config.type == "oneroster" and config.delta != "off" and hasattr(source, "since")
+    return (config.type == "oneroster" and config.delta != "off" and hasattr(source, "read_since")
             and state.tenant.exams is None)
+
+
+def _pages_allowed(state: Any, source: Source) -> bool:
+    """Page fingerprints: a plain OneRoster source (its exams, read whole, are staged otherwise)."""
+    return hasattr(source, "remember_pages") and state.tenant.exams is None
 
 
 def _read_to_end(state: Any) -> bool:

@@ -206,7 +206,8 @@ def _extract(state: Run, store: TenantStore, source: Source,
             if http.stopping.is_set():
                 state.failure = "stopped by a signal during the extract"
                 return
-            read += len(page)
+            size = getattr(page, "size", len(page))  # a page skipped unparsed (store.pages) is empty
+            read += size
             state.report("extract", read)
             _keep_passwords(state, page)
             staged = stage(page)
@@ -219,7 +220,7 @@ def _extract(state: Run, store: TenantStore, source: Source,
                     state.unreadable += 1
                 _record_failed(state, store, RecordFailure(error.entity, error.source_id, "extract", error.message))
                 state.failed_extract[error.entity] += 1
-            guard.page(len(page), sum(e.message.startswith("duplicate id") for e in staged))
+            guard.page(size, sum(e.message.startswith("duplicate id") for e in staged))
         state.complete = source.complete
         state.exams_complete = (state.complete and getattr(source, "exams_complete", True)
                                 and not state.exams_unnamed_error)

@@ -262,10 +262,23 @@ class _Session(requests.Session):
         self.failures_in_a_row = 0  # requests that failed for good (see send's breaker)
         self._count_lock = threading.Lock()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
+        self._templates: dict[tuple[str, str, tuple[tuple[str, str], ...]], requests.PreparedRequest] = {}
 
     def count(self) -> None:
         with self._count_lock:
             self.requests += 1
+
+    def template(self, method: str, url: str, headers: dict[str, str]) -> requests.PreparedRequest:
+        """A request prepared as ``session.request`` prepares it, without a body, kept per method,
+        URL and headers (see ``_request``)."""
+        key = (method, url, tuple(sorted(headers.items())))
+        prepared = self._templates.get(key)
+        if prepared is None:
+            prepared = self.prepare_request(requests.Request(method=method.upper(), url=url, headers=headers))
+            prepared.headers.pop("Content-Length", None)  # set with the body
+            with self._count_lock:
+                self._templates = {**self._templates, key: prepared} if len(self._templates) < 64 else {key: prepared}
+        return prepared
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         if proxies or verify is not None or cert is not None:
@@ -406,8 +419,7 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
     with _deadline(deadline_s) as watch:
         try:
             for _hop in range(MAX_REDIRECTS + 1):
-                response = session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
-                                           **kwargs)
+                response = _request(session, method, url, timeout, kwargs)
                 if not response.is_redirect:
                     _read_body(response, max_bytes)
                     return response
@@ -429,6 +441,23 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
             if isinstance(exc, requests.Timeout):
                 raise _Failed("timed out") from None
             raise _Failed("connection failed") from None
+
+
+def _request(session: requests.Session, method: str, url: str, timeout: float,
+             kwargs: dict[str, Any]) -> requests.Response:
+    """``session.request``, unstreamed redirects off; a request with only a JSON body and headers
+    (a provision call) is a copy of one prepared request with its body set, where requests would
+    merge the session's settings, cookies and hooks and parse the URL again, every call (a third of
+    a push call's CPU). The copy carries the same URL, headers, session headers, hooks and, since
+    only an empty cookie jar takes this path, the same (absent) cookies; it is sent by
+    ``session.send`` with the same environment settings, so TLS verification and proxies are those
+    of ``session.request``."""
+    if not (isinstance(session, _Session) and kwargs.keys() <= {"json", "headers"} and not session.cookies):
+        return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
+    prepared = session.template(method, url, kwargs.get("headers") or {}).copy()
+    prepared.prepare_body(None, None, kwargs.get("json"))
+    settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+    return session.send(prepared, timeout=timeout, allow_redirects=False, **settings)
 
 
 class _TooLarge(Exception):

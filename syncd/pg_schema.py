@@ -219,6 +219,29 @@ CREATE TABLE district_webhooks (
     outcome TEXT NOT NULL DEFAULT 'received', UNIQUE (guid_key, mode));
 """
 
+# Page fingerprints (syncd.store.pages). Not in STATE_TABLES: like source_marks they vouch for the
+# stage_* mirror and the desired state, which are not copied either.
+M010 = """
+ALTER TABLE stage_courses ADD COLUMN page BIGINT;
+ALTER TABLE stage_course_codes ADD COLUMN page BIGINT;
+ALTER TABLE stage_users ADD COLUMN page BIGINT;
+ALTER TABLE stage_enrollments ADD COLUMN page BIGINT;
+CREATE INDEX stage_courses_by_page ON stage_courses (tenant, page);
+CREATE INDEX stage_course_codes_by_page ON stage_course_codes (tenant, page);
+CREATE INDEX stage_users_by_page ON stage_users (tenant, page);
+CREATE INDEX stage_enrollments_by_page ON stage_enrollments (tenant, page);
+CREATE UNLOGGED TABLE source_pages (
+    tenant TEXT, page BIGINT, digest TEXT, count INTEGER NOT NULL, ids TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (tenant, page));
+CREATE UNLOGGED TABLE desired_marks (tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL);
+CREATE INDEX acked_courses_live ON acked_courses (tenant, removed_at);
+CREATE INDEX acked_users_live ON acked_users (tenant, removed_at);
+CREATE INDEX acked_enrollments_live ON acked_enrollments (tenant, removed_at);
+CREATE INDEX desired_courses_by_change ON desired_courses (tenant, change);
+CREATE INDEX desired_users_by_change ON desired_users (tenant, change);
+CREATE INDEX desired_enrollments_by_change ON desired_enrollments (tenant, change);
+"""
+
 # In order; the names are those of syncd/store/schema.py's SQLite migrations (plus cluster-only ones).
 MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m001_initial", M001),
@@ -232,6 +255,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m008_alerts", M008),
     ("m009_delta", M009),
     ("pg002_gg4l", PG002_GG4L),
+    ("m010_pages", M010),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

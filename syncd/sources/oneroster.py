@@ -27,14 +27,16 @@ from syncd import http
 from syncd.model import Course, CourseCode, Enrollment, Entity, Record, User
 from syncd.sources import DeltaRejected, SourceError, map_record, text_field, tokens
 from syncd.sources.oneroster_config import OneRosterConfig
+from syncd.sources.pages import COLLECTIONS, KnownPage, PageRecords, page_tag
 
 log = structlog.get_logger("syncd.oneroster")
 
 ACTIVE, GONE = "active", "gone"
 STATUSES = {"active": ACTIVE, "tobedeleted": GONE, "inactive": GONE, "": ACTIVE}
 DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ].*)?$")
-# (path, envelope key, entity reported on record errors, mapper)
-COLLECTIONS = ("courses", "classes", "users", "enrollments")
+# Bump when the mapping below changes what a page of the same bytes maps to: every stored page
+# fingerprint then stops matching and each page is parsed again (syncd.store.pages).
+MAPPING_VERSION = "1"
 
 
 class OneRosterSource:
@@ -49,6 +51,9 @@ class OneRosterSource:
         # Delta runs: read only what changed after this time (filter=dateLastModified>'…').
         self.since: str | None = None
         self.short: list[str] = []
+        # Page fingerprints of the last run (syncd.store.pages), by page_tag: a page whose bytes
+        # hash the same is not parsed. None: every page is parsed and yields a plain list.
+        self.known_pages: dict[int, KnownPage] | None = None
         self.requests = 0
         self._counter = threading.Lock()
         self._decoding = threading.Lock()
@@ -59,6 +64,18 @@ class OneRosterSource:
                    signature_method=SIGNATURE_HMAC_SHA256)
             if auth == "oauth1" else None
         )
+
+    # Set through methods, not attributes: a wrapper that forwards attribute reads to its source
+    # (syncd.metrics.MeteredSource) would keep an attribute set on it for itself.
+    def read_since(self, since: str | None) -> None:
+        """Delta runs: read only what changed after ``since`` (None: everything, from the start)."""
+        self.since = since
+        if since is None:
+            self.short = []
+
+    def remember_pages(self, known: dict[int, KnownPage] | None) -> None:
+        """Page fingerprints of the last run (None: parse every page and yield plain lists)."""
+        self.known_pages = known
 
     def _count(self) -> None:
         with self._counter:  # called from the fetch workers
@@ -143,18 +160,36 @@ class OneRosterSource:
                 log.warning("oneroster.sort_rejected", collection=crawl.name)
                 sort = False
                 response = self._get(crawl.name, self._params(offset, sort))
+            total = _int(response.headers.get("X-Total-Count"))
+            tag, digest = page_tag(crawl.name, offset), ""
+            if self.known_pages is not None:
+                digest = self._digest(response)
+                known = self.known_pages.get(tag)
+                if known is not None and known.digest == digest:
+                    skipped = PageRecords([], tag, digest, known.count, known.ids, skipped=True)
+                    return _Page(offset, generation, sort, skipped, known.count, known.ids, total)
             # One page decoded at a time: the GIL runs one anyway, and a decoded page (dicts) is
             # ten times its mapped records, so this bounds the peak memory, not the speed.
             with self._decoding:
                 items = _envelope(response, crawl.name)
                 mapper, entity = crawl.mapper, crawl.entity
-                records = [_map_safely(entity, mapper, item) for item in items]
+                records: list[Record] = [_map_safely(entity, mapper, item) for item in items]
                 count, fingerprint = len(items), _fingerprint(items)
                 del items
-            return _Page(offset, generation, sort, records, count, fingerprint,
-                         _int(response.headers.get("X-Total-Count")))
+            if self.known_pages is not None:
+                records = PageRecords(records, tag, digest, count, fingerprint)
+            return _Page(offset, generation, sort, records, count, fingerprint, total)
         except Exception as exc:  # noqa: BLE001 - raised by the crawl if and when the page is needed
             return _Page(offset, generation, sort, error=exc)
+
+    def _digest(self, response: requests.Response) -> str:
+        """The page's raw bytes, with all else that decides what they map to: the date (an
+        enrollment past its endDate is inactive), the mapping options and code, the charset."""
+        context = (f"{MAPPING_VERSION}|{self.today.isoformat()}|{self.config.privacy_shield}|"
+                   f"{response.headers.get('Content-Type', '')}|")
+        digest = hashlib.blake2b(context.encode(), digest_size=16)
+        digest.update(response.content)
+        return digest.hexdigest()
 
     def _params(self, offset: int, sort: bool) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": self.config.page_size, "offset": offset}

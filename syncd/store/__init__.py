@@ -9,6 +9,7 @@ whose methods never take the tenant again. The parts, by concern:
 - ``schema.py``: the tables and their migrations;
 - ``runs.py``: runs and per-record errors;
 - ``staging.py``: staged source rows and the desired state built from them in SQL;
+- ``pages.py``: page fingerprints, so a full extract stages only the pages that changed;
 - ``diff.py``: desired against acknowledged (create / update / none) and the counts;
 - ``plan.py``: the planner's SQL over ``plan_calls`` and the calls read back;
 - ``acks.py``: acknowledgements, tombstones restored, disabled users;
@@ -41,6 +42,7 @@ from syncd.store.delta import Delta
 from syncd.store.diff import Diff
 from syncd.store.explain import Trail
 from syncd.store.holds import ESCROW_DELAYS_H, Approvals, Holds
+from syncd.store.pages import Pages
 from syncd.store.plan import Planning
 from syncd.store.runs import History, Runs
 from syncd.store.schema import migrations
@@ -49,7 +51,7 @@ from syncd.store.staging import Staging
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta, Pages):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):

@@ -9,15 +9,13 @@ that read its changes to the end; a failed full run leaves none, so the next run
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from syncd.model import Course, CourseCode, Enrollment, Record, RecordError, User
 from syncd.store.base import Scoped
-from syncd.store.staging import _STAGE_ROW, STAGE_TABLES
-
-# What a delta run forgets: the derived state, never the mirror.
-DERIVED_TABLES = ("desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
+from syncd.store.staging import _STAGE_ROW, STAGE_COLUMNS, STAGE_TABLES
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,11 @@ class Delta(Scoped):
                 self.conn.execute("UPDATE source_marks SET since = ? WHERE tenant = ?", (started, self.name))
 
     def begin_delta(self) -> None:
-        """Forget the last run's desired state and plan; keep the mirror the delta updates."""
+        """Forget the last run's plan; keep the mirror the delta updates, and the desired state,
+        which build_desired keeps only if the delta changed no staged row (desired_marks)."""
         with self._write():
-            for table in DERIVED_TABLES:
-                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
+            self.conn.execute("DELETE FROM plan_calls WHERE tenant = ?", (self.name,))
+        self.track_changes()  # type: ignore[attr-defined]  # Staging
 
     def stage_changes(self, records: list[Record]) -> list[RecordError]:
         """Upsert one page of changed records into the mirror (the latest read of an id wins).
@@ -62,17 +61,40 @@ class Delta(Scoped):
                 assert isinstance(record, RecordError)
                 failed.append(record)
             else:
-                rows[type(record)].append(to_row(self.name, record))
+                rows[type(record)].append((*to_row(self.name, record), None))  # page: none
+        changed = {kind: self._changed(STAGE_TABLES[kind][0], batch) for kind, batch in rows.items() if batch}
+        if not any(changed.values()):
+            return failed  # records the mirror already holds as read (a delta re-reads its margin)
         with self._write():
-            for kind, batch in rows.items():
+            # The mirror changes: the desired state is updated, and no page fingerprint vouches
+            # for the rows any more (syncd.store.pages: untagged rows drop the mirror).
+            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self.conn.execute("DELETE FROM source_pages WHERE tenant = ?", (self.name,))
+            for kind, batch in changed.items():
                 if batch:
                     self._upsert(STAGE_TABLES[kind][0], batch)
         return failed
 
-    def _upsert(self, table: str, batch: list[tuple[Any, ...]]) -> None:
+    def _changed(self, table: str, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows of a page that differ from the mirror's (the last read of an id wins), each
+        noted as a change for build_desired."""
+        latest = {row[1]: row for row in batch}
+        held = {row[1]: tuple(row) for row in self.conn.execute(
+            f"SELECT {STAGE_COLUMNS[table]} FROM {table} WHERE tenant = ? "
+            f"AND source_id IN ({self.dialect.each_text('?')})", (self.name, json.dumps(list(latest))))}
+        dirty = self._dirty  # type: ignore[attr-defined]  # Staging
+        changed = []
+        for source_id, row in latest.items():
+            before = held.get(source_id)
+            if before != row[:-1]:
+                changed.append(row)
+                if dirty is not None:
+                    dirty.note(table, before, row[:-1])
+        return changed
+
+    def _upsert(self, table: str, latest: list[tuple[Any, ...]]) -> None:
         """Replace each record's mirrored row (DELETE then INSERT: the same SQL on both stores,
-        without naming every column); within a page the last read of an id wins."""
-        latest = list({row[1]: row for row in batch}.values())
+        without naming every column)."""
         self.conn.executemany(f"DELETE FROM {table} WHERE tenant = ? AND source_id = ?",
                               [(row[0], row[1]) for row in latest])
         marks = ",".join("?" * len(latest[0]))

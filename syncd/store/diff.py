@@ -18,16 +18,23 @@ class Diff(Scoped):
         are hashed (the dialect's hash); every row is written once."""
         same = "'update'" if force else "'none'"
         fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
+        differs = self.dialect.differs
         with self._write():
             for entity, spec in SPECS.items():
+                # A desired state kept from the last run (build_desired) is mostly rows already
+                # classified against this acknowledged row: those would be written unchanged, and
+                # are left alone (the conditions are exactly "the SET below changes nothing").
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET "
                     f"change = CASE WHEN a.body = d.body OR a.hash = {fresh} THEN {same} ELSE 'update' END, "
                     f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
-                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ?", (self.name,))
+                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ? "
+                    f"AND (d.change IS NULL OR d.change <> {same} OR d.hash IS NULL OR a.body IS NULL "
+                    f"OR {differs('a.body', 'd.body')} OR {differs('a.hash', 'd.hash')})", (self.name,))
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
-                    f"WHERE d.tenant = ? AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
+                    f"WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'create' OR d.hash IS NULL) "
+                    f"AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
                     (self.name,))
             # An exam is sent again with the same body when the target deleted it (on_removed =
             # "delete": provisioning reactivates it) or when it moved to another course (the course
@@ -48,11 +55,14 @@ class Diff(Scoped):
         with the body planned) and not done."""
         counts: dict[Entity, dict[str, int]] = {}
         for entity, spec in SPECS.items():
+            # Unchanged rows need no look at what was acknowledged: counted alone, without the join.
+            unchanged = self.conn.execute(f"SELECT count(*) FROM {spec.desired} WHERE tenant = ? AND change = 'none'",
+                                          (self.name,)).fetchone()[0]
             rows = self.conn.execute(
                 f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
-                "WHERE d.tenant = ? GROUP BY 1, 2", (since, self.name))
-            result = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0, "held": 0}
+                "WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'none') GROUP BY 1, 2", (since, self.name))
+            result = {"created": 0, "updated": 0, "unchanged": unchanged, "failed": 0, "held": 0}
             for change, done, n in rows:
                 if change == "none":
                     result["unchanged"] += n

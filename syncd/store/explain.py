@@ -41,6 +41,7 @@ class Trail(Scoped):
                                (self.name, key[0]))
         for row in rows:
             row.pop("tenant", None)
+            row.pop("page", None)  # where the row was read from (store.pages), not what the source said
             row["active"] = bool(row["active"])
         return rows
 
@@ -49,6 +50,7 @@ class Trail(Scoped):
                            (self.name, user_id))
         for row in rows:
             row.pop("tenant", None)
+            row.pop("page", None)  # where the row was read from (store.pages), not what the source said
             row["active"] = bool(row["active"])
         return rows
 

@@ -204,3 +204,38 @@ def m009_delta(db: sqlite_utils.Database) -> None:
             tenant TEXT PRIMARY KEY, since TEXT NOT NULL, full_at TEXT NOT NULL) WITHOUT ROWID;
         """
     )
+
+
+@migrations()
+def m010_pages(db: sqlite_utils.Database) -> None:
+    """Page fingerprints (syncd.store.pages): each staged roster row is tagged with the page position
+    it was read from, and ``source_pages`` holds each position's digest; ``desired_marks`` vouches
+    for the desired state a run may keep (syncd.store.staging.build_desired). Rows staged before
+    belong to no page: the next fingerprinted run drops them and parses every page. And an index of
+    the acknowledged rows not removed, which a run counts three times: without it each count reads
+    every acknowledged body; and of the desired rows by change, which the planner and the counts ask
+    for (a run that changes nothing then reads no body)."""
+    db.executescript(PAGES_SQL)
+
+
+PAGES_SQL = """
+ALTER TABLE stage_courses ADD COLUMN page INTEGER;
+ALTER TABLE stage_course_codes ADD COLUMN page INTEGER;
+ALTER TABLE stage_users ADD COLUMN page INTEGER;
+ALTER TABLE stage_enrollments ADD COLUMN page INTEGER;
+CREATE INDEX stage_courses_by_page ON stage_courses (tenant, page);
+CREATE INDEX stage_course_codes_by_page ON stage_course_codes (tenant, page);
+CREATE INDEX stage_users_by_page ON stage_users (tenant, page);
+CREATE INDEX stage_enrollments_by_page ON stage_enrollments (tenant, page);
+CREATE TABLE source_pages (
+    tenant TEXT, page INTEGER, digest TEXT, count INTEGER NOT NULL, ids TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (tenant, page)) WITHOUT ROWID;
+CREATE TABLE desired_marks (
+    tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX acked_courses_live ON acked_courses (tenant, removed_at);
+CREATE INDEX acked_users_live ON acked_users (tenant, removed_at);
+CREATE INDEX acked_enrollments_live ON acked_enrollments (tenant, removed_at);
+CREATE INDEX desired_courses_by_change ON desired_courses (tenant, change);
+CREATE INDEX desired_users_by_change ON desired_users (tenant, change);
+CREATE INDEX desired_enrollments_by_change ON desired_enrollments (tenant, change);
+"""

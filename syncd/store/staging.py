@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.entities import SPECS, Entity
@@ -24,16 +25,74 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
 }
 STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
 RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
-              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls")
+              "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls",
+              "source_pages", "desired_marks")
+DESIRED_NAMES = ("desired_courses", "desired_users", "desired_enrollments")
+# Bump when the SQL below changes the bodies it builds: a kept desired state is then rebuilt.
+DESIRED_VERSION = "1"
+# The changes classify and the planner leave in desired_*; any other (held, deferred) rewrote a
+# row's body or must not outlive its run, so such a desired state is never kept.
+KEPT_CHANGES = ("none", "create", "update")
+
+
+# The columns of a roster stage row as _STAGE_ROW builds it (the page tag, syncd.store.pages, after).
+STAGE_COLUMNS = {
+    "stage_courses": "tenant, source_id, title, code, external_id, lms_id, parent_id, active, status",
+    "stage_course_codes": "tenant, source_id, code",
+    "stage_users": "tenant, source_id, first_name, last_name, email, external_id, lms_id, active, status",
+    "stage_enrollments": "tenant, source_id, course_id, user_id, role, active, status, end_date",
+}
+
+
+@dataclass
+class Dirty:
+    """The staged rows that changed since the desired state was built, as what must be mapped
+    again: a class (its course and its enrollments, and so their users), a course code (the
+    classes under it), a user (the user and the user's enrollments). A changed enrollment makes
+    its user dirty, before and after the change, which recomputes the enrollment's pair."""
+
+    classes: set[str] = field(default_factory=set)
+    codes: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)
+
+    def note(self, table: str, old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> None:
+        """One staged row replaced (``old`` and ``new`` without their page tag; None: absent)."""
+        if old == new:
+            return
+        row = old if old is not None else new
+        assert row is not None
+        if table == "stage_courses":
+            self.classes.add(row[1])
+        elif table == "stage_course_codes":
+            self.codes.add(row[1])
+        elif table == "stage_users":
+            self.users.add(row[1])
+        else:
+            self.users.update(r[3] for r in (old, new) if r is not None)
+
+    def __bool__(self) -> bool:
+        return bool(self.classes or self.codes or self.users)
 
 
 class Staging(Scoped):
     # The install's key for exam passwords (exams.password_key): set by the engine when the tenant
     # has exams; a password is staged only as its keyed digest.
     exam_key: bytes | None = None
+    # What this run changed in stage_*, when the staging knew it (a delta, or page fingerprints),
+    # and the desired_marks row as it was before the first change: together they let build_desired
+    # map again only what changed. None: unknown, the desired state is rebuilt whole.
+    _dirty: Dirty | None = None
+    _start_marks: tuple[str, str] | None = None
+
+    def track_changes(self) -> None:
+        """Staging is about to change rows one by one (a delta, changed pages): note what changes."""
+        self._dirty = Dirty()
+        self._start_marks = self.conn.execute("SELECT fingerprint, counts FROM desired_marks WHERE tenant = ?",
+                                              (self.name,)).fetchone()
 
     def reset_stage(self) -> None:
         """Forget the last run's staged rows, desired state and plan."""
+        self._dirty = None
         with self._write():
             for table in RUN_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
@@ -47,7 +106,7 @@ class Staging(Scoped):
             # A dict lookup on the exact type, not an isinstance chain: this runs once per record.
             to_row = _STAGE_ROW.get(type(record))
             if to_row is not None:
-                rows[type(record)].append(to_row(self.name, record))
+                rows[type(record)].append((*to_row(self.name, record), None))  # page: none (syncd.store.pages)
             elif isinstance(record, Exam):
                 if self.exam_key is None:
                     raise ValueError("an exam was read for a tenant without exams")
@@ -100,10 +159,25 @@ class Staging(Scoped):
         return {e: self.conn.execute(f"SELECT count(*) FROM {spec.stage} WHERE tenant = ?",
                                      (self.name,)).fetchone()[0] for e, spec in SPECS.items()}
 
-    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> None:
-        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL."""
+    def build_desired(self, roles: dict[str, str], time_zone: str | None, exams: ExamsConfig | None = None) -> bool:
+        """Map staged rows to provision bodies in scope (SPEC §4, §7), all in SQL. When the
+        staging noted what changed (``track_changes``) since a desired state built with the same
+        mapping options, only the rows that depend on a change are mapped again (none: the state
+        is kept). True when any row was mapped."""
+        fingerprint = None if exams is not None else self._desired_fingerprint(roles, time_zone)
+        dirty = self._dirty
+        self._dirty = None
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
+        if fingerprint is not None and dirty is not None and self._desired_stands(fingerprint):
+            if not dirty:
+                return False
+            with self._write():
+                self._update_desired(dirty, role_rows, time_zone)
+                self._write_marks(fingerprint)
+            return True
         with self._write():
+            for table in ("desired_marks", *DESIRED_NAMES, "desired_exams"):
+                self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
             for sql in self.dialect.analyze(*STAGE_NAMES):
                 self.conn.execute(sql)
             courses, enrollments, users = desired_sql(self.dialect)
@@ -114,6 +188,52 @@ class Staging(Scoped):
                 self.conn.execute(*exam_sql.desired(self.dialect, self.name, exams))
             for sql in self.dialect.analyze("desired_courses", "desired_users", "desired_enrollments"):
                 self.conn.execute(sql)
+            if fingerprint is not None:
+                self._write_marks(fingerprint)
+        return True
+
+    def _update_desired(self, dirty: Dirty, role_rows: str, time_zone: str | None) -> None:
+        """Delete and map again the desired rows that depend on a changed staged row."""
+        each = self.dialect.each_text("?")
+        classes, codes, users = (json.dumps(sorted(ids)) for ids in (dirty.classes, dirty.codes, dirty.users))
+        tenant = self.name
+        in_class = f"SELECT user_id FROM stage_enrollments WHERE tenant = ? AND course_id IN ({each})"
+        self.conn.execute(
+            f"DELETE FROM desired_courses WHERE tenant = ? AND (source_id IN ({each}) OR source_id IN "
+            f"(SELECT source_id FROM stage_courses WHERE tenant = ? AND parent_id IN ({each})))",
+            (tenant, classes, tenant, codes))
+        self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND (course_id IN ({each}) "
+                          f"OR user_id IN ({each}))", (tenant, classes, users))
+        self.conn.execute(f"DELETE FROM desired_users WHERE tenant = ? AND (source_id IN ({each}) "
+                          f"OR source_id IN ({in_class}))", (tenant, users, tenant, classes))
+        courses, enrollments, people = desired_sql(self.dialect, True)
+        self.conn.execute(courses, (tenant, classes, codes))
+        self.conn.execute(enrollments, (role_rows, tenant, classes, users))
+        self.conn.execute(people, (time_zone, tenant, users, tenant, classes))
+
+    def _write_marks(self, fingerprint: str) -> None:
+        self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+        self.conn.execute("INSERT INTO desired_marks (tenant, fingerprint, counts) VALUES (?, ?, ?)",
+                          (self.name, fingerprint, json.dumps(self._desired_counts())))
+
+    def _desired_fingerprint(self, roles: dict[str, str], time_zone: str | None) -> str:
+        """What the desired state is a function of, besides the staged rows."""
+        return json.dumps([DESIRED_VERSION, self.dialect.name, list(roles.items()), time_zone])
+
+    def _desired_counts(self) -> list[int]:
+        return [self.conn.execute(f"SELECT count(*) FROM {table} WHERE tenant = ?", (self.name,)).fetchone()[0]
+                for table in DESIRED_NAMES]
+
+    def _desired_stands(self, fingerprint: str) -> bool:
+        """The last desired state, as it was when this run's staging began, may be updated: built
+        with this mapping, all its rows there, and none held or deferred (another body)."""
+        row = self._start_marks
+        if row is None or row[0] != fingerprint or json.loads(row[1]) != self._desired_counts():
+            return False
+        kept = ", ".join(f"'{change}'" for change in KEPT_CHANGES)
+        return not any(self.conn.execute(
+            f"SELECT 1 FROM {table} WHERE tenant = ? AND change IS NOT NULL AND change NOT IN ({kept}) LIMIT 1",
+            (self.name,)).fetchone() for table in DESIRED_NAMES)
 
     def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
         """Active enrollments whose class or user is missing from a complete extract."""
@@ -157,7 +277,8 @@ _STAGE_ROW: dict[type, Callable[[str, Any], tuple[Any, ...]]] = {
 # empty field omitted, not null), built by the dialect (dialect.py), so the hash is taken over it.
 # The hash is left NULL here: Diff.classify takes it from the acknowledged row when the body text
 # is the same and computes it (the dialect's hash) only for the bodies that are new or changed.
-def _desired_courses(d: Dialect) -> str:
+def _desired_courses(d: Dialect, only: bool) -> str:
+    changed = f"AND (c.source_id IN ({d.each_text('?')}) OR c.parent_id IN ({d.each_text('?')}))" if only else ""
     body = d.body(Obj({"code": "coalesce(c.code, cc.code)",
                        "ids": Obj({"external": "c.external_id", "lms": "c.lms_id"}), "title": "c.title"}))
     return f"""
@@ -166,12 +287,13 @@ SELECT tenant, source_id, body, NULL FROM (
     SELECT c.tenant, c.source_id, {body} AS body
     FROM stage_courses c
     LEFT JOIN stage_course_codes cc ON cc.tenant = c.tenant AND cc.source_id = c.parent_id
-    WHERE c.tenant = ? AND c.active = 1) AS b
+    WHERE c.tenant = ? AND c.active = 1 {changed}) AS b
 """
 
 
 # One enrollment per (course, user): the role listed first in `roles` wins.
-def _desired_enrollments(d: Dialect) -> str:
+def _desired_enrollments(d: Dialect, only: bool) -> str:
+    changed = f"AND (e.course_id IN ({d.each_text('?')}) OR e.user_id IN ({d.each_text('?')}))" if only else ""
     return f"""
 INSERT INTO desired_enrollments (tenant, course_id, user_id, source_id, body, hash)
 SELECT tenant, course_id, user_id, source_id, body, NULL FROM (
@@ -181,12 +303,14 @@ SELECT tenant, course_id, user_id, source_id, body, NULL FROM (
     JOIN ({d.roles('?')}) r ON r.source_role = e.role
     JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id AND c.active = 1
     JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id AND u.active = 1
-    WHERE e.tenant = ? AND e.active = 1) AS b
+    WHERE e.tenant = ? AND e.active = 1 {changed}) AS b
 WHERE choice = 1
 """
 
 
-def _desired_users(d: Dialect) -> str:
+def _desired_users(d: Dialect, only: bool) -> str:
+    changed = (f"AND (u.source_id IN ({d.each_text('?')}) OR u.source_id IN (SELECT user_id FROM stage_enrollments "
+               f"WHERE tenant = ? AND course_id IN ({d.each_text('?')})))") if only else ""
     body = d.body(Obj({"email": "u.email", "firstName": "u.first_name",
                        "ids": Obj({"external": "u.external_id", "lms": "u.lms_id"}),
                        "lastName": "u.last_name", "timeZone": "CAST(? AS TEXT)"}))
@@ -196,11 +320,12 @@ SELECT tenant, source_id, body, NULL FROM (
     SELECT u.tenant, u.source_id, {body} AS body
     FROM stage_users u
     WHERE u.tenant = ? AND u.active = 1 AND EXISTS (
-        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id)) AS b
+        SELECT 1 FROM desired_enrollments e WHERE e.tenant = u.tenant AND e.user_id = u.source_id) {changed}) AS b
 """
 
 
 @functools.cache
-def desired_sql(d: Dialect) -> tuple[str, str, str]:
-    """The three statements that build the desired state, in the order they run."""
-    return _desired_courses(d), _desired_enrollments(d), _desired_users(d)
+def desired_sql(d: Dialect, only: bool = False) -> tuple[str, str, str]:
+    """The three statements that build the desired state, in the order they run; with ``only``,
+    of the rows that depend on changed ones (Dirty: parameters after the tenant's)."""
+    return _desired_courses(d, only), _desired_enrollments(d, only), _desired_users(d, only)
