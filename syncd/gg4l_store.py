@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS district_webhooks (
 # A purge deletes these of the district's tenant, with every stage_* and desired_* table
 # (source_marks and source_pages vouch for the stage_* mirror that delta runs and page fingerprints build on:
 # gone with it, the next run parses everything).
-PURGED_TABLES = ("plan_calls", "pending_removals", "held", "escrow", "errors", "call_log", "source_marks", "source_pages")
+PURGED_TABLES = ("plan_calls", "pending_removals", "held", "escrow", "errors", "call_log", "source_marks",
+                 "source_pages")
 _TIMES = ("first_missing_at", "revoked_at", "purged_at", "expiry", "last_seen", "last_data_ts", "synced_data_ts",
           "created_at")
 _COLUMNS = tuple(f.name for f in fields(District))
