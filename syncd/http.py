@@ -259,6 +259,7 @@ class _Session(requests.Session):
         self.auth = _no_auth
         self.stop = stop or stopping
         self.requests = 0  # attempts sent, for metrics
+        self.throttles = 0  # answers that said "slow down" (429, or a vendor's own throttle), for metrics
         self.failures_in_a_row = 0  # requests that failed for good (see send's breaker)
         self._count_lock = threading.Lock()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
@@ -267,6 +268,10 @@ class _Session(requests.Session):
     def count(self) -> None:
         with self._count_lock:
             self.requests += 1
+
+    def count_throttle(self) -> None:
+        with self._count_lock:
+            self.throttles += 1
 
     def template(self, method: str, url: str, headers: dict[str, str]) -> requests.PreparedRequest:
         """A request prepared as ``session.request`` prepares it, without a body, kept per method,
@@ -386,6 +391,8 @@ def _send(
             reauthorize()  # type: ignore[misc]
             attempt -= 1  # the refresh is "once", not one of the transient retries
             continue
+        if isinstance(session, _Session) and (action == THROTTLE or status == 429):
+            session.count_throttle()
         detail = error_message(response)
         message = f"{method} {shown}: HTTP {status}: {detail}"
         if action in (RETRY, THROTTLE):

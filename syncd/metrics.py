@@ -62,8 +62,8 @@ class Metrics:
                                "failed by runs", ["tenant", "entity", "change"], registry=r)
         self.source_requests = Counter("syncd_source_requests", "Requests to the source (LMS / SIS)",
                                        ["tenant"], registry=r)
-        self.throttles = Counter("syncd_source_throttles", "Throttled answers from the source (Canvas 403 "
-                                 "Rate Limit Exceeded or 429)", ["tenant"], registry=r)
+        self.throttles = Counter("syncd_source_throttles", "Throttled answers from the source (429, or "
+                                 "Canvas's 403 Rate Limit Exceeded)", ["tenant"], registry=r)
         self.state = StateCollector(state_dir, tenants, running, url)
         r.register(self.state)
 
@@ -282,8 +282,12 @@ class MeteredSource:
 
     @property
     def throttles(self) -> int:
+        # Canvas's budget counts its throttles (403 "Rate Limit Exceeded" too); any other source's
+        # session counts the 429s it was answered.
         budget = getattr(self._source, "budget", None)
-        return int(getattr(budget, "throttles", 0))
+        if budget is not None:
+            return int(getattr(budget, "throttles", 0))
+        return int(getattr(getattr(self._source, "session", None), "throttles", 0))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._open(), name)

@@ -39,6 +39,14 @@ def test_429_and_5xx_are_retried_until_they_pass(target):
     assert app.calls == 4
 
 
+def test_the_session_counts_the_429s_it_was_answered_as_throttles(target):
+    app, url = target
+    app.script += [Scripted(429, retry_after="0"), Scripted(503), Scripted(429)]
+    session = http.new_session()
+    http.send(session, "POST", url, timeout=5, policy=FAST, json=BODY, headers={"token": app.token})
+    assert (session.requests, session.throttles) == (4, 2)  # a 503 is a failure, not a throttle
+
+
 def test_retry_after_is_honoured(target):
     app, url = target
     app.script.append(Scripted(429, retry_after="1"))

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_alerts import run_now
 from test_daemon import Daemon, finished
 
-from syncd.sandbox import Roster, Sandbox
+from syncd.sandbox import Fault, Roster, Sandbox
 
 
 def free_port() -> int:
@@ -113,7 +113,10 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     last_success = value(m, "syncd_last_success_timestamp_seconds", tenant="lincoln")
     assert abs(last_success - time.time()) < 120
 
-    # SIGUSR1: a second run, with nothing to change: runs move, calls do not.
+    assert value(m, "syncd_source_throttles_total", tenant="lincoln") == 0
+    # SIGUSR1: a second run, with nothing to change: runs move, calls do not. One page is answered
+    # 429 once (a OneRoster server's "slow down"): retried, and counted as a throttle.
+    sandbox.oneroster.faults.append(Fault(status=429, times=1, retry_after="0", collection="users"))
     run_now(daemon, 2)
     daemon.wait_for(lambda: value(scrape(port), "syncd_runs_total", tenant="lincoln", status="completed") == 2,
                     what="the second run in /metrics")
@@ -121,7 +124,8 @@ def test_metrics_move_as_runs_happen_and_state_survives_a_restart(sandbox, tmp_p
     assert value(m2, "syncd_provision_calls_total", tenant="lincoln", outcome="acknowledged") == first["calls"]
     assert value(m2, "syncd_run_duration_seconds_count", tenant="lincoln") == 2
     assert value(m2, "syncd_source_requests_total", tenant="lincoln") \
-        == 2 * value(m, "syncd_source_requests_total", tenant="lincoln")
+        == 2 * value(m, "syncd_source_requests_total", tenant="lincoln") + 1  # the page answered 429
+    assert value(m2, "syncd_source_throttles_total", tenant="lincoln") == 1
     assert value(m2, "syncd_last_success_timestamp_seconds", tenant="lincoln") > last_success
     dashboard = (Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text()
     used = set(re.findall(r"syncd_[a-z_]+", dashboard))
