@@ -290,9 +290,8 @@ def test_two_gg4l_nodes_reconcile_once_and_the_district_syncs_on_one_of_them(pg_
             home = tmp_path / f"node{i}"
             home.mkdir()
             ports.append(free_port())
-            config = box.write_config(home / "syncd.toml", home / "state")
-            config.write_text(config.read_text() + f'\n[daemon.http]\nlisten = "127.0.0.1:{ports[-1]}"\n'
-                              f'\n[state]\nurl = "{pg_database}"\n')
+            config = box.write_config(home / "syncd.toml", home / "state", state_url=pg_database)
+            config.write_text(config.read_text() + f'\n[daemon.http]\nlisten = "127.0.0.1:{ports[-1]}"\n')
             nodes.append(Daemon(config, home))
         try:
             for port in ports:
@@ -335,8 +334,7 @@ def test_the_gg4l_commands_read_and_reconcile_the_clusters_districts(box, pg_dat
     from conftest import syncd
 
     box.gg4l.add_district(G1)
-    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state")
-    config.write_text(config.read_text() + f'\n[state]\nurl = "{pg_database}"\n')
+    config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", state_url=pg_database)
     found = syncd(config, "gg4l", "discover", "--json")
     assert found.returncode == 0, found.stderr[-2000:]
     # The reconcile ran as the cluster's discovery job: a daemon's discovery this period is a listing.

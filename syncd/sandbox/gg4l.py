@@ -325,9 +325,10 @@ class Gg4lSandbox:
                 f'[gg4l.tenant]\nschedule = "every 1h"\nroles = {{ student = "learner", teacher = "instructor" }}\n'
                 f'[gg4l.tenant.target]\nbase_url = "{self.target_url}"\n{sid}token = "{self.provision.token}"\n')
 
-    def write_config(self, path: Path, state_dir: Path, **options: Any) -> Path:
-        path.write_text(f'[daemon]\nstate_dir = "{state_dir}"\nlog_format = "json"\n\n' + state_toml(state_dir)
-                        + self.gg4l_toml(**options), encoding="utf-8")
+    def write_config(self, path: Path, state_dir: Path, *, state_url: str | None = None, **options: Any) -> Path:
+        """A config for this fake's districts; ``state_url``: see :func:`syncd.sandbox.state_toml`."""
+        path.write_text(f'[daemon]\nstate_dir = "{state_dir}"\nlog_format = "json"\n\n'
+                        + state_toml(state_dir, state_url) + self.gg4l_toml(**options), encoding="utf-8")
         path.chmod(0o600)
         return path
 
