@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from syncd.sandbox import Fault, Roster, Sandbox, Scripted, expected_mapping
 from syncd.sandbox.hostile import Action, Hostile, Req, drip, echo_credentials, redirect
@@ -203,20 +204,25 @@ def _invariants(box: Sandbox, db: Path, report: Report, hostiles: Hostiles | Non
 
 def _check_state(box: Sandbox, conn: sqlite3.Connection, report: Report) -> None:
     report.check("integrity_check", conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+    _record_invariants(box, conn, report)
+
+
+def _record_invariants(box: Sandbox, conn: Any, report: Report) -> None:
+    """The target against the acknowledged state, and no removal from an incomplete extract, on a
+    sqlite3 or psycopg connection to the store."""
     report.check("no duplicate in the target", box.provision.duplicates() == 0)
     target = box.provision
     enrollment_sids = {e["sid"] for e in target.enrollments.values()}
-    missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
-    missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
-    missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
-    report.check("every acknowledged record is in the target", missing == 0,
-                 f"({missing} not)")
+    missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses").fetchall())
+    missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users").fetchall())
+    missing += sum(sid not in enrollment_sids
+                   for (sid,) in conn.execute("SELECT sid FROM acked_enrollments").fetchall())
+    report.check("every acknowledged record is in the target", missing == 0, f"({missing} not)")
     bad = 0
-    finished = conn.execute("SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL")
-    for summary, complete in finished:
+    for summary, complete in conn.execute(
+            "SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL").fetchall():
         if summary and not complete:
-            counts = json.loads(summary)["counts"]
-            bad += any(c.get("removed") for c in counts.values())
+            bad += any(c.get("removed") for c in json.loads(summary)["counts"].values())
     report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
 
 
@@ -242,19 +248,7 @@ def _pg_invariants(box: Sandbox, url: str, report: Report) -> None:
             report.check("integrity_check", True)
         except psycopg.Error as exc:
             report.check("integrity_check", False, f"({str(exc).splitlines()[0]})")
-        report.check("no duplicate in the target", box.provision.duplicates() == 0)
-        target = box.provision
-        enrollment_sids = {e["sid"] for e in target.enrollments.values()}
-        missing = sum(sid not in target.courses for (sid,) in conn.execute("SELECT sid FROM acked_courses"))
-        missing += sum(sid not in target.users for (sid,) in conn.execute("SELECT sid FROM acked_users"))
-        missing += sum(sid not in enrollment_sids for (sid,) in conn.execute("SELECT sid FROM acked_enrollments"))
-        report.check("every acknowledged record is in the target", missing == 0, f"({missing} not)")
-        bad = 0
-        for summary, complete in conn.execute(
-                "SELECT summary, extract_complete FROM runs WHERE finished_at IS NOT NULL").fetchall():
-            if summary and not complete:
-                bad += any(c.get("removed") for c in json.loads(summary)["counts"].values())
-        report.check("no removal from an incomplete extract", bad == 0, f"({bad} runs)")
+        _record_invariants(box, conn, report)
 
 
 def _converges(box: Sandbox, config: Path, report: Report, hostiles: Hostiles | None = None) -> None:
