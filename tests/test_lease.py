@@ -377,6 +377,15 @@ def test_lock_keys_are_stable_and_fit_an_oid() -> None:
     assert str(node).startswith(f"{node.host}:{os.getpid()}:") and node != lease.Node.here()
 
 
+def _until_gone(url: str, backend: int, timeout: float = 10.0) -> None:
+    """Wait until the server has ended session ``backend`` (and so released its advisory locks)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()[0]:
+            assert time.monotonic() < deadline, f"session {backend} still open after {timeout} s"
+            time.sleep(0.05)
+
+
 def test_every_node_schedules_a_tenant_but_a_slot_runs_once_unless_its_run_died(pg_database: str) -> None:
     slot = "2026-12-01T10:00:00+00:00"
     with lease.tenant_lease(pg_database, "lincoln", wait=False, timeouts=FAST) as first:
@@ -389,10 +398,12 @@ def test_every_node_schedules_a_tenant_but_a_slot_runs_once_unless_its_run_died(
         dying = "2026-12-01T11:00:00+00:00"
     # A node that dies mid-run (its session ends before mark_done) leaves the slot to the next holder.
     killed = lease.acquire(pg_database, "lincoln", node=lease.Node.here(), timeouts=FAST)
+    backend = killed.connection.info.backend_pid
     killed.connection.close()
     with pytest.raises(lease.LeaseLost):
         killed.mark_done(dying)
     killed.release()
+    _until_gone(pg_database, backend)  # the server ends a closed client's session a moment later
     with lease.tenant_lease(pg_database, "lincoln", wait=False, timeouts=FAST) as third:
         assert not third.slot_done(dying)
         third.mark_done(dying)
