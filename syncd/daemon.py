@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from apscheduler.events import EVENT_SCHEDULER_START
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -92,7 +93,12 @@ class Daemon:
                                    executor="housekeeping", next_run_time=datetime.now(UTC))
         self.scheduler.add_job(self._prune, IntervalTrigger(hours=6), id="prune", executor="housekeeping",
                                next_run_time=datetime.now(UTC) + timedelta(seconds=30))
-        threading.Thread(target=self._control, name="control", daemon=True).start()
+        # The control thread (signals: stop, reload, run now) starts once the scheduler runs: a
+        # SIGTERM that arrives earlier waits in the queue, since shutting down a scheduler that has
+        # not started fails and the start would then run forever.
+        self.scheduler.add_listener(
+            lambda _event: threading.Thread(target=self._control, name="control", daemon=True).start(),
+            EVENT_SCHEDULER_START)
         log.info("daemon.started", tenants=[n for n, t in self.config.tenants.items() if t.enabled],
                  config=str(self.config.path), watchdog_s=interval)
         notify("READY=1", f"STATUS={self._status()}")

@@ -91,6 +91,21 @@ def finished(state: Path, tenant: str = "lincoln") -> list[dict]:
     return [r for r in runs(state, tenant) if r["finished_at"]]
 
 
+def test_a_sigterm_at_any_moment_of_start_up_stops_the_daemon(sandbox, tmp_path):
+    """systemctl stop right after start: a SIGTERM that arrives before the scheduler runs is acted on
+    once it does (it used to kill the signal thread and leave the daemon running for ever)."""
+    config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    for delay in (0.2, 0.3, 0.4, 0.5, 0.6, 0.8):
+        home = tmp_path / f"after-{delay}"
+        home.mkdir()
+        daemon = Daemon(config, home)
+        time.sleep(delay)
+        code = daemon.stop(timeout=30)  # raises TimeoutExpired if it hangs
+        log = daemon.log_path.read_text()
+        assert "Traceback" not in log, log[-2000:]
+        assert code in (0, -signal.SIGTERM), (delay, code, log[-2000:])  # before its handlers: the default
+
+
 @pytest.mark.sqlite_only("on PostgreSQL a tenant runs once per minute slot (daemon.py slot_done): no 2 s schedule")
 def test_jobs_fire_on_their_interval_and_sigterm_exits_zero(sandbox, tmp_path, daemon_factory):
     config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra="")
