@@ -6,6 +6,8 @@ The only module that knows sources, the store and the target together.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -159,13 +161,15 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     delta.read(state, store, source, _extract)  # full or delta extract into stage_* (issue 15)
     state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
     store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
+    if _unchanged(state, store):
+        return
     if state.complete:
         for source_id, course_id, user_id, missing in store.dangling_enrollments():
             _record_failed(state, store, RecordFailure(
                 "enrollment", source_id, "extract", f"enrollment refers to a {missing} that the source does not have",
                 course_id=course_id, user_id=user_id))
     _guard_completeness(state, store)
-    store.classify(state.options.force)
+    store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
     if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake
@@ -194,6 +198,57 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         _removals(state, store, client, approved)
     for entity in ENTITIES:
         state.counts[entity]["held"] = state.counts[entity].get("held", 0) + state.held[entity]
+    _leave_settled_mark(state, store)
+
+
+# --- settled runs --------------------------------------------------------------------------
+
+# Part of every settled mark: a version of syncd whose diff, plan or removals differ must not trust
+# a mark left by another (bump it when they change what a run does with the same stored inputs).
+SETTLED_VERSION = "1"
+
+
+def _settled_fingerprint(tenant: TenantConfig) -> str:
+    """What a run's outcome depends on beside the stored inputs (store.settled's triggers watch
+    those): the code and the tenant's settings that decide a diff. No secret is part of it."""
+    from syncd import __version__
+
+    settings = [SETTLED_VERSION, __version__, sorted(tenant.roles.items()), tenant.time_zone, repr(tenant.safety),
+                tenant.deprovision, tenant.exams is not None, tenant.target.base_url, tenant.target.install_sid]
+    return hashlib.blake2b(json.dumps(settings).encode(), digest_size=16).hexdigest()
+
+
+def _may_settle(state: Run) -> bool:
+    """Plain runs only: a dry run shows its plan, --force pushes everything, --only one object; and
+    exams, whose window guard depends on the time, always take the diff."""
+    options = state.options
+    return not (options.dry_run or options.force or options.only) and state.tenant.exams is None
+
+
+def _unchanged(state: Run, store: TenantStore) -> bool:
+    """Nothing the diff reads has changed since a run that found nothing to do (syncd.store.settled),
+    and this extract was read whole without an error: the diff would find nothing again, so it is
+    not taken. The counts are the settled run's."""
+    if not (_may_settle(state) and state.complete and not state.failure and not state.errors):
+        return False
+    unchanged = store.settled_counts(_settled_fingerprint(state.tenant))
+    if unchanged is None:
+        return False
+    for entity in ENTITIES:
+        state.counts[entity] = dict.fromkeys(COUNT_KEYS, 0) | {"unchanged": unchanged[entity]}
+    log.info("sync.unchanged", reason="nothing read, acknowledged, held or deferred has changed since a run "
+                                      "that found nothing to do: no diff taken")
+    return True
+
+
+def _leave_settled_mark(state: Run, store: TenantStore) -> None:
+    """A complete full run that found nothing to do leaves a settled mark for the next one."""
+    if not (_may_settle(state) and state.complete and not state.delta and state.status == COMPLETED):
+        return
+    counts = state.counts
+    if state.calls or state.planned_calls or any(n for e in ENTITIES for k, n in counts[e].items() if k != "unchanged"):
+        return
+    store.settle(state.run_id, _settled_fingerprint(state.tenant), {e: counts[e]["unchanged"] for e in ENTITIES})
 
 
 def _extract(state: Run, store: TenantStore, source: Source,

@@ -32,6 +32,7 @@ from typing import Any
 
 from syncd import lease
 from syncd.model import canonical_json
+from syncd.store import settled
 
 MIGRATIONS_TABLE = "_syncd_migrations"
 # Serialises migrations of nodes that start together (single-bigint advisory lock form).
@@ -256,6 +257,7 @@ MIGRATIONS: tuple[tuple[str, str | Callable[[Any], None]], ...] = (
     ("m009_delta", M009),
     ("pg002_gg4l", PG002_GG4L),
     ("m010_pages", M010),
+    ("m011_settled", settled.PG_SCHEMA),
 )
 
 # The tables that hold state worth keeping, in copy order (the rest are rebuilt by every run).

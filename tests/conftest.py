@@ -50,7 +50,8 @@ def config(sandbox: Sandbox, tmp_path: Path, state_backend: str, request) -> Pat
 
 # Both state stores (SPEC §11): the tests of these modules that use `config` or `make_store` run on
 # SQLite and on PostgreSQL; `--state-backend=postgresql` runs every such test on PostgreSQL only.
-BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan", "test_exams_store", "test_pages"}
+BOTH_BACKENDS = {"test_sync_end_to_end", "test_safety", "test_plan", "test_exams_store", "test_pages",
+                 "test_settled"}
 # And these tests of other modules (exams and explain end to end), each with the `state_backend`
 # fixture: every config they write through the sandbox names the test's store.
 BOTH_BACKENDS_TESTS = {"test_oneroster_exams_equal_the_expected_mapping_then_a_resync_sends_nothing",

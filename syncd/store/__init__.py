@@ -46,12 +46,13 @@ from syncd.store.pages import Pages
 from syncd.store.plan import Planning
 from syncd.store.runs import History, Runs
 from syncd.store.schema import migrations
+from syncd.store.settled import Settled
 from syncd.store.staging import Staging
 
 DB_NAME = "syncd.db"
 
 
-class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta, Pages):
+class TenantStore(Runs, Staging, Diff, Planning, Acknowledgements, Holds, Trail, Delta, Pages, Settled):
     """One tenant's state: what one run reads and writes."""
 
     def __init__(self, store: Store, name: str):

@@ -10,12 +10,13 @@ from syncd.store.base import Scoped, join
 
 
 class Diff(Scoped):
-    def classify(self, force: bool) -> None:
+    def classify(self, force: bool, watch: str | None = None) -> None:
         """Mark each desired row create / update / none against the acknowledged state, and give
         it its content hash. With ``force`` every acknowledged row is an update: the whole roster
         is pushed again. A body whose text is the acknowledged body's text has the acknowledged
         hash (both are the hash of that canonical text), so only bodies that are new or changed
-        are hashed (the dialect's hash); every row is written once."""
+        are hashed (the dialect's hash); every row is written once. ``watch``: the run id that
+        starts watching the inputs (syncd.store.settled) once the diff is written."""
         same = "'update'" if force else "'none'"
         fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
         differs = self.dialect.differs
@@ -44,6 +45,8 @@ class Diff(Scoped):
                 "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
                 f"AND (a.deleted_at IS NOT NULL OR {self.dialect.differs('a.course_id', 'd.course_id')}))",
                 (self.name,))
+            if watch is not None:
+                self.watch(watch)  # type: ignore[attr-defined]  # Settled
 
     def change_counts(self) -> dict[Entity, dict[str, int]]:
         return {entity: dict(self.conn.execute(

@@ -218,6 +218,15 @@ def m010_pages(db: sqlite_utils.Database) -> None:
     db.executescript(PAGES_SQL)
 
 
+
+@migrations()
+def m011_settled(db: sqlite_utils.Database) -> None:
+    """Settled marks (syncd.store.settled): a run whose inputs have not changed since a run that
+    found nothing to do skips the diff; triggers on every input table drop the mark."""
+    from syncd.store.settled import SQLITE_SCHEMA
+
+    db.executescript(SQLITE_SCHEMA)
+
 PAGES_SQL = """
 ALTER TABLE stage_courses ADD COLUMN page INTEGER;
 ALTER TABLE stage_course_codes ADD COLUMN page INTEGER;

@@ -1,0 +1,240 @@
+"""Settled marks (issue 15, syncd.store.settled): a run whose inputs have not changed since a run
+that found nothing to do takes no diff and reports what that run reported; any write to an input,
+by a run or by anything else, and any change of the tenant's settings make the next run diff again,
+and what changed is pushed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SYNCD
+
+from syncd import config as configuration
+from syncd import engine
+from syncd.sandbox import Roster, Sandbox, expected_mapping
+from syncd.store import Store
+from syncd.store.diff import Diff
+from syncd.store.settled import INPUTS
+
+SAFE = "safety = { max_updates_percent = 100, max_removals_percent = 100 }"
+ROLES = {"student": "learner", "teacher": "instructor"}  # the sandbox config's
+
+
+@pytest.fixture
+def roster() -> Roster:
+    return Roster.generate(seed=5, users=40, classes=4, enrollments=120)
+
+
+@pytest.fixture
+def diffs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenants whose diff (classify) each run took, in order."""
+    taken: list[str] = []
+    original = Diff.classify
+
+    def counting(self: Diff, force: bool, watch: str | None = None) -> None:
+        taken.append(self.name)
+        original(self, force, watch)
+
+    monkeypatch.setattr(Diff, "classify", counting)
+    return taken
+
+
+def _tenant(box: Sandbox, tmp: Path, **fields: Any) -> configuration.TenantConfig:
+    config = box.write_config(tmp / "syncd.toml", tmp / "state", source_extra="page_size = 20",
+                              extra=SAFE)
+    return dataclasses.replace(configuration.load(config).tenants["lincoln"], **fields)
+
+
+def _settled(box: Sandbox, tmp: Path, store: Store, diffs: list[str], **fields: Any) -> configuration.TenantConfig:
+    """A tenant synced, then synced again with nothing to do: its settled mark is left."""
+    tenant = _tenant(box, tmp, **fields)
+    assert engine.run(tenant, store)["calls"] > 0
+    nothing = engine.run(tenant, store)
+    assert nothing["status"] == "completed" and nothing["calls"] == 0
+    assert diffs == ["lincoln", "lincoln"]
+    diffs.clear()
+    return tenant
+
+
+def _marks(store: Store) -> list[tuple[Any, ...]]:
+    return store.tenant("lincoln").conn.execute("SELECT tenant, fingerprint FROM settled_marks").fetchall()
+
+
+def _commit(conn: Any) -> None:
+    """Statements run outside syncd's transactions: SQLite's module opened one, PostgreSQL's
+    connection commits each statement itself."""
+    getattr(conn, "commit", lambda: None)()
+
+
+def _target_ok(box: Sandbox, roster: Roster) -> bool:
+    target, expected = box.provision.snapshot(), expected_mapping(roster, ROLES)
+    return all(target[k].get(key) == v for k in expected for key, v in expected[k].items())
+
+
+def test_a_run_after_one_that_found_nothing_takes_no_diff_and_reports_the_same(tmp_path, roster, diffs,
+                                                                                make_store):
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            before = engine.run(tenant, store)
+            again = engine.run(tenant, store)
+            assert diffs == []
+            for result in (before, again):
+                assert result["status"] == "completed" and result["calls"] == 0
+            assert again["counts"] == before["counts"]
+            assert again["counts"]["enrollments"]["unchanged"] == len(expected_mapping(roster, ROLES)["enrollments"])
+        finally:
+            store.close()
+
+
+def test_a_source_change_after_a_settled_run_is_diffed_and_pushed(tmp_path, roster, diffs, make_store):
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            roster.mutate(seed=3, fraction=0.05)
+            changed = engine.run(tenant, store)
+            assert diffs == ["lincoln"] and changed["calls"] > 0
+            assert _target_ok(box, roster)
+            assert _marks(store) == []  # the run had something to do: no mark for the next
+            assert engine.run(tenant, store)["calls"] == 0 and diffs == ["lincoln", "lincoln"]
+        finally:
+            store.close()
+
+
+def test_an_acknowledged_row_lost_out_of_band_is_pushed_again(tmp_path, roster, diffs, make_store):
+    """Say an admin restored an older state file's acknowledgements: the mark must not survive it."""
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            conn = store.tenant("lincoln").conn
+            user = conn.execute("SELECT source_id FROM acked_users ORDER BY source_id").fetchone()[0]
+            conn.execute("DELETE FROM acked_enrollments WHERE user_id = ?", (user,))
+            conn.execute("DELETE FROM acked_users WHERE source_id = ?", (user,))
+            _commit(conn)
+            result = engine.run(tenant, store)
+            assert diffs == ["lincoln"]
+            assert result["counts"]["users"]["created"] == 1 and result["counts"]["enrollments"]["created"] >= 1
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("change", ["roles", "time_zone", "deprovision", "safety"])
+def test_a_settings_change_takes_the_diff_again(tmp_path, roster, diffs, make_store, change):
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            changed = {"roles": {"student": "learner"}, "time_zone": "Europe/Paris", "deprovision": "disable",
+                       "safety": dataclasses.replace(tenant.safety, max_removals=7)}[change]
+            engine.run(dataclasses.replace(tenant, **{change: changed}), store)
+            assert diffs == ["lincoln"]
+        finally:
+            store.close()
+
+
+def test_options_that_must_see_the_plan_always_take_the_diff(tmp_path, roster, diffs, make_store):
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            user = sorted(roster.users)[0]
+            dry = engine.run(tenant, store, engine.Options(dry_run=True))
+            assert dry["plan"] == [] and diffs == ["lincoln"]
+            forced = engine.run(tenant, store, engine.Options(force=True))
+            assert forced["calls"] > 0 and diffs == ["lincoln"] * 2
+            engine.run(tenant, store, engine.Options(only=("user", user)))
+            assert diffs == ["lincoln"] * 3
+        finally:
+            store.close()
+
+
+# Enough of a row for each input table that a sync of this roster leaves empty.
+EMPTY_INPUTS = {
+    "stage_exams": ("tenant, source_id", ("lincoln", "x")),
+    "desired_exams": ("tenant, source_id", ("lincoln", "x")),
+    "acked_exams": ("tenant, source_id", ("lincoln", "x")),
+    "pending_removals": ("tenant, entity, key", ("lincoln", "user", '["x"]')),
+    "held": ("tenant, run_id, entity, kind, key", ("lincoln", "r", "user", "update", '["x"]')),
+    "approvals": ("run_id, tenant, approved_at", ("r", "lincoln", "2026-01-01T00:00:00Z")),
+    "escrow": ("tenant, entity, key, attempts, next_retry_at, first_seen",
+               ("lincoln", "user", '["x"]', 1, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z")),
+}
+
+
+def test_a_write_of_any_kind_to_any_input_drops_the_mark(tmp_path, roster, diffs, make_store):
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            _settled(box, tmp_path, store, diffs)
+            scoped = store.tenant("lincoln")
+            conn = scoped.conn
+
+            def dropped_by(sql: str, params: tuple[Any, ...] = ()) -> bool:
+                with scoped._write():
+                    scoped.watch("r1")
+                assert scoped.settle("r1", "f", {}) and len(_marks(store)) == 1
+                conn.execute(sql, params)
+                _commit(conn)
+                return _marks(store) == []
+
+            for table in INPUTS:
+                if table in EMPTY_INPUTS:
+                    columns, row = EMPTY_INPUTS[table]
+                    marks = ", ".join("?" * len(row))
+                    assert dropped_by(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row), (table, "insert")
+                assert dropped_by(f"UPDATE {table} SET tenant = tenant WHERE tenant = 'lincoln'"), (table, "update")
+                assert dropped_by(f"DELETE FROM {table} WHERE tenant = 'lincoln'"), (table, "delete")
+        finally:
+            store.close()
+
+
+def test_a_write_between_the_diff_and_the_mark_leaves_no_mark(tmp_path, roster, diffs, make_store):
+    """`syncd approve` (or any other process) writing while a run takes its diff: the run cannot
+    vouch for what it did not read."""
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            _settled(box, tmp_path, store, diffs)
+            scoped = store.tenant("lincoln")
+            with scoped._write():
+                scoped.watch("r2")
+            scoped.conn.execute("INSERT INTO approvals (run_id, tenant, approved_at) VALUES (?, ?, ?)",
+                                ("r0", "lincoln", "2026-01-01T00:00:00Z"))
+            _commit(scoped.conn)
+            assert not scoped.settle("r2", "f", {})
+            assert _marks(store) == []
+        finally:
+            store.close()
+
+
+def test_the_syncd_command_says_when_it_took_no_diff(tmp_path, roster):
+    with Sandbox(roster) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", source_extra="page_size = 20",
+                                  extra=SAFE)
+
+        def sync() -> tuple[dict[str, Any], list[str]]:
+            done = subprocess.run([SYNCD, "--config", str(config), "sync", "lincoln", "--json"],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
+            return json.loads(done.stdout), events
+
+        first, _ = sync()
+        assert first["calls"] > 0
+        nothing, events = sync()
+        assert "sync.unchanged" not in events and nothing["calls"] == 0
+        settled, events = sync()
+        assert "sync.unchanged" in events
+        assert settled["status"] == "completed" and settled["counts"] == nothing["counts"]
+        roster.mutate(seed=4, fraction=0.05)
+        changed, events = sync()
+        assert "sync.unchanged" not in events and changed["calls"] > 0
+        assert _target_ok(box, roster)
