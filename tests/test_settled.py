@@ -19,7 +19,7 @@ from syncd import engine
 from syncd.sandbox import Roster, Sandbox, expected_mapping
 from syncd.store import Store
 from syncd.store.diff import Diff
-from syncd.store.settled import INPUTS
+from syncd.store.settled import WATCHED
 
 SAFE = "safety = { max_updates_percent = 100, max_removals_percent = 100 }"
 ROLES = {"student": "learner", "teacher": "instructor"}  # the sandbox config's
@@ -156,10 +156,8 @@ def test_options_that_must_see_the_plan_always_take_the_diff(tmp_path, roster, d
             store.close()
 
 
-# Enough of a row for each input table that a sync of this roster leaves empty.
+# Enough of a row for each watched table that a sync of this roster leaves empty.
 EMPTY_INPUTS = {
-    "stage_exams": ("tenant, source_id", ("lincoln", "x")),
-    "desired_exams": ("tenant, source_id", ("lincoln", "x")),
     "acked_exams": ("tenant, source_id", ("lincoln", "x")),
     "pending_removals": ("tenant, entity, key", ("lincoln", "user", '["x"]')),
     "held": ("tenant, run_id, entity, kind, key", ("lincoln", "r", "user", "update", '["x"]')),
@@ -169,7 +167,7 @@ EMPTY_INPUTS = {
 }
 
 
-def test_a_write_of_any_kind_to_any_input_drops_the_mark(tmp_path, roster, diffs, make_store):
+def test_a_write_of_any_kind_to_any_watched_table_drops_the_mark(tmp_path, roster, diffs, make_store):
     with Sandbox(roster) as box:
         store = make_store(tmp_path / "state")
         try:
@@ -185,13 +183,42 @@ def test_a_write_of_any_kind_to_any_input_drops_the_mark(tmp_path, roster, diffs
                 _commit(conn)
                 return _marks(store) == []
 
-            for table in INPUTS:
+            for table in WATCHED:
                 if table in EMPTY_INPUTS:
                     columns, row = EMPTY_INPUTS[table]
                     marks = ", ".join("?" * len(row))
                     assert dropped_by(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row), (table, "insert")
                 assert dropped_by(f"UPDATE {table} SET tenant = tenant WHERE tenant = 'lincoln'"), (table, "update")
                 assert dropped_by(f"DELETE FROM {table} WHERE tenant = 'lincoln'"), (table, "delete")
+        finally:
+            store.close()
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_in", ["classify", "build", "acknowledge"])
+def test_a_run_that_stops_after_reading_a_change_leaves_it_for_the_next(tmp_path, roster, diffs, make_store,
+                                                                        monkeypatch, stop_in):
+    """Killed after staging and mapping a change, before its diff, before its plan, or with its first
+    acknowledgements: the next run reads nothing new from the source, yet pushes the change."""
+    from syncd import plan
+    from syncd.store.acks import Acknowledgements
+
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            roster.mutate(seed=6, fraction=0.05)
+            target = {"classify": (Diff, "classify"), "build": (plan, "build"),
+                      "acknowledge": (Acknowledgements, "acknowledge")}[stop_in]
+            with monkeypatch.context() as patch:
+                patch.setattr(*target, lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
+                with pytest.raises(Stop):
+                    engine.run(tenant, store)
+            result = engine.run(tenant, store)
+            assert result["calls"] > 0 and _target_ok(box, roster), result
         finally:
             store.close()
 

@@ -67,3 +67,9 @@ class Scoped(Connected):
     """One tenant's part of the state: every method reads and writes only ``self.name``'s rows."""
 
     name: str
+
+    def _forget_desired(self) -> None:
+        """The staged rows change (in this transaction): no mark may vouch any more for the desired
+        state (``desired_marks``) or for a run with nothing to do (``settled_marks``)."""
+        self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+        self.conn.execute("DELETE FROM settled_marks WHERE tenant = ?", (self.name,))

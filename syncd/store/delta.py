@@ -68,7 +68,7 @@ class Delta(Scoped):
         with self._write():
             # The mirror changes: the desired state is updated, and no page fingerprint vouches
             # for the rows any more (syncd.store.pages: untagged rows drop the mirror).
-            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self._forget_desired()
             self.conn.execute("DELETE FROM source_pages WHERE tenant = ?", (self.name,))
             for kind, batch in changed.items():
                 if batch:

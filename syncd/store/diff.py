@@ -45,6 +45,8 @@ class Diff(Scoped):
                 "AND EXISTS (SELECT 1 FROM acked_exams a WHERE a.tenant = d.tenant AND a.source_id = d.source_id "
                 f"AND (a.deleted_at IS NOT NULL OR {self.dialect.differs('a.course_id', 'd.course_id')}))",
                 (self.name,))
+            # Every diff drops the settled mark; one that may settle watches from here (Settled).
+            self.conn.execute("DELETE FROM settled_marks WHERE tenant = ?", (self.name,))
             if watch is not None:
                 self.watch(watch)  # type: ignore[attr-defined]  # Settled
 

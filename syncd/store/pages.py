@@ -96,7 +96,7 @@ class Pages(Scoped):
         self._stolen.pop(tag, None)
         dirty = self._dirty  # type: ignore[attr-defined]  # Staging
         with self._write():
-            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self._forget_desired()
             old = {row[1]: row for row in self.conn.execute(
                 f"SELECT {STAGE_COLUMNS[table]} FROM {table} WHERE tenant = ? AND page = ?", (self.name, tag))
             } if dirty is not None else {}
@@ -186,7 +186,7 @@ class Pages(Scoped):
         if not stale and not untagged:
             return
         with self._write():
-            self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+            self._forget_desired()
             for table in untagged:
                 self._drop_rows(table, "page IS NULL", ())
             for page in stale:

@@ -1,18 +1,24 @@
 """Settled marks (issue 15): a run whose inputs are exactly those of a run that found nothing to do
 finds nothing to do either, so it may skip the diff.
 
-A complete full run that planned no call, removed, held and escrowed nothing and met no error leaves
-a ``settled_marks`` row (a "watching" row written before its diff, made a mark after it): its
-fingerprint (the tenant's configuration and the code, from the engine) and the unchanged count of
-each entity. Every input of the diff (``stage_*``, ``desired_*``, ``acked_*``, ``pending_removals``,
-``held``, ``approvals``, ``escrow``) carries triggers that delete the tenant's mark in the same
-statement as any row written, whoever writes it (a run, `syncd approve`, a state copy, a purge), so
-a mark that exists vouches that nothing the diff reads has changed since. Time alone changes nothing
-a settled run depends on: it has no escrow to become due, no held change, no removal for a freeze to
-hold, and pages are fingerprinted with the day.
+A complete full run that planned no call, removed, held and escrowed nothing and met no error leaves a
+``settled_marks`` row: the fingerprint of the tenant's settings and the code (from the engine) and the
+unchanged count of each entity. Who may delete it, in the transaction of their write:
 
-On PostgreSQL the triggers are per statement (transition tables) and the table is ``UNLOGGED`` like
-the stage and desired tables it vouches for, so a server crash that empties those empties it too.
+- the rows a run reads into the diff that change only in a run, ``stage_*`` and ``desired_*``: any
+  staging change (with ``desired_marks``, ``Scoped._forget_desired``), any mapping by
+  ``build_desired``, and every diff (``Diff.classify``) drop it, so a run that stops anywhere after
+  changing them leaves no mark (bulk tables: code, not per-row triggers);
+- the rows anything else may write, ``acked_*``, ``pending_removals``, ``held``, ``approvals`` and
+  ``escrow`` (a run, `syncd approve`, a purge, a state copy): triggers delete the mark with any row
+  written, whoever writes it.
+
+The run that may settle writes a "watching" row in its diff's transaction and turns it into the mark
+at its end only if no write deleted it in between. Time alone changes nothing a settled run depends
+on: it has no escrow to become due, no held change, no removal for a freeze to hold, and pages are
+fingerprinted with the day. On PostgreSQL the triggers are per statement (transition tables) and the
+table is ``UNLOGGED`` like the stage and desired tables it vouches for, so a server crash that empties
+those empties it too.
 """
 
 from __future__ import annotations
@@ -22,11 +28,9 @@ import json
 from syncd.entities import ENTITIES, Entity
 from syncd.store.base import Scoped
 
-# The tables whose rows decide what a run plans, removes, holds or defers.
-INPUTS = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
-          "desired_courses", "desired_users", "desired_enrollments", "desired_exams",
-          "acked_courses", "acked_users", "acked_enrollments", "acked_exams",
-          "pending_removals", "held", "approvals", "escrow")
+# The inputs of the diff that are not rebuilt by runs only: a write to any of them drops the mark.
+WATCHED = ("acked_courses", "acked_users", "acked_enrollments", "acked_exams", "pending_removals", "held",
+           "approvals", "escrow")
 
 _TABLE = "CREATE TABLE settled_marks (tenant TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, counts TEXT NOT NULL)"
 
@@ -44,7 +48,7 @@ def _pg_triggers(table: str) -> str:
                    for op, which in rows.items())
 
 
-SQLITE_SCHEMA = f"{_TABLE} WITHOUT ROWID;\n" + "".join(_sqlite_triggers(t) for t in INPUTS)
+SQLITE_SCHEMA = f"{_TABLE} WITHOUT ROWID;\n" + "".join(_sqlite_triggers(t) for t in WATCHED)
 
 PG_SCHEMA = f"""
 {_TABLE.replace("CREATE TABLE", "CREATE UNLOGGED TABLE")};
@@ -53,7 +57,7 @@ BEGIN
     DELETE FROM settled_marks WHERE tenant IN (SELECT DISTINCT tenant FROM changed_rows);
     RETURN NULL;
 END $$;
-""" + "".join(_pg_triggers(t) for t in INPUTS)
+""" + "".join(_pg_triggers(t) for t in WATCHED)
 
 
 class Settled(Scoped):
@@ -69,9 +73,9 @@ class Settled(Scoped):
 
     def watch(self, run_id: str) -> None:
         """Start watching the inputs for this run (in the transaction of the diff, Diff.classify,
-        so that no write falls between what the diff read and the watch): any write from now on,
-        this run's own or another process's (`syncd approve`), deletes the row, so ``settle``
-        cannot vouch for inputs that changed after the diff read them."""
+        so that no write falls between what the diff read and the watch): any write to a watched
+        table from now on, this run's own or another process's (`syncd approve`), deletes the row,
+        so ``settle`` cannot vouch for inputs that changed after the diff read them."""
         self.conn.execute("DELETE FROM settled_marks WHERE tenant = ?", (self.name,))
         self.conn.execute("INSERT INTO settled_marks (tenant, fingerprint, counts) VALUES (?, ?, '{}')",
                           (self.name, _watching(run_id)))

@@ -26,7 +26,7 @@ STAGE_TABLES: dict[type, tuple[str, Entity]] = {
 STAGE_NAMES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments")
 RUN_TABLES = ("stage_courses", "stage_course_codes", "stage_users", "stage_enrollments", "stage_exams",
               "desired_courses", "desired_users", "desired_enrollments", "desired_exams", "plan_calls",
-              "source_pages", "desired_marks")
+              "source_pages", "desired_marks", "settled_marks")
 DESIRED_NAMES = ("desired_courses", "desired_users", "desired_enrollments")
 # Bump when the SQL below changes the bodies it builds: a kept desired state is then rebuilt.
 DESIRED_VERSION = "1"
@@ -176,7 +176,7 @@ class Staging(Scoped):
                 self._write_marks(fingerprint)
             return True
         with self._write():
-            for table in ("desired_marks", *DESIRED_NAMES, "desired_exams"):
+            for table in ("desired_marks", "settled_marks", *DESIRED_NAMES, "desired_exams"):
                 self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
             for sql in self.dialect.analyze(*STAGE_NAMES):
                 self.conn.execute(sql)
@@ -212,7 +212,7 @@ class Staging(Scoped):
         self.conn.execute(people, (time_zone, tenant, users, tenant, classes))
 
     def _write_marks(self, fingerprint: str) -> None:
-        self.conn.execute("DELETE FROM desired_marks WHERE tenant = ?", (self.name,))
+        self._forget_desired()  # the desired state was mapped again: a settled mark vouches no more
         self.conn.execute("INSERT INTO desired_marks (tenant, fingerprint, counts) VALUES (?, ?, ?)",
                           (self.name, fingerprint, json.dumps(self._desired_counts())))
 
