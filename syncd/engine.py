@@ -158,6 +158,8 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
         log.error("sync.source_auth_failed", error=str(exc))
         return
     client.passwords = state.passwords
+    # Read before staging drops it: a run that begins settled classifies only what it maps.
+    began_settled = _may_settle(state) and store.settled_counts(_settled_fingerprint(state.tenant)) is not None
     delta.read(state, store, source, _extract)  # full or delta extract into stage_* (issue 15)
     state.report("scope", 0, None)  # scope, mapping and the diff: SQL without a count to show
     store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
@@ -169,7 +171,7 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
                 "enrollment", source_id, "extract", f"enrollment refers to a {missing} that the source does not have",
                 course_id=course_id, user_id=user_id))
     _guard_completeness(state, store)
-    store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None)
+    store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None, only_new=began_settled)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
     if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake
@@ -242,8 +244,9 @@ def _unchanged(state: Run, store: TenantStore) -> bool:
 
 
 def _leave_settled_mark(state: Run, store: TenantStore) -> None:
-    """A complete full run that found nothing to do leaves a settled mark for the next one."""
-    if not (_may_settle(state) and state.complete and not state.delta and state.status == COMPLETED):
+    """A complete run that found nothing to do leaves a settled mark for the next one (a delta run
+    too: a hard delete it could not see changes the pages of the next full run, which drops the mark)."""
+    if not (_may_settle(state) and state.complete and state.status == COMPLETED):
         return
     counts = state.counts
     if state.calls or state.planned_calls or any(n for e in ENTITIES for k, n in counts[e].items() if k != "unchanged"):

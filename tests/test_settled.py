@@ -36,9 +36,9 @@ def diffs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     taken: list[str] = []
     original = Diff.classify
 
-    def counting(self: Diff, force: bool, watch: str | None = None) -> None:
+    def counting(self: Diff, force: bool, watch: str | None = None, only_new: bool = False) -> None:
         taken.append(self.name)
-        original(self, force, watch)
+        original(self, force, watch, only_new)
 
     monkeypatch.setattr(Diff, "classify", counting)
     return taken
@@ -265,3 +265,32 @@ def test_the_syncd_command_says_when_it_took_no_diff(tmp_path, roster):
         changed, events = sync()
         assert "sync.unchanged" not in events and changed["calls"] > 0
         assert _target_ok(box, roster)
+
+
+@pytest.mark.parametrize("source_extra", ['page_size = 20', 'page_size = 20\ndelta = "auto"'], ids=["full", "delta"])
+def test_runs_with_settled_marks_do_what_runs_without_them_do(tmp_path, roster, monkeypatch, source_extra):
+    """Twin tenants on twin servers of one roster, one of them never settled: changes and quiet
+    runs in turn give both the same summaries and the same target."""
+    with Sandbox(roster) as settling, Sandbox(roster) as plain:
+        tenants, stores = [], []
+        for name, box in (("settling", settling), ("plain", plain)):
+            (tmp_path / name).mkdir()
+            config = box.write_config(tmp_path / name / "syncd.toml", tmp_path / name / "state",
+                                      source_extra=source_extra, extra=SAFE)
+            tenants.append(configuration.load(config).tenants["lincoln"])
+            stores.append(Store.open(tmp_path / name / "state"))
+        try:
+            for step in (0, 0, 0, 7, 0, 0, 8, 9, 0, 0, 0):
+                if step:
+                    roster.mutate(seed=step, fraction=0.05)
+                with_marks = engine.run(tenants[0], stores[0])
+                with monkeypatch.context() as patch:
+                    patch.setattr(engine, "_may_settle", lambda state: False)
+                    without = engine.run(tenants[1], stores[1])
+                for key in ("status", "counts", "calls", "planned_calls"):
+                    assert with_marks[key] == without[key], (step, key)
+            assert _target_ok(settling, roster) and _target_ok(plain, roster)
+            assert _marks(stores[0]) and not _marks(stores[1])
+        finally:
+            for store in stores:
+                store.close()

@@ -10,16 +10,20 @@ from syncd.store.base import Scoped, join
 
 
 class Diff(Scoped):
-    def classify(self, force: bool, watch: str | None = None) -> None:
+    def classify(self, force: bool, watch: str | None = None, only_new: bool = False) -> None:
         """Mark each desired row create / update / none against the acknowledged state, and give
         it its content hash. With ``force`` every acknowledged row is an update: the whole roster
         is pushed again. A body whose text is the acknowledged body's text has the acknowledged
         hash (both are the hash of that canonical text), so only bodies that are new or changed
         are hashed (the dialect's hash); every row is written once. ``watch``: the run id that
-        starts watching the inputs (syncd.store.settled) once the diff is written."""
+        starts watching the inputs (syncd.store.settled) once the diff is written. ``only_new``:
+        the run began settled (syncd.store.settled), so every row build_desired kept was classified
+        'none' against acknowledged rows that have not changed since; only the rows mapped this run
+        (``change`` NULL) are classified."""
         same = "'update'" if force else "'none'"
         fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
         differs = self.dialect.differs
+        new = "AND d.change IS NULL " if only_new else ""
         with self._write():
             for entity, spec in SPECS.items():
                 # A desired state kept from the last run (build_desired) is mostly rows already
@@ -29,12 +33,12 @@ class Diff(Scoped):
                     f"UPDATE {spec.desired} AS d SET "
                     f"change = CASE WHEN a.body = d.body OR a.hash = {fresh} THEN {same} ELSE 'update' END, "
                     f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
-                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ? "
+                    f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ? {new}"
                     f"AND (d.change IS NULL OR d.change <> {same} OR d.hash IS NULL OR a.body IS NULL "
                     f"OR {differs('a.body', 'd.body')} OR {differs('a.hash', 'd.hash')})", (self.name,))
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
-                    f"WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'create' OR d.hash IS NULL) "
+                    f"WHERE d.tenant = ? {new}AND (d.change IS NULL OR d.change <> 'create' OR d.hash IS NULL) "
                     f"AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
                     (self.name,))
             # An exam is sent again with the same body when the target deleted it (on_removed =
