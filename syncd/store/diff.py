@@ -23,9 +23,14 @@ class Diff(Scoped):
         same = "'update'" if force else "'none'"
         fresh = f"coalesce(d.hash, {self.dialect.hash('d.body')})"
         differs = self.dialect.differs
-        new = "AND d.change IS NULL " if only_new else ""
         with self._write():
             for entity, spec in SPECS.items():
+                # The rows mapped this run, found through the index by change (the planner would
+                # rather scan every row of the tenant for "change IS NULL").
+                keys = ", ".join(("tenant", *KEYS[entity]))
+                new, params = ((f"AND ({', '.join(f'd.{k}' for k in ('tenant', *KEYS[entity]))}) IN (SELECT {keys} "
+                                f"FROM {spec.desired} WHERE tenant = ? AND change IS NULL) ", (self.name, self.name))
+                               if only_new else ("", (self.name,)))
                 # A desired state kept from the last run (build_desired) is mostly rows already
                 # classified against this acknowledged row: those would be written unchanged, and
                 # are left alone (the conditions are exactly "the SET below changes nothing").
@@ -35,12 +40,11 @@ class Diff(Scoped):
                     f"hash = CASE WHEN a.body = d.body AND a.hash IS NOT NULL THEN a.hash ELSE {fresh} END "
                     f"FROM {spec.acked} a WHERE {join('d', 'a', entity)} AND d.tenant = ? {new}"
                     f"AND (d.change IS NULL OR d.change <> {same} OR d.hash IS NULL OR a.body IS NULL "
-                    f"OR {differs('a.body', 'd.body')} OR {differs('a.hash', 'd.hash')})", (self.name,))
+                    f"OR {differs('a.body', 'd.body')} OR {differs('a.hash', 'd.hash')})", params)
                 self.conn.execute(
                     f"UPDATE {spec.desired} AS d SET change = 'create', hash = {fresh} "
                     f"WHERE d.tenant = ? {new}AND (d.change IS NULL OR d.change <> 'create' OR d.hash IS NULL) "
-                    f"AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})",
-                    (self.name,))
+                    f"AND NOT EXISTS (SELECT 1 FROM {spec.acked} a WHERE {join('d', 'a', entity)})", params)
             # An exam is sent again with the same body when the target deleted it (on_removed =
             # "delete": provisioning reactivates it) or when it moved to another course (the course
             # is not in the exam's body, but the call that carries it is the course's).
