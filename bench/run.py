@@ -141,10 +141,13 @@ def delta_runs(box: Sandbox, roster: Roster, workdir: Path, rounds: int) -> dict
     nochange = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "cpu_s", "requests")}
     roster.mutate(seed=2, fraction=0.01)
     change = one()
+    after_change = one()  # reads the change again (the margin) and takes the diff: no settled mark yet
+    assert after_change["calls"] == 0
     assert box.oneroster.filtered_requests > 0
     target, expected = box.provision.snapshot(), expected_mapping(roster, ROLES)
     ok = all(target[k].get(key) == v for k in expected for key, v in expected[k].items())
-    return {"nochange": nochange | {"requests": int(nochange["requests"])}, "change": change, "target_ok": ok}
+    return {"nochange": nochange | {"requests": int(nochange["requests"])}, "change": change,
+            "after_change": after_change, "target_ok": ok}
 
 
 def scale(users: int, classes: int, enrollments: int, workdir: Path, **target: str) -> tuple[Roster, Sandbox, Path]:
@@ -190,6 +193,9 @@ def main() -> None:
             roster.mutate(seed=1, fraction=0.01)
             after = expected_mapping(roster, ROLES)
             change = run_syncd(config)
+            # The first no-change run after a change takes the diff (the change left no settled mark).
+            after_change = measured([SYNCD, "--config", str(config), "sync", "lincoln", "--json"])
+            assert json.loads(after_change["stdout"])["calls"] == 0
             naive = None if args.skip_slow else run_syncd(config, "--force")
             target = box.provision.snapshot()
             # The target keeps what was removed (the API has no delete): compare what is in scope.
@@ -206,6 +212,8 @@ def main() -> None:
             f"{nochange_detail['source_requests']} | {rss_nochange:.0f} MB |",
             f"| 1 % change resync | {change['wall_s']:.2f} s | {change['summary']['calls']:,} | "
             f"{minimal_calls(before, after):,} | {change['source_requests']} | - |",
+            f"| no-change resync right after the change (takes the diff) | {after_change['wall_s']:.2f} s | 0 | 0 | "
+            f"{nochange_detail['source_requests']} | {after_change['rss_mb']:.0f} MB |",
             *([] if naive is None else [
                 f"| naive baseline (every record, every run) | {naive['wall_s']:.1f} s | "
                 f"{naive['summary']['calls']:,} | - | {naive['source_requests']} | - |"]),
@@ -234,6 +242,8 @@ def main() -> None:
             f"{delta['nochange']['requests']} | 0 | ≤ 1 s |",
             f"| delta 1 % change resync | {delta['change']['wall_s']:.2f} s | {delta['change']['cpu_s']:.2f} s | "
             f"{delta['change']['requests']} | {delta['change']['calls']:,} | ≤ 2 s |",
+            f"| delta no-change right after the change (takes the diff) | {delta['after_change']['wall_s']:.2f} s | "
+            f"{delta['after_change']['cpu_s']:.2f} s | {delta['after_change']['requests']} | 0 | |",
             f"| full no-change resync (for scale) | {fast['syncd']['wall_s']:.2f} s | {fast['syncd']['cpu_s']:.2f} s | "
             f"{nochange_detail['source_requests']} | 0 | |",
             "",
