@@ -345,3 +345,32 @@ def test_the_daemon_s_wrapped_source_gets_the_fingerprints_and_the_delta_filter(
             assert parsed.take() == []  # every page skipped
         finally:
             store.close()
+
+
+def test_a_class_that_goes_takes_its_only_students_with_it_in_a_delta(tmp_path, roster, make_store, monkeypatch):
+    """A delta maps again the users of a changed class, even when other users changed too."""
+    klass = sorted(roster.classes)[2]
+    lonely = next(e["user"]["sourcedId"] for e in roster.enrollments.values()
+                  if e["class"]["sourcedId"] == klass and e["role"] == "student")
+    for key in [k for k, e in roster.enrollments.items()
+                if e["user"]["sourcedId"] == lonely and e["class"]["sourcedId"] != klass]:
+        del roster.enrollments[key]
+    with Sandbox(roster) as box:
+        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra=SAFE,
+                                  source_extra='page_size = 20\ndelta = "auto"')
+        tenant, store = configuration.load(config).tenants["lincoln"], make_store(tmp_path / "state")
+        try:
+            engine.run(tenant, store)
+            assert engine.run(tenant, store)["calls"] == 0
+            assert lonely in {row[1] for row in _snapshot(store)["desired_users"]}
+            other = next(u for u in sorted(roster.users) if u != lonely)
+            roster.users[other] |= {"givenName": "Renamed", "dateLastModified": modified_now()}
+            roster.classes[klass] |= {"status": "tobedeleted", "dateLastModified": modified_now()}
+            result = engine.run(tenant, store)
+            assert result["counts"]["users"]["removed"] >= 1 and result["counts"]["users"]["updated"] == 1, result
+            kept = _snapshot(store)
+            assert lonely not in {row[1] for row in kept["desired_users"]}
+            reparsed = _parse_all(monkeypatch, tenant, store)
+            assert reparsed["calls"] == 0 and _snapshot(store) == kept
+        finally:
+            store.close()

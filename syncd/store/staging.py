@@ -193,23 +193,32 @@ class Staging(Scoped):
         return True
 
     def _update_desired(self, dirty: Dirty, role_rows: str, time_zone: str | None) -> None:
-        """Delete and map again the desired rows that depend on a changed staged row."""
+        """Delete and map again the desired rows that depend on a changed staged row: the courses
+        of a changed class or under a changed code, the enrollments of a changed class or user, the
+        users of those. The classes under a code and the users of a class are read first, once, so
+        that each statement below finds its rows by key (staged enrollments have no index by class
+        or user: one scan, not one per statement)."""
         each = self.dialect.each_text("?")
-        classes, codes, users = (json.dumps(sorted(ids)) for ids in (dirty.classes, dirty.codes, dirty.users))
         tenant = self.name
-        in_class = f"SELECT user_id FROM stage_enrollments WHERE tenant = ? AND course_id IN ({each})"
-        self.conn.execute(
-            f"DELETE FROM desired_courses WHERE tenant = ? AND (source_id IN ({each}) OR source_id IN "
-            f"(SELECT source_id FROM stage_courses WHERE tenant = ? AND parent_id IN ({each})))",
-            (tenant, classes, tenant, codes))
-        self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND (course_id IN ({each}) "
-                          f"OR user_id IN ({each}))", (tenant, classes, users))
-        self.conn.execute(f"DELETE FROM desired_users WHERE tenant = ? AND (source_id IN ({each}) "
-                          f"OR source_id IN ({in_class}))", (tenant, users, tenant, classes))
-        courses, enrollments, people = desired_sql(self.dialect, True)
-        self.conn.execute(courses, (tenant, classes, codes))
-        self.conn.execute(enrollments, (role_rows, tenant, classes, users))
-        self.conn.execute(people, (time_zone, tenant, users, tenant, classes))
+        classes, codes, users = (json.dumps(sorted(ids)) for ids in (dirty.classes, dirty.codes, dirty.users))
+        courses = dirty.classes | {row[0] for row in self.conn.execute(
+            f"SELECT source_id FROM stage_courses WHERE tenant = ? AND parent_id IN ({each})", (tenant, codes))}
+        people = dirty.users | {row[0] for row in self.conn.execute(
+            f"SELECT DISTINCT user_id FROM stage_enrollments WHERE tenant = ? AND course_id IN ({each})",
+            (tenant, classes))}
+        courses_json, people_json = json.dumps(sorted(courses)), json.dumps(sorted(people))
+        self.conn.execute(f"DELETE FROM desired_courses WHERE tenant = ? AND source_id IN ({each})",
+                          (tenant, courses_json))
+        self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND course_id IN ({each})",
+                          (tenant, classes))
+        self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND user_id IN ({each})",
+                          (tenant, users))
+        self.conn.execute(f"DELETE FROM desired_users WHERE tenant = ? AND source_id IN ({each})",
+                          (tenant, people_json))
+        insert_courses, insert_enrollments, insert_users = desired_sql(self.dialect, True)
+        self.conn.execute(insert_courses, (tenant, courses_json))
+        self.conn.execute(insert_enrollments, (role_rows, tenant, classes, users))
+        self.conn.execute(insert_users, (time_zone, tenant, people_json))
 
     def _write_marks(self, fingerprint: str) -> None:
         self._forget_desired()  # the desired state was mapped again: a settled mark vouches no more
@@ -278,7 +287,7 @@ _STAGE_ROW: dict[type, Callable[[str, Any], tuple[Any, ...]]] = {
 # The hash is left NULL here: Diff.classify takes it from the acknowledged row when the body text
 # is the same and computes it (the dialect's hash) only for the bodies that are new or changed.
 def _desired_courses(d: Dialect, only: bool) -> str:
-    changed = f"AND (c.source_id IN ({d.each_text('?')}) OR c.parent_id IN ({d.each_text('?')}))" if only else ""
+    changed = f"AND c.source_id IN ({d.each_text('?')})" if only else ""
     body = d.body(Obj({"code": "coalesce(c.code, cc.code)",
                        "ids": Obj({"external": "c.external_id", "lms": "c.lms_id"}), "title": "c.title"}))
     return f"""
@@ -309,8 +318,7 @@ WHERE choice = 1
 
 
 def _desired_users(d: Dialect, only: bool) -> str:
-    changed = (f"AND (u.source_id IN ({d.each_text('?')}) OR u.source_id IN (SELECT user_id FROM stage_enrollments "
-               f"WHERE tenant = ? AND course_id IN ({d.each_text('?')})))") if only else ""
+    changed = f"AND u.source_id IN ({d.each_text('?')})" if only else ""
     body = d.body(Obj({"email": "u.email", "firstName": "u.first_name",
                        "ids": Obj({"external": "u.external_id", "lms": "u.lms_id"}),
                        "lastName": "u.last_name", "timeZone": "CAST(? AS TEXT)"}))
@@ -327,5 +335,6 @@ SELECT tenant, source_id, body, NULL FROM (
 @functools.cache
 def desired_sql(d: Dialect, only: bool = False) -> tuple[str, str, str]:
     """The three statements that build the desired state, in the order they run; with ``only``,
-    of the rows that depend on changed ones (Dirty: parameters after the tenant's)."""
+    of the rows that depend on changed ones (parameters after the tenant's: the courses to map, the
+    classes and users whose enrollments to map, the users to map; see ``_update_desired``)."""
     return _desired_courses(d, only), _desired_enrollments(d, only), _desired_users(d, only)
