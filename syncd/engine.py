@@ -171,7 +171,8 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
                 "enrollment", source_id, "extract", f"enrollment refers to a {missing} that the source does not have",
                 course_id=course_id, user_id=user_id))
     _guard_completeness(state, store)
-    store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None, only_new=began_settled)
+    store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None,
+                   only_new=began_settled and not store.mapped_whole)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
     if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake

@@ -82,6 +82,8 @@ class Staging(Scoped):
     # and the desired_marks row as it was before the first change: together they let build_desired
     # map again only what changed. None: unknown, the desired state is rebuilt whole.
     _dirty: Dirty | None = None
+    # Set by build_desired: every desired row was mapped this run (none kept from the last).
+    mapped_whole: bool = True
     _start_marks: tuple[str, str] | None = None
 
     def track_changes(self) -> None:
@@ -168,6 +170,7 @@ class Staging(Scoped):
         dirty = self._dirty
         self._dirty = None
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
+        self.mapped_whole = False
         if fingerprint is not None and dirty is not None and self._desired_stands(fingerprint):
             if not dirty:
                 return False
@@ -175,6 +178,7 @@ class Staging(Scoped):
                 self._update_desired(dirty, role_rows, time_zone)
                 self._write_marks(fingerprint)
             return True
+        self.mapped_whole = True
         with self._write():
             for table in ("desired_marks", "settled_marks", *DESIRED_NAMES, "desired_exams"):
                 self.conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (self.name,))
