@@ -27,6 +27,7 @@ from syncd.exams import Exam
 from syncd.model import RecordError
 from syncd.sources import DeltaRejected, Source, open_source
 from syncd.store import CallLog, Store, TenantStore, utcnow
+from syncd.store.staging import Remapped
 from syncd.target import Outcome, ProvisionClient
 
 log = structlog.get_logger("syncd.engine")
@@ -81,6 +82,9 @@ class Run:
     exams_complete: bool = False  # every exam was read (removals of exams need it, beside `complete`)
     # Exam source id -> clear password, for this run only (never stored; the target client sends it).
     passwords: dict[str, str] = field(default_factory=dict)
+    # The run began settled and kept part of the desired state: the rows mapped again, the only
+    # ones the diff, the dangling check and the removals need to look at (else None: all rows).
+    among: Remapped | None = None
 
     @property
     def entities(self) -> tuple[Entity, ...]:
@@ -165,14 +169,17 @@ def _sync(state: Run, store: TenantStore, source: Source, client: ProvisionClien
     store.build_desired(state.tenant.roles, state.tenant.time_zone, state.tenant.exams)
     if _unchanged(state, store):
         return
+    # A run that began settled had nothing dangling, to remove or to send: only what it mapped
+    # again can have changed (syncd.store.settled).
+    state.among = store.remapped if began_settled and not store.mapped_whole else None
     if state.complete:
-        for source_id, course_id, user_id, missing in store.dangling_enrollments():
+        for source_id, course_id, user_id, missing in store.dangling_enrollments(state.among):
             _record_failed(state, store, RecordFailure(
                 "enrollment", source_id, "extract", f"enrollment refers to a {missing} that the source does not have",
                 course_id=course_id, user_id=user_id))
     _guard_completeness(state, store)
     store.classify(state.options.force, watch=state.run_id if _may_settle(state) else None,
-                   only_new=began_settled and not store.mapped_whole)
+                   only_new=state.among is not None)
     approved = store.open_approval() if not state.options.only else None
     _update_breaker(state, store, approved)
     if state.tenant.exams is not None and state.tenant.exams.window_guard:  # --force too: bookings are at stake
@@ -402,7 +409,7 @@ def _removals(state: Run, store: TenantStore, client: ProvisionClient, approved:
     complete = tuple(e for e in state.entities if e != "exam" or state.exams_complete)
     if "exam" in state.entities and not state.exams_complete:
         log.info("sync.exam_removals_skipped", reason="the exams were not all read: no exam is inferred removed")
-    pending = store.collect_removals(complete, state.run_id)
+    pending = store.collect_removals(complete, state.run_id, state.among)
     window = safety.freeze(config, _today(state.tenant))
     if window and any(pending.values()) and not approved:
         held = store.hold_all_removals(state.run_id)

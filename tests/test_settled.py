@@ -294,3 +294,23 @@ def test_runs_with_settled_marks_do_what_runs_without_them_do(tmp_path, roster, 
         finally:
             for store in stores:
                 store.close()
+
+
+def test_a_dangling_enrollment_read_after_a_settled_run_is_reported(tmp_path, roster, diffs, make_store):
+    from syncd.sandbox.roster import modified_now
+
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            tenant = _settled(box, tmp_path, store, diffs)
+            model = next(e for e in roster.enrollments.values() if e["status"] == "active")
+            roster.enrollments["enr-dangling"] = {**model, "sourcedId": "enr-dangling",
+                                                  "dateLastModified": modified_now(),
+                                                  "class": {**model["class"], "sourcedId": "cls-missing"}}
+            result = engine.run(tenant, store)
+            assert result["status"] == "completed_with_errors", result
+            errors = store.tenant("lincoln").conn.execute(
+                "SELECT source_id, message FROM errors WHERE run_id = ?", (result["run_id"],)).fetchall()
+            assert [(source_id, "class" in message) for source_id, message in errors] == [("enr-dangling", True)]
+        finally:
+            store.close()

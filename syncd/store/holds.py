@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import limits
 from syncd.entities import ENTITIES, KEYS, PLURAL, Entity
 from syncd.store.base import Connected, Scoped, join, key_json, key_sql, utcnow
+
+if TYPE_CHECKING:
+    from syncd.store.staging import Remapped
 
 # Retry delays of a record the target keeps rejecting, by consecutive rejections: then daily.
 ESCROW_DELAYS_H = (1, 6, 24)
@@ -21,10 +24,13 @@ UNAPPROVED = ("FROM pending_removals p WHERE p.tenant = ? AND p.entity = ? AND N
 
 class Holds(Scoped):
 
-    def collect_removals(self, entities: tuple[Entity, ...] = ENTITIES, run_id: str | None = None) -> dict[Entity, int]:
+    def collect_removals(self, entities: tuple[Entity, ...] = ENTITIES, run_id: str | None = None,
+                         among: Remapped | None = None) -> dict[Entity, int]:
         """Acknowledged objects no longer in scope, into pending_removals; their count per entity.
         ``entities``: those whose extract was complete (exams may not be, when the roster is). An
-        exam that failed to map in ``run_id`` is not removed: it is still in the source."""
+        exam that failed to map in ``run_id`` is not removed: it is still in the source. ``among``:
+        only the objects whose desired rows were mapped again this run (a run that began settled
+        had nothing left to remove; what build_desired kept is still in scope)."""
         counts: dict[Entity, int] = dict.fromkeys(ENTITIES, 0)
         with self._write():
             self.conn.execute("DELETE FROM pending_removals WHERE tenant = ?", (self.name,))
@@ -32,12 +38,13 @@ class Holds(Scoped):
                 plural = PLURAL[entity]
                 failed = ("AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.run_id = ? AND e.entity = 'exam' "
                           "AND e.source_id = a.source_id)" if entity == "exam" else "AND CAST(? AS TEXT) IS NULL")
+                narrow, params = _among(entity, among, self.dialect.each_text("?"))
                 counts[entity] = self.conn.execute(
                     "INSERT INTO pending_removals (tenant, entity, key) "
                     f"SELECT a.tenant, ?, {key_sql('a', entity, self.dialect)} "
-                    f"FROM acked_{plural} a WHERE a.tenant = ? AND a.removed_at IS NULL AND NOT EXISTS "
+                    f"FROM acked_{plural} a WHERE a.tenant = ? {narrow}AND a.removed_at IS NULL AND NOT EXISTS "
                     f"(SELECT 1 FROM desired_{plural} d WHERE {join('d', 'a', entity)}) {failed}",
-                    (entity, self.name, run_id if entity == "exam" else None)).rowcount
+                    (entity, self.name, *params, run_id if entity == "exam" else None)).rowcount
         return counts
 
     def pending_removals(self) -> list[tuple[Entity, tuple[str, ...]]]:
@@ -222,3 +229,17 @@ class Approvals(Connected):
 
     def tenant(self, name: str) -> Holds:  # Store gives the TenantStore
         raise NotImplementedError
+
+
+def _among(entity: Entity, among: Remapped | None, each: str) -> tuple[str, tuple[str, ...]]:
+    """The condition (on alias ``a``) and its parameters that keep the acknowledged rows whose
+    desired rows were mapped again (Remapped); no condition without ``among``."""
+    if among is None:
+        return "", ()
+    if entity == "enrollment":
+        return (f"AND (a.course_id IN ({each}) OR a.user_id IN ({each})) ",
+                (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users))))
+    if entity not in ("course", "user"):
+        return "", ()  # exams: a tenant with exams never begins settled
+    ids = among.courses if entity == "course" else among.people
+    return f"AND a.source_id IN ({each}) ", (json.dumps(sorted(ids)),)

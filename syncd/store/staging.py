@@ -74,6 +74,17 @@ class Dirty:
         return bool(self.classes or self.codes or self.users)
 
 
+@dataclass(frozen=True)
+class Remapped:
+    """The desired rows build_desired deleted and mapped again (by key): the only ones whose
+    mapping may have changed when the rest were kept."""
+
+    courses: frozenset[str] = frozenset()  # desired_courses source ids
+    classes: frozenset[str] = frozenset()  # desired_enrollments of these classes…
+    users: frozenset[str] = frozenset()  # …and of these users
+    people: frozenset[str] = frozenset()  # desired_users source ids
+
+
 class Staging(Scoped):
     # The install's key for exam passwords (exams.password_key): set by the engine when the tenant
     # has exams; a password is staged only as its keyed digest.
@@ -82,8 +93,10 @@ class Staging(Scoped):
     # and the desired_marks row as it was before the first change: together they let build_desired
     # map again only what changed. None: unknown, the desired state is rebuilt whole.
     _dirty: Dirty | None = None
-    # Set by build_desired: every desired row was mapped this run (none kept from the last).
+    # Set by build_desired: every desired row was mapped this run (none kept from the last), or
+    # else which rows were mapped again (none: the whole desired state was kept).
     mapped_whole: bool = True
+    remapped: Remapped = Remapped()
     _start_marks: tuple[str, str] | None = None
 
     def track_changes(self) -> None:
@@ -170,7 +183,7 @@ class Staging(Scoped):
         dirty = self._dirty
         self._dirty = None
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
-        self.mapped_whole = False
+        self.mapped_whole, self.remapped = False, Remapped()
         if fingerprint is not None and dirty is not None and self._desired_stands(fingerprint):
             if not dirty:
                 return False
@@ -211,6 +224,8 @@ class Staging(Scoped):
             f"SELECT DISTINCT user_id FROM stage_enrollments WHERE tenant = ? AND course_id IN ({each})",
             (tenant, classes))}
         courses_json, people_json = json.dumps(sorted(courses)), json.dumps(sorted(people))
+        self.remapped = Remapped(frozenset(courses), frozenset(dirty.classes), frozenset(dirty.users),
+                                 frozenset(people))
         self.conn.execute(f"DELETE FROM desired_courses WHERE tenant = ? AND source_id IN ({each})",
                           (tenant, courses_json))
         self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND course_id IN ({each})",
@@ -248,16 +263,22 @@ class Staging(Scoped):
             f"SELECT 1 FROM {table} WHERE tenant = ? AND change IS NOT NULL AND change NOT IN ({kept}) LIMIT 1",
             (self.name,)).fetchone() for table in DESIRED_NAMES)
 
-    def dangling_enrollments(self) -> Iterator[tuple[str, str, str, str]]:
-        """Active enrollments whose class or user is missing from a complete extract."""
+    def dangling_enrollments(self, among: Remapped | None = None) -> Iterator[tuple[str, str, str, str]]:
+        """Active enrollments whose class or user is missing from a complete extract; ``among``:
+        only those of the classes and users whose staged rows changed (a run that began settled had
+        none dangling before)."""
+        each = self.dialect.each_text("?")
+        narrow, params = ((f"AND (e.course_id IN ({each}) OR e.user_id IN ({each})) ",
+                           (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users))))
+                          if among is not None else ("", ()))
         yield from self.conn.execute(
             "SELECT e.source_id, e.course_id, e.user_id, "
             "CASE WHEN c.source_id IS NULL THEN 'class' ELSE 'user' END "
             "FROM stage_enrollments e "
             "LEFT JOIN stage_courses c ON c.tenant = e.tenant AND c.source_id = e.course_id "
             "LEFT JOIN stage_users u ON u.tenant = e.tenant AND u.source_id = e.user_id "
-            "WHERE e.tenant = ? AND e.active = 1 AND (c.source_id IS NULL OR u.source_id IS NULL)",
-            (self.name,),
+            f"WHERE e.tenant = ? AND e.active = 1 {narrow}AND (c.source_id IS NULL OR u.source_id IS NULL)",
+            (self.name, *params),
         )
 
 
