@@ -1,10 +1,18 @@
-"""A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only)."""
+"""A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only).
+
+Each :class:`Request` carries ``received``, the monotonic time its request line arrived; an app
+that simulates latency answers that long after arrival (:meth:`Request.wait_latency`), not that
+long after this server has parsed the request: a real server's "20 ms" is the client's round trip
+less the network, and the stdlib's parsing (headers, body) is this instrument's cost, not the
+simulated server's.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +30,15 @@ class Request:
     headers: dict[str, str]
     body: bytes
     url: str
+    received: float = field(default_factory=time.monotonic)  # when the request line arrived (monotonic)
+
+    def wait_latency(self, seconds: float) -> None:
+        """Sleep until ``seconds`` after the request arrived (at once if that time has passed).
+        Apps call it before they apply a request, so a client killed during the wait left nothing
+        applied, as with a plain sleep."""
+        remaining = self.received + seconds - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -55,6 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def parse_request(self) -> bool:
+        # Called once the request line is read: the request has arrived (on a kept-alive
+        # connection the line's read is what waited for it). Headers and body are parsed after.
+        self.received = time.monotonic()
+        return super().parse_request()
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -62,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", f"127.0.0.1:{self.server.server_port}")
         request = Request(self.command, parts.path, urllib.parse.parse_qs(parts.query, keep_blank_values=True),
                           {k.lower(): v for k, v in self.headers.items()}, body,
-                          f"http://{host}{self.path}")
+                          f"http://{host}{self.path}", self.received)
         result = self.server.app(request)
         if result is DROP:
             self.close_connection = True
