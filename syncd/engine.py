@@ -443,6 +443,8 @@ def _push(state: Run, store: TenantStore, client: ProvisionClient) -> None:
     tenant = state.tenant
     in_flight: dict[Future[Outcome], Call] = {}
     window = tenant.target.concurrency * 2
+    # The push starts now: from here to sync.finished is the push's time (bench/run.py measures it).
+    log.info("sync.planned", planned_calls=state.planned_calls)
     with ThreadPoolExecutor(tenant.target.concurrency, thread_name_prefix="push") as pool:
         try:
             for sent, call in enumerate(store.calls(with_sids=not state.options.force), 1):
