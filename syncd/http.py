@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import heapq
 import itertools
 import json
@@ -747,6 +748,7 @@ def error_message(response: requests.Response, limit: int = 300) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
+@functools.lru_cache(maxsize=256)  # a push shows the same URL on every call
 def redact_url(url: str) -> str:
     """The URL with credentials and token-like query parameters masked."""
     parts = urllib.parse.urlsplit(url)
