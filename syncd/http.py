@@ -482,7 +482,7 @@ class _Route:
     TLS settings applied (``cert_verify``), and the request target (the path, or the whole URL
     through a plain HTTP proxy)."""
 
-    def __init__(self, session: _Session, prepared: requests.PreparedRequest, adapter: requests.adapters.HTTPAdapter,
+    def __init__(self, prepared: requests.PreparedRequest, adapter: requests.adapters.HTTPAdapter,
                  settings: dict[str, Any]):
         self.prepared = prepared
         self.adapter = adapter
@@ -498,7 +498,7 @@ class _Route:
         prepared.body = None
         prepared.headers.pop("Content-Length", None)  # set with each body; Content-Type stays
         settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
-        return cls(session, prepared, session.get_adapter(prepared.url or url), settings)
+        return cls(prepared, session.get_adapter(prepared.url or url), settings)
 
     def _pool(self) -> Any:
         settings, url = self.settings, self.prepared.url or ""

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import log_events, summary, syncd
 
 from syncd import http
+from syncd.sandbox import Scripted
 from syncd.sandbox.hostile import Hostile, drip, endless_body, gzip_bomb, redirect, respond
 from syncd.sandbox.provision import ProvisionApp
 from syncd.sandbox.server import Request, Response, Serving
@@ -198,8 +200,6 @@ def test_the_lean_path_times_out_and_fails_to_connect_like_session_request():
 
 
 def test_the_lean_path_retries_a_throttle_and_counts_it(target):
-    from syncd.sandbox import Scripted
-
     app, url = target
     app.script += [Scripted(429, retry_after="0"), Scripted(503)]
     session = http.new_session()
@@ -207,3 +207,18 @@ def test_the_lean_path_retries_a_throttle_and_counts_it(target):
                        json=BODY, headers={"token": app.token})
     assert answer.json()["course"]["result"] == "Created" and lean(session)
     assert (session.requests, session.throttles, app.calls) == (3, 1, 3)  # type: ignore[attr-defined]
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+
+def test_sync_planned_is_logged_once_as_the_push_begins(config, sandbox):
+    sandbox.provision.latency_s = 0.005
+    result = syncd(config, "sync", "lincoln", "--json")
+    events = log_events(result)
+    names = [e["event"] for e in events]
+    planned = [e for e in events if e["event"] == "sync.planned"]
+    assert len(planned) == 1 and planned[0]["level"] == "info"
+    assert planned[0]["planned_calls"] == summary(result)["planned_calls"] == sandbox.provision.calls > 0
+    assert names.index("sync.extracted") < names.index("sync.planned") < names.index("sync.finished")
+    assert summary(result)["status"] == "completed" and sandbox.provision.duplicates() == 0

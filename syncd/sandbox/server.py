@@ -9,8 +9,11 @@ simulated server's.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -59,6 +62,39 @@ class Response:
 App = Callable[[Request], Response | object]
 
 
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value (asm-generic, x86, arm)
+
+
+class _StampedReader(io.RawIOBase):
+    """A socket's reads, each with the kernel's receive time (SO_TIMESTAMPNS), as a monotonic
+    ``stamp``: the time the bytes of the latest read reached the socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.stamp: float | None = None
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> _StampedReader | None:
+        if sys.platform != "linux":
+            return None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            return None
+        return cls(sock)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _flags, _address = self.sock.recvmsg_into([buffer], socket.CMSG_SPACE(16))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self.stamp = seconds + nanoseconds / 1e9 - time.time() + time.monotonic()
+        return size
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Buffered: status line, headers and a small body leave in one write when the handler flushes
@@ -72,6 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
         # A large body leaves in a write after the headers'; without this, Nagle's algorithm and
         # the client's delayed ACK would stall such a keep-alive response by ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stamped = _StampedReader.of(self.connection)
+        if stamped is not None:
+            self.rfile = io.BufferedReader(stamped)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -79,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         # Called once the request line is read: the request has arrived (on a kept-alive
         # connection the line's read is what waited for it). Headers and body are parsed after.
-        self.received = time.monotonic()
+        # Where the kernel stamps what it receives (Linux), the time is the stamp of that read:
+        # when the bytes reached the socket, not when this thread got the CPU and the GIL.
+        raw = getattr(self.rfile, "raw", None)
+        self.received = raw.stamp if isinstance(raw, _StampedReader) and raw.stamp else time.monotonic()
         return super().parse_request()
 
     def _serve(self) -> None:
