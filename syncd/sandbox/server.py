@@ -1,10 +1,11 @@
 """A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only).
 
-Each :class:`Request` carries ``received``, the monotonic time its request line arrived; an app
+Each :class:`Request` carries ``received``, the monotonic time its request line arrived (the
+kernel's receive stamp on Linux, else the time the line was read); an app
 that simulates latency answers that long after arrival (:meth:`Request.wait_latency`), not that
 long after this server has parsed the request: a real server's "20 ms" is the client's round trip
-less the network, and the stdlib's parsing (headers, body) is this instrument's cost, not the
-simulated server's.
+less the network, and this process's scheduling and the stdlib's parsing (headers, body) are the
+instrument's cost, not the simulated server's.
 """
 
 from __future__ import annotations
