@@ -1,20 +1,30 @@
-"""Client CPU per provision call (issue 15): ``ProvisionClient.provision`` at concurrency 8 against
-the sandbox provision server in another process, so only the client's CPU is counted.
+"""Client CPU per provision call (issue 15): ``ProvisionClient.provision`` one at a time and at
+concurrency 8 against the sandbox provision server in another process, so only the client's CPU is
+counted; beside it, the floor: the same request and body through a bare urllib3 pool and
+``json.loads``, without any of syncd's guarantees (deadline, body cap, retries, redirects).
 
-    .venv/bin/python bench/push_cpu.py [calls]    # default 3000
+    .venv/bin/python bench/push_cpu.py [calls] [--rounds N]    # default 3000 calls, 3 rounds
+
+Each figure is the median of the rounds (the machine may be shared: the rounds interleave the
+three measures, so a noisy neighbour slows each alike).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
-import sys
+import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import urllib3
+
 from syncd.config import TargetConfig
 from syncd.entities import Call, Part
-from syncd.target import ProvisionClient
+from syncd.target import ProvisionClient, payload
 
 
 def serve(queue: Any) -> None:
@@ -23,7 +33,7 @@ def serve(queue: Any) -> None:
     box = Sandbox(Roster.generate(users=10, classes=2, enrollments=20))
     box.__enter__()
     queue.put((box.target_url, box.provision.install_sid, box.provision.token))
-    time.sleep(600)  # the parent ends this daemon process when it is done
+    time.sleep(3600)  # the parent ends this daemon process when it is done
 
 
 def call(i: int) -> Call:
@@ -34,20 +44,58 @@ def call(i: int) -> Call:
                     "enrollment": Part((course, user), {"role": "learner"})})
 
 
+def bare(url: str, token: str) -> Callable[[Call], Any]:
+    """The floor: one urllib3 pool, the body encoded and the answer decoded, nothing else."""
+    pool = urllib3.connection_from_url(url, maxsize=8)
+    path = urllib3.util.parse_url(url).request_uri
+    headers = {"token": token, "Accept": "application/json", "Content-Type": "application/json"}
+
+    def send(one: Call) -> Any:
+        answer = pool.urlopen("POST", path, body=json.dumps(payload(one)).encode(), headers=headers,
+                              retries=False, timeout=30)
+        return json.loads(answer.data)
+    return send
+
+
+def cpu_per_call(send: Callable[[Call], Any], calls: int, threads: int) -> tuple[float, float]:
+    """(client CPU ms per call, calls/s)."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    if threads == 1:
+        for i in range(calls):
+            send(call(i))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(send, (call(i) for i in range(calls))))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / calls * 1000, calls / wall
+
+
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    parser = argparse.ArgumentParser()
+    parser.add_argument("calls", nargs="?", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
     queue: Any = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(queue,), daemon=True)
     server.start()
     url, install_sid, token = queue.get(timeout=30)
     client = ProvisionClient(TargetConfig(base_url=url, install_sid=install_sid, token=token, concurrency=8))
-    for i in range(50):  # warm the connections
-        client.provision(call(i))
-    cpu, wall = time.process_time(), time.perf_counter()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(client.provision, (call(i) for i in range(calls))))
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f"{cpu / calls * 1000:.3f} ms of client CPU per call, {calls / wall:.0f} calls/s ({calls} calls)")
+    floor = bare(client.url, token)
+    measures = {"ProvisionClient.provision, 1 thread": (client.provision, 1),
+                "ProvisionClient.provision, 8 threads": (client.provision, 8),
+                "bare urllib3 + json (the floor), 1 thread": (floor, 1)}
+    for send, _ in measures.values():  # warm the connections
+        for i in range(50):
+            send(call(i))
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in measures}
+    for _ in range(args.rounds):
+        for name, (send, threads) in measures.items():
+            results[name].append(cpu_per_call(send, args.calls, threads))
+    for name, figures in results.items():
+        cpu = statistics.median(f[0] for f in figures)
+        rate = statistics.median(f[1] for f in figures)
+        print(f"{name}: {cpu:.3f} ms of client CPU per call, {rate:.0f} calls/s "
+              f"(median of {args.rounds} x {args.calls} calls)")
     server.terminate()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import heapq
 import itertools
 import json
@@ -174,14 +175,26 @@ class _Timers:
         self._heap: list[tuple[float, int, _Watch]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._compact_at = 1024
 
     def add(self, when: float, watch: _Watch) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), watch))
+            heap = self._heap
+            while heap and heap[0][2].done:  # attempts that ended: dropped here, not by a wake-up
+                heapq.heappop(heap)
+            if len(heap) > self._compact_at:  # ended attempts behind a long one (a report download)
+                heap[:] = [entry for entry in heap if not entry[2].done]
+                heapq.heapify(heap)
+                self._compact_at = 2 * len(heap) + 1024
+            earliest = not heap or when < heap[0][0]
+            heapq.heappush(heap, (when, next(self._seq), watch))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # The thread sleeps until the earliest deadline: it is woken only if this one comes
+            # sooner (deadlines mostly come in order), not once per request.
+            if earliest:
+                self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
@@ -263,7 +276,7 @@ class _Session(requests.Session):
         self.failures_in_a_row = 0  # requests that failed for good (see send's breaker)
         self._count_lock = threading.Lock()
         self._environment: dict[tuple[str, str], dict[str, Any]] = {}
-        self._templates: dict[tuple[str, str, tuple[tuple[str, str], ...]], requests.PreparedRequest] = {}
+        self._routes: dict[tuple[str, str, tuple[tuple[str, str], ...]], _Route] = {}
 
     def count(self) -> None:
         with self._count_lock:
@@ -273,17 +286,16 @@ class _Session(requests.Session):
         with self._count_lock:
             self.throttles += 1
 
-    def template(self, method: str, url: str, headers: dict[str, str]) -> requests.PreparedRequest:
-        """A request prepared as ``session.request`` prepares it, without a body, kept per method,
+    def route(self, method: str, url: str, headers: dict[str, str]) -> _Route:
+        """How ``session.request`` would send a JSON body with these headers, decided once per method,
         URL and headers (see ``_request``)."""
         key = (method, url, tuple(sorted(headers.items())))
-        prepared = self._templates.get(key)
-        if prepared is None:
-            prepared = self.prepare_request(requests.Request(method=method.upper(), url=url, headers=headers))
-            prepared.headers.pop("Content-Length", None)  # set with the body
+        route = self._routes.get(key)
+        if route is None:
+            route = _Route.of(self, method, url, headers)
             with self._count_lock:
-                self._templates = {**self._templates, key: prepared} if len(self._templates) < 64 else {key: prepared}
-        return prepared
+                self._routes = {**self._routes, key: route} if len(self._routes) < 64 else {key: route}
+        return route
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         if proxies or verify is not None or cert is not None:
@@ -452,19 +464,98 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
 
 def _request(session: requests.Session, method: str, url: str, timeout: float,
              kwargs: dict[str, Any]) -> requests.Response:
-    """``session.request``, unstreamed redirects off; a request with only a JSON body and headers
-    (a provision call) is a copy of one prepared request with its body set, where requests would
-    merge the session's settings, cookies and hooks and parse the URL again, every call (a third of
-    a push call's CPU). The copy carries the same URL, headers, session headers, hooks and, since
-    only an empty cookie jar takes this path, the same (absent) cookies; it is sent by
-    ``session.send`` with the same environment settings, so TLS verification and proxies are those
-    of ``session.request``."""
-    if not (isinstance(session, _Session) and kwargs.keys() <= {"json", "headers"} and not session.cookies):
-        return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
-    prepared = session.template(method, url, kwargs.get("headers") or {}).copy()
-    prepared.prepare_body(None, None, kwargs.get("json"))
-    settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
-    return session.send(prepared, timeout=timeout, allow_redirects=False, **settings)
+    """``session.request``, unstreamed redirects off. A request with only a JSON body and headers
+    (a provision call) on a session without cookies or hooks takes :func:`_lean` instead: the
+    same bytes through the same urllib3 pool, without what requests does again on every call
+    (merge the session's settings, cookies and hooks, parse the URL, look up the proxy and the CA
+    bundle, extract cookies, build a cookie jar per answer): half of a push call's CPU."""
+    if (isinstance(session, _Session) and kwargs.keys() <= {"json", "headers"} and not session.cookies
+            and not any(session.hooks.values())):
+        return _lean(session, session.route(method, url, kwargs.get("headers") or {}), timeout, kwargs.get("json"))
+    return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
+
+
+class _Route:
+    """What ``session.request`` decides for one method, URL and header set, decided once: the
+    prepared request (session headers merged, no body), the environment settings (proxies, TLS
+    verification, CA bundle, client certificate), the adapter's urllib3 pool for them with the
+    TLS settings applied (``cert_verify``), and the request target (the path, or the whole URL
+    through a plain HTTP proxy)."""
+
+    def __init__(self, prepared: requests.PreparedRequest, adapter: requests.adapters.HTTPAdapter,
+                 settings: dict[str, Any]):
+        self.prepared = prepared
+        self.adapter = adapter
+        self.settings = settings
+        self.target = adapter.request_url(prepared, settings["proxies"])
+        self.headers = dict(prepared.headers)
+        self.pool = self._pool()
+
+    @classmethod
+    def of(cls, session: _Session, method: str, url: str, headers: dict[str, str]) -> _Route:
+        prepared = session.prepare_request(requests.Request(method=method.upper(), url=url, headers=headers,
+                                                            json={}))
+        prepared.body = None
+        prepared.headers.pop("Content-Length", None)  # set with each body; Content-Type stays
+        settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+        return cls(prepared, session.get_adapter(prepared.url or url), settings)
+
+    def _pool(self) -> Any:
+        settings, url = self.settings, self.prepared.url or ""
+        try:
+            if hasattr(self.adapter, "get_connection_with_tls_context"):  # requests >= 2.32.2
+                pool = self.adapter.get_connection_with_tls_context(
+                    self.prepared, settings["verify"], proxies=settings["proxies"], cert=settings["cert"])
+            else:
+                pool = self.adapter.get_connection(url, settings["proxies"])
+        except urllib3.exceptions.LocationValueError as exc:
+            raise requests.exceptions.InvalidURL(exc) from None
+        self.adapter.cert_verify(pool, url, settings["verify"], settings["cert"])
+        return pool
+
+    def connection_pool(self) -> Any:
+        """The pool, or a fresh one if the adapter's pool manager closed it (it keeps a few hosts)."""
+        if self.pool.pool is None:
+            self.pool = self._pool()
+        return self.pool
+
+
+def _lean(session: _Session, route: _Route, timeout: float, body: Any) -> requests.Response:
+    """Send a JSON body as ``session.send`` would through ``route``'s adapter (same request line,
+    headers, body bytes, pool, timeouts, no urllib3 retry, no redirect, body left unread) and
+    answer a ``requests.Response`` as the adapter builds it, minus the per-answer cookie jar: a
+    ``Set-Cookie`` still reaches the session's jar (and later calls then take ``session.request``)."""
+    try:
+        data = requests.compat.json.dumps(body, allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        raise requests.exceptions.InvalidJSONError(exc) from None
+    headers = {**route.headers, "Content-Length": str(len(data))}
+    try:
+        raw = route.connection_pool().urlopen(
+            method=route.prepared.method, url=route.target, body=data, headers=headers, redirect=False,
+            assert_same_host=False, preload_content=False, decode_content=False, retries=route.adapter.max_retries,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout), chunked=False)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ReadTimeout(exc) from None
+    except urllib3.exceptions.MaxRetryError as exc:
+        # requests' own reading: a connect timeout is a timeout, a refused connection is not.
+        reason = exc.reason
+        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+                reason, urllib3.exceptions.NewConnectionError):
+            raise requests.ConnectTimeout(exc) from None
+        raise requests.ConnectionError(exc) from None
+    response = requests.Response()
+    response.status_code = raw.status
+    response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+    response.raw = raw
+    response.reason = raw.reason
+    response.url = route.prepared.url or ""
+    response.request = route.prepared
+    response.connection = route.adapter
+    if "set-cookie" in raw.headers:
+        requests.cookies.extract_cookies_to_jar(session.cookies, route.prepared, raw)
+    return response
 
 
 class _TooLarge(Exception):
@@ -657,6 +748,7 @@ def error_message(response: requests.Response, limit: int = 300) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
+@functools.lru_cache(maxsize=256)  # a push shows the same URL on every call
 def redact_url(url: str) -> str:
     """The URL with credentials and token-like query parameters masked."""
     parts = urllib.parse.urlsplit(url)

@@ -188,8 +188,8 @@ class CanvasApp:
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         started = time.monotonic()
         try:
-            if self.latency_s:
-                time.sleep(self.latency_s)
+            if self.latency_s:  # counted from the request's arrival
+                request.wait_latency(self.latency_s)
             response = self._route(request, grant)
         finally:
             cost = time.monotonic() - started

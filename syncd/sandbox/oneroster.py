@@ -137,8 +137,8 @@ class OneRosterApp:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            if self.latency_s:
-                time.sleep(self.latency_s)
+            if self.latency_s:  # counted from the request's arrival
+                request.wait_latency(self.latency_s)
             if self.cache_pages:
                 return self._cached_page(request, collection, limit, offset, since)
             if since is not None:

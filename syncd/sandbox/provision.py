@@ -3,15 +3,16 @@
 ``POST /v2/installs/{installSid}/provision`` with the ``token`` header. A course or user is
 found by ``ids.sid``, else ``ids.external``, else ``ids.lms``; an enrollment by (course, user).
 Each object's ``result`` is ``Created``, ``Found Existing`` (same fields) or ``Updated``.
-Faults: per-request latency, scripted statuses (5xx, 429 with or without Retry-After), responses
-lost after the write was applied, and rejections of chosen records (4xx with a message).
+Faults: per-request latency (``latency_s``: the answer leaves that long after the request
+arrived, as a real server's would, and the call is applied after the wait, so a client killed
+meanwhile left nothing applied), scripted statuses (5xx, 429 with or without Retry-After),
+responses lost after the write was applied, and rejections of chosen records (4xx with a message).
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,8 @@ class ProvisionApp:
     def __call__(self, request: Request) -> Response | object:
         with self._lock:
             self.calls += 1
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        if self.latency_s:  # counted from the request's arrival, and before anything is applied
+            request.wait_latency(self.latency_s)
         if request.method == "PUT" and request.path.startswith(f"/v1/installs/{self.install_sid}/users/"):
             return self._set_enabled(request)
         if request.method == "PUT" and "/exams/" in request.path:  # v1 exam update / soft delete

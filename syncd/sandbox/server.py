@@ -1,10 +1,22 @@
-"""A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only)."""
+"""A tiny threaded HTTP/1.1 server on loopback for the sandbox apps (stdlib only).
+
+Each :class:`Request` carries ``received``, the monotonic time its request line arrived (the
+kernel's receive stamp on Linux, else the time the line was read); an app
+that simulates latency answers that long after arrival (:meth:`Request.wait_latency`), not that
+long after this server has parsed the request: a real server's "20 ms" is the client's round trip
+less the network, and this process's scheduling and the stdlib's parsing (headers, body) are the
+instrument's cost, not the simulated server's.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import struct
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +34,15 @@ class Request:
     headers: dict[str, str]
     body: bytes
     url: str
+    received: float = field(default_factory=time.monotonic)  # when the request line arrived (monotonic)
+
+    def wait_latency(self, seconds: float) -> None:
+        """Sleep until ``seconds`` after the request arrived (at once if that time has passed).
+        Apps call it before they apply a request, so a client killed during the wait left nothing
+        applied, as with a plain sleep."""
+        remaining = self.received + seconds - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -42,18 +63,67 @@ class Response:
 App = Callable[[Request], Response | object]
 
 
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value (asm-generic, x86, arm)
+
+
+class _StampedReader(io.RawIOBase):
+    """A socket's reads, each with the kernel's receive time (SO_TIMESTAMPNS), as a monotonic
+    ``stamp``: the time the bytes of the latest read reached the socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.stamp: float | None = None
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> _StampedReader | None:
+        if sys.platform != "linux":
+            return None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            return None
+        return cls(sock)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _flags, _address = self.sock.recvmsg_into([buffer], socket.CMSG_SPACE(16))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self.stamp = seconds + nanoseconds / 1e9 - time.time() + time.monotonic()
+        return size
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffered: status line, headers and a small body leave in one write when the handler flushes
+    # (after each request), not three; between two writes another thread may take the GIL and
+    # hold the rest of the answer back, time the latency would not account for.
+    wbufsize = -1
     server: _Server
 
     def setup(self) -> None:
         super().setup()
-        # Headers and body leave in separate writes; without this, Nagle's algorithm and the
-        # client's delayed ACK stall every keep-alive response by ~40 ms.
+        # A large body leaves in a write after the headers'; without this, Nagle's algorithm and
+        # the client's delayed ACK would stall such a keep-alive response by ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stamped = _StampedReader.of(self.connection)
+        if stamped is not None:
+            self.rfile = io.BufferedReader(stamped)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def parse_request(self) -> bool:
+        # Called once the request line is read: the request has arrived (on a kept-alive
+        # connection the line's read is what waited for it). Headers and body are parsed after.
+        # Where the kernel stamps what it receives (Linux), the time is the stamp of that read:
+        # when the bytes reached the socket, not when this thread got the CPU and the GIL.
+        raw = getattr(self.rfile, "raw", None)
+        self.received = raw.stamp if isinstance(raw, _StampedReader) and raw.stamp else time.monotonic()
+        return super().parse_request()
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -62,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", f"127.0.0.1:{self.server.server_port}")
         request = Request(self.command, parts.path, urllib.parse.parse_qs(parts.query, keep_blank_values=True),
                           {k.lower(): v for k, v in self.headers.items()}, body,
-                          f"http://{host}{self.path}")
+                          f"http://{host}{self.path}", self.received)
         result = self.server.app(request)
         if result is DROP:
             self.close_connection = True
