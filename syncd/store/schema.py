@@ -39,7 +39,6 @@ class _Migrations:
 
     def __init__(self) -> None:
         self._steps: list[Callable[..., None]] = []
-        self._built: Migrations | None = None
 
     def __call__(self) -> Callable[[Step], Step]:
         def register(step: Step) -> Step:
@@ -70,14 +69,12 @@ class _Migrations:
         return applied.issuperset(self.names())
 
     def _migrations(self) -> Migrations:
-        if self._built is None:
-            from sqlite_utils.migrations import Migrations
+        from sqlite_utils.migrations import Migrations
 
-            built = Migrations(self.name)
-            for step in self._steps:
-                built()(step)
-            self._built = built
-        return self._built
+        built = Migrations(self.name)
+        for step in self._steps:
+            built()(step)
+        return built
 
 
 migrations = _Migrations()
