@@ -200,8 +200,10 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     alerts = _alerts(checker, _table(checker, raw, "alerts"))
     state_url = _state_url(checker, _table(checker, raw, "state"))
     defaults = _table(checker, raw, "safety")
-    from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
-    gg4l = parse_gg4l(checker, raw, defaults)
+    gg4l = None
+    if "gg4l" in raw:  # only then: the GG4L modules cost a `syncd sync` of any other tenant ~10 ms
+        from syncd.gg4l_config import parse_gg4l  # here: syncd.gg4l_config imports this module
+        gg4l = parse_gg4l(checker, raw, defaults)
     tenants_raw = _table(checker, raw, "tenants")
     if not tenants_raw and "tenants" not in checker.bad_tables and "gg4l" not in raw:
         checker.error("tenants", "at least one tenant is required ([tenants.NAME])")

@@ -11,11 +11,14 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import config as configuration
-from syncd.gg4l.lifecycle import District, map_district, set_paused
-from syncd.gg4l.partner import iso
+
+# The GG4L modules are imported by the commands that use them: cli.py's parser registers these
+# commands, and `syncd sync TENANT` asks with_districts, on every run, GG4L or not (~25 ms).
+if TYPE_CHECKING:
+    from syncd.gg4l.lifecycle import District
 
 EXIT_OK, EXIT_FAILED = 0, 1
 COLUMNS = ("tenant", "origin", "state", "mode", "install_sid", "expiry", "last_seen", "guid")
@@ -69,6 +72,8 @@ def _usage(message: str) -> Exception:
 
 
 def _row(record: District) -> dict[str, Any]:
+    from syncd.gg4l.partner import iso
+
     return {"tenant": record.tenant, "origin": "gg4l", "state": record.state, "mode": record.mode,
             "policy": record.policy, "install_sid": record.install_sid or None, "token_ref": record.token_ref or None,
             "expiry": iso(record.expiry), "last_seen": iso(record.last_seen), "guid": record.guid,
@@ -124,6 +129,8 @@ def cmd_map(args: argparse.Namespace) -> int:
             configuration.resolve_secret(token)
         except ValueError as exc:
             raise _usage(f"--token: {exc}") from None
+    from syncd.gg4l.lifecycle import map_district
+
     config, store, districts, record = _district(args)
     try:
         updated, events = map_district(record, datetime.now(UTC), config.gg4l.rules(), args.install_sid, token)
@@ -135,6 +142,8 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
+    from syncd.gg4l.lifecycle import set_paused
+
     config, store, districts, record = _district(args)
     try:
         updated, events = set_paused(record, datetime.now(UTC), config.gg4l.rules(), args.paused)
@@ -147,7 +156,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_discover(args: argparse.Namespace) -> int:
     from syncd.gg4l.discovery import Discovery
-    from syncd.gg4l.partner import PartnerClient, PartnerError
+    from syncd.gg4l.partner import PartnerClient, PartnerError, iso
 
     config, (store, districts) = _setup(args)
     if config.gg4l is None:
@@ -199,12 +208,13 @@ def with_districts(config: configuration.Config, names: list[str]) -> configurat
     import dataclasses
 
     from syncd import cli
-    from syncd.gg4l.service import Gg4lService
-    from syncd.gg4l_store import DistrictStore
 
     wanted = [n for n in names if n not in config.tenants]
     if not wanted or config.gg4l is None:
         return config
+    from syncd.gg4l.service import Gg4lService
+    from syncd.gg4l_store import DistrictStore
+
     store = DistrictStore.for_state(config.daemon.state_dir, config.state_url)
     service = None
     try:
@@ -259,6 +269,7 @@ def status_rows(config: configuration.Config) -> list[dict[str, Any]]:
     """The GG4L districts for ``syncd status``: tenant, state, expiry, last sync (empty without [gg4l])."""
     if config.gg4l is None:
         return []
+    from syncd.gg4l.partner import iso
     from syncd.gg4l_store import DistrictStore
     from syncd.store import DB_NAME
 

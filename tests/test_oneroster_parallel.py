@@ -120,6 +120,30 @@ def test_requests_in_flight_never_exceed_the_concurrency_and_do_overlap():
     assert parallel_s < 0.6 * sequential_s, (parallel_s, sequential_s)
 
 
+def test_decoding_a_page_holds_no_request_slot():
+    """While a worker decodes and maps a page, ``concurrency`` requests are still in flight: the
+    next pages wait for a slot on workers of their own, not for the decoding to end."""
+    roster = Roster.generate(seed=3, users=400, classes=20, enrollments=2000)
+    with Sandbox(roster, latency_s=0.05) as box:
+        source = source_for(box, page_size=50, concurrency=4)
+        user, mapped, seen = source._user, [], []
+
+        def slow_user(item: dict[str, Any]) -> Any:
+            mapped.append(item)
+            if len(mapped) == 120:  # in the third page of users, with 40 pages of enrollments to go
+                deadline = time.monotonic() + 2
+                while box.oneroster.in_flight < 4 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                seen.append(box.oneroster.in_flight)
+            return user(item)
+
+        source._user = slow_user  # type: ignore[method-assign]
+        pages = pages_by_kind(source)
+        assert len(pages["User"]) == len(roster.users) and source.complete
+        assert box.oneroster.peak_in_flight == 4
+    assert seen == [4]
+
+
 def test_a_slow_consumer_holds_the_crawl_back():
     """Memory is bounded: fetched pages wait in a short queue, never the whole roster."""
     roster = Roster.generate(seed=3, users=400, classes=20, enrollments=2000)

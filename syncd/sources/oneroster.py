@@ -57,6 +57,8 @@ class OneRosterSource:
         self.requests = 0
         self._counter = threading.Lock()
         self._decoding = threading.Lock()
+        # Requests in flight: pool workers beyond these wait here with the next page to ask for.
+        self._slots = threading.BoundedSemaphore(self.concurrency)
         auth = config.auth or ("oauth2" if config.version == "1.2" else "oauth1")
         self._auth = _oauth2(config, self.session, self._count) if auth == "oauth2" else None
         self._oauth1 = (
@@ -90,10 +92,13 @@ class OneRosterSource:
         """Mapped pages, each collection's pages in offset order, fetched ahead on a pool.
 
         The pool fetches, decodes and maps pages while the caller stages the previous ones.
-        Memory is bounded: at most ``concurrency`` requests in flight and as many fetched pages
-        waiting for an earlier one of their collection. Pages are handed over in offset order
-        within each collection, so the result is the one a sequential crawl gives (the first of
-        two records with one id still wins), whatever order the answers come back in.
+        Memory is bounded: at most ``2 * concurrency`` pages asked for and fetched but not yet
+        handed over, of which at most ``concurrency`` requests are in flight (a page asked for
+        beyond those waits for a slot on its worker, so that a slot freed starts the next request
+        at once, not when this thread next runs, and decoding a page never holds a slot).
+        Pages are handed over in offset order within each collection, so the result is the one
+        a sequential crawl gives (the first of two records with one id still wins), whatever
+        order the answers come back in.
         """
         mappers: dict[str, tuple[Entity, Callable[[dict[str, Any]], Record]]] = {
             "courses": ("course", self._course_code),
@@ -102,7 +107,7 @@ class OneRosterSource:
             "enrollments": ("enrollment", self._enrollment),
         }
         crawls = [_Crawl(name, *mappers[name], limit=self.config.page_size) for name in COLLECTIONS]
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="oneroster")
+        pool = ThreadPoolExecutor(max_workers=2 * self.concurrency, thread_name_prefix="oneroster")
         inflight: dict[Future[_Page], _Crawl] = {}
         try:
             while not all(c.done for c in crawls):
@@ -121,6 +126,8 @@ class OneRosterSource:
                             yield records
         finally:
             # On an error or an early close: no new request starts; running ones end on their own.
+            for crawl in crawls:
+                crawl.abandoned = True  # a worker still waiting for a slot sends nothing
             pool.shutdown(wait=False, cancel_futures=True)
         # A collection that ended short of the X-Total-Count its server announced is read, but
         # the extract is not called complete: nothing can be inferred removed from it.
@@ -128,11 +135,11 @@ class OneRosterSource:
 
     def _submit(self, pool: ThreadPoolExecutor, crawls: list[_Crawl],
                 inflight: dict[Future[_Page], _Crawl]) -> None:
-        """Start requests until ``concurrency`` are in flight or fetched pages wait to be staged."""
+        """Ask for pages until ``2 * concurrency`` are asked for or fetched and waiting to be staged."""
         # The very first request goes alone: with refused credentials, one request is refused,
         # not one per collection (some servers lock a client out after a few).
         proven = any(c.pages or c.done for c in crawls)
-        while len(inflight) < (self.concurrency if proven else 1):
+        while len(inflight) < (2 * self.concurrency if proven else 1):
             waiting = sum(len(c.buffer) for c in crawls)
             if len(inflight) + waiting >= 2 * self.concurrency:
                 return
@@ -150,7 +157,7 @@ class OneRosterSource:
         """One page, fetched, decoded and mapped on a pool thread; an error travels in the page."""
         try:
             try:
-                response = self._get(crawl.name, self._params(offset, sort))
+                response = self._request(crawl, offset, generation, sort)
             except http.RejectedError as exc:
                 if self.since is not None and exc.status == 400 and offset == 0:
                     raise DeltaRejected(f"the source refused filter=dateLastModified on /{crawl.name}") from exc
@@ -159,7 +166,9 @@ class OneRosterSource:
                 # Some servers reject sorting; paging still works, duplicates are dropped later.
                 log.warning("oneroster.sort_rejected", collection=crawl.name)
                 sort = False
-                response = self._get(crawl.name, self._params(offset, sort))
+                response = self._request(crawl, offset, generation, sort)
+            if response is None:  # receive() drops it: its generation is gone or its crawl done
+                return _Page(offset, generation, sort)
             total = _int(response.headers.get("X-Total-Count"))
             tag, digest = page_tag(crawl.name, offset), ""
             if self.known_pages is not None:
@@ -181,6 +190,15 @@ class OneRosterSource:
             return _Page(offset, generation, sort, records, count, fingerprint, total)
         except Exception as exc:  # noqa: BLE001 - raised by the crawl if and when the page is needed
             return _Page(offset, generation, sort, error=exc)
+
+    def _request(self, crawl: _Crawl, offset: int, generation: int, sort: bool) -> requests.Response | None:
+        """The page's request, in one of the ``concurrency`` slots; None, unsent, when the page is no
+        longer wanted by the time a slot is free (the extract closed, the collection ended, its
+        grid restarted: each is final, so the answer would be dropped)."""
+        with self._slots:
+            if crawl.abandoned or crawl.done or crawl.generation != generation:
+                return None
+            return self._get(crawl.name, self._params(offset, sort))
 
     def _digest(self, response: requests.Response) -> str:
         """The page's raw bytes, with all else that decides what they map to: the date (an
@@ -312,6 +330,7 @@ class _Crawl:
     asked: int = 0  # requests of the current grid not yet staged
     pages: int = 0  # pages staged
     done: bool = False
+    abandoned: bool = False  # the extract ended early (an error, or the caller closed it)
     buffer: dict[int, _Page] = field(default_factory=dict)
     fingerprints: set[str] = field(default_factory=set)
 

@@ -32,8 +32,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from syncd import lock
 from syncd.model import content_hash
 from syncd.store.acks import Acknowledgements, CallLog
@@ -98,7 +96,7 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _registered(name: str) -> bool:
-    return any(m.name == name for m in migrations._migrations)
+    return name in migrations.names()
 
 
 class StateError(Exception):
@@ -116,7 +114,6 @@ class Store(History, Approvals):
             conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the state file ({exc})") from None
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
         try:
             with _exclusive(path.with_name(f".{path.name}.lock")):
@@ -134,8 +131,9 @@ class Store(History, Approvals):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA cache_size=-16000")  # 16 MB: bounded whatever the roster size
+            conn.execute("PRAGMA recursive_triggers=on")  # what sqlite_utils.Database(conn) used to set
             conn.create_function("digest", 1, content_hash, deterministic=True)
-            migrations.apply(self.db)
+            migrations.apply(conn)  # sqlite-utils is imported only if a step is pending
             _check_schema(conn, self.path)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: the state file cannot be used ({exc}). If it is damaged, move it "

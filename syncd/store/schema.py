@@ -1,4 +1,4 @@
-"""The schema of the state file and its migrations (sqlite-utils ``Migrations``).
+"""The schema of the state file and its migrations (sqlite-utils ``Migrations``, built on demand).
 
 Tables per entity (``courses``, ``users``, ``enrollments``):
 
@@ -15,13 +15,69 @@ released (existing state files are upgraded by the ones they have not run yet).
 from __future__ import annotations
 
 import json
-
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncd.model import body_hash
 
-migrations = Migrations("syncd")
+if TYPE_CHECKING:
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+Step = TypeVar("Step", bound=Callable[..., None])
+
+
+class _Migrations:
+    """sqlite-utils ``Migrations``, built when a file needs a step: a state file that has run every
+    step (every run but the first after an upgrade) is opened without importing sqlite-utils, an
+    import that costs each ``syncd`` command ~40 ms. The steps, their order and their record in
+    ``_sqlite_migrations`` are sqlite-utils' own."""
+
+    name = "syncd"
+    table = "_sqlite_migrations"  # sqlite_utils.migrations.Migrations.migrations_table
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[..., None]] = []
+
+    def __call__(self) -> Callable[[Step], Step]:
+        def register(step: Step) -> Step:
+            self._steps.append(step)
+            return step
+        return register
+
+    def names(self) -> list[str]:
+        return [step.__name__ for step in self._steps]
+
+    def apply(self, db: sqlite3.Connection | sqlite_utils.Database, **options: Any) -> None:
+        """Apply the steps ``db`` has not run (a connection, or a ``sqlite_utils.Database``)."""
+        if isinstance(db, sqlite3.Connection):
+            if not options and self._all_applied(db):
+                return
+            import sqlite_utils
+
+            db = sqlite_utils.Database(db)
+        self._migrations().apply(db, **options)
+
+    def _all_applied(self, conn: sqlite3.Connection) -> bool:
+        # The table as sqlite-utils makes it (an older one's key would be transformed on apply).
+        keys = [row[1] for row in conn.execute(f"PRAGMA table_info({self.table})") if row[5]]  # no table: none
+        if keys != ["id"]:
+            return False
+        applied = {name for (name,) in conn.execute(f"SELECT name FROM {self.table} WHERE migration_set = ?",
+                                                    (self.name,))}
+        return applied.issuperset(self.names())
+
+    def _migrations(self) -> Migrations:
+        from sqlite_utils.migrations import Migrations
+
+        built = Migrations(self.name)
+        for step in self._steps:
+            built()(step)
+        return built
+
+
+migrations = _Migrations()
 
 
 @migrations()
