@@ -4,9 +4,12 @@ counted; beside it, the floor: the same request and body through a bare urllib3 
 ``json.loads``, without any of syncd's guarantees (deadline, body cap, retries, redirects).
 
     .venv/bin/python bench/push_cpu.py [calls] [--rounds N]    # default 3000 calls, 3 rounds
+    .venv/bin/python bench/push_cpu.py --latency-ms 20          # throughput at 8 threads instead
 
 Each figure is the median of the rounds (the machine may be shared: the rounds interleave the
-three measures, so a noisy neighbour slows each alike).
+measures, so a noisy neighbour slows each alike). ``--latency-ms``: the server answers that long
+after each request arrived, and the client and the floor are timed at 8 threads against the bound
+(8 / latency): what the floor reaches is what this machine allows any Python client, now.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from syncd.entities import Call, Part
 from syncd.target import ProvisionClient, payload
 
 
-def serve(queue: Any) -> None:
+def serve(queue: Any, latency_s: float = 0.0) -> None:
     from syncd.sandbox import Roster, Sandbox
 
     box = Sandbox(Roster.generate(users=10, classes=2, enrollments=20))
+    box.provision.latency_s = latency_s
     box.__enter__()
     queue.put((box.target_url, box.provision.install_sid, box.provision.token))
     time.sleep(3600)  # the parent ends this daemon process when it is done
@@ -74,9 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("calls", nargs="?", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
+    latency_s = args.latency_ms / 1000
     queue: Any = multiprocessing.Queue()
-    server = multiprocessing.Process(target=serve, args=(queue,), daemon=True)
+    server = multiprocessing.Process(target=serve, args=(queue, latency_s), daemon=True)
     server.start()
     url, install_sid, token = queue.get(timeout=30)
     client = ProvisionClient(TargetConfig(base_url=url, install_sid=install_sid, token=token, concurrency=8))
@@ -84,6 +90,9 @@ def main() -> None:
     measures = {"ProvisionClient.provision, 1 thread": (client.provision, 1),
                 "ProvisionClient.provision, 8 threads": (client.provision, 8),
                 "bare urllib3 + json (the floor), 1 thread": (floor, 1)}
+    if latency_s:
+        measures = {"ProvisionClient.provision, 8 threads": (client.provision, 8),
+                    "bare urllib3 + json (the floor), 8 threads": (floor, 8)}
     for send, _ in measures.values():  # warm the connections
         for i in range(50):
             send(call(i))
@@ -94,7 +103,8 @@ def main() -> None:
     for name, figures in results.items():
         cpu = statistics.median(f[0] for f in figures)
         rate = statistics.median(f[1] for f in figures)
-        print(f"{name}: {cpu:.3f} ms of client CPU per call, {rate:.0f} calls/s "
+        bound = f" = {rate / (8 / latency_s):.1%} of the bound ({8 / latency_s:.0f})" if latency_s else ""
+        print(f"{name}: {cpu:.3f} ms of client CPU per call, {rate:.0f} calls/s{bound} "
               f"(median of {args.rounds} x {args.calls} calls)")
     server.terminate()
 
