@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,19 @@ def _settled(box: Sandbox, tmp: Path, store: Store, diffs: list[str], **fields: 
     return tenant
 
 
+@pytest.fixture
+def settled(tmp_path: Path, roster: Roster, diffs: list[str],
+            make_store: Any) -> Iterator[tuple[Sandbox, Store, configuration.TenantConfig]]:
+    """The sandbox, the store, and the tenant synced, then synced again with nothing to do: its
+    settled mark is left (the store is closed after the test)."""
+    with Sandbox(roster) as box:
+        store = make_store(tmp_path / "state")
+        try:
+            yield box, store, _settled(box, tmp_path, store, diffs)
+        finally:
+            store.close()
+
+
 def _marks(store: Store) -> list[tuple[Any, ...]]:
     return store.tenant("lincoln").conn.execute("SELECT tenant, fingerprint FROM settled_marks").fetchall()
 
@@ -76,84 +90,58 @@ def _target_ok(box: Sandbox, roster: Roster) -> bool:
     return all(target[k].get(key) == v for k in expected for key, v in expected[k].items())
 
 
-def test_a_run_after_one_that_found_nothing_takes_no_diff_and_reports_the_same(tmp_path, roster, diffs,
-                                                                                make_store):
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            before = engine.run(tenant, store)
-            again = engine.run(tenant, store)
-            assert diffs == []
-            for result in (before, again):
-                assert result["status"] == "completed" and result["calls"] == 0
-            assert again["counts"] == before["counts"]
-            assert again["counts"]["enrollments"]["unchanged"] == len(expected_mapping(roster, ROLES)["enrollments"])
-        finally:
-            store.close()
+def test_a_run_after_one_that_found_nothing_takes_no_diff_and_reports_the_same(settled, roster, diffs):
+    _box, store, tenant = settled
+    before = engine.run(tenant, store)
+    again = engine.run(tenant, store)
+    assert diffs == []
+    for result in (before, again):
+        assert result["status"] == "completed" and result["calls"] == 0
+    assert again["counts"] == before["counts"]
+    assert again["counts"]["enrollments"]["unchanged"] == len(expected_mapping(roster, ROLES)["enrollments"])
 
 
-def test_a_source_change_after_a_settled_run_is_diffed_and_pushed(tmp_path, roster, diffs, make_store):
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            roster.mutate(seed=3, fraction=0.05)
-            changed = engine.run(tenant, store)
-            assert diffs == ["lincoln"] and changed["calls"] > 0
-            assert _target_ok(box, roster)
-            assert _marks(store) == []  # the run had something to do: no mark for the next
-            assert engine.run(tenant, store)["calls"] == 0 and diffs == ["lincoln", "lincoln"]
-        finally:
-            store.close()
+def test_a_source_change_after_a_settled_run_is_diffed_and_pushed(settled, roster, diffs):
+    box, store, tenant = settled
+    roster.mutate(seed=3, fraction=0.05)
+    changed = engine.run(tenant, store)
+    assert diffs == ["lincoln"] and changed["calls"] > 0
+    assert _target_ok(box, roster)
+    assert _marks(store) == []  # the run had something to do: no mark for the next
+    assert engine.run(tenant, store)["calls"] == 0 and diffs == ["lincoln", "lincoln"]
 
 
-def test_an_acknowledged_row_lost_out_of_band_is_pushed_again(tmp_path, roster, diffs, make_store):
+def test_an_acknowledged_row_lost_out_of_band_is_pushed_again(settled, diffs):
     """Say an admin restored an older state file's acknowledgements: the mark must not survive it."""
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            conn = store.tenant("lincoln").conn
-            user = conn.execute("SELECT source_id FROM acked_users ORDER BY source_id").fetchone()[0]
-            conn.execute("DELETE FROM acked_enrollments WHERE user_id = ?", (user,))
-            conn.execute("DELETE FROM acked_users WHERE source_id = ?", (user,))
-            _commit(conn)
-            result = engine.run(tenant, store)
-            assert diffs == ["lincoln"]
-            assert result["counts"]["users"]["created"] == 1 and result["counts"]["enrollments"]["created"] >= 1
-        finally:
-            store.close()
+    _box, store, tenant = settled
+    conn = store.tenant("lincoln").conn
+    user = conn.execute("SELECT source_id FROM acked_users ORDER BY source_id").fetchone()[0]
+    conn.execute("DELETE FROM acked_enrollments WHERE user_id = ?", (user,))
+    conn.execute("DELETE FROM acked_users WHERE source_id = ?", (user,))
+    _commit(conn)
+    result = engine.run(tenant, store)
+    assert diffs == ["lincoln"]
+    assert result["counts"]["users"]["created"] == 1 and result["counts"]["enrollments"]["created"] >= 1
 
 
 @pytest.mark.parametrize("change", ["roles", "time_zone", "deprovision", "safety"])
-def test_a_settings_change_takes_the_diff_again(tmp_path, roster, diffs, make_store, change):
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            changed = {"roles": {"student": "learner"}, "time_zone": "Europe/Paris", "deprovision": "disable",
-                       "safety": dataclasses.replace(tenant.safety, max_removals=7)}[change]
-            engine.run(dataclasses.replace(tenant, **{change: changed}), store)
-            assert diffs == ["lincoln"]
-        finally:
-            store.close()
+def test_a_settings_change_takes_the_diff_again(settled, diffs, change):
+    _box, store, tenant = settled
+    changed = {"roles": {"student": "learner"}, "time_zone": "Europe/Paris", "deprovision": "disable",
+               "safety": dataclasses.replace(tenant.safety, max_removals=7)}[change]
+    engine.run(dataclasses.replace(tenant, **{change: changed}), store)
+    assert diffs == ["lincoln"]
 
 
-def test_options_that_must_see_the_plan_always_take_the_diff(tmp_path, roster, diffs, make_store):
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            user = sorted(roster.users)[0]
-            dry = engine.run(tenant, store, engine.Options(dry_run=True))
-            assert dry["plan"] == [] and diffs == ["lincoln"]
-            forced = engine.run(tenant, store, engine.Options(force=True))
-            assert forced["calls"] > 0 and diffs == ["lincoln"] * 2
-            engine.run(tenant, store, engine.Options(only=("user", user)))
-            assert diffs == ["lincoln"] * 3
-        finally:
-            store.close()
+def test_options_that_must_see_the_plan_always_take_the_diff(settled, roster, diffs):
+    _box, store, tenant = settled
+    user = sorted(roster.users)[0]
+    dry = engine.run(tenant, store, engine.Options(dry_run=True))
+    assert dry["plan"] == [] and diffs == ["lincoln"]
+    forced = engine.run(tenant, store, engine.Options(force=True))
+    assert forced["calls"] > 0 and diffs == ["lincoln"] * 2
+    engine.run(tenant, store, engine.Options(only=("user", user)))
+    assert diffs == ["lincoln"] * 3
 
 
 # Enough of a row for each watched table that a sync of this roster leaves empty.
@@ -167,31 +155,26 @@ EMPTY_INPUTS = {
 }
 
 
-def test_a_write_of_any_kind_to_any_watched_table_drops_the_mark(tmp_path, roster, diffs, make_store):
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            _settled(box, tmp_path, store, diffs)
-            scoped = store.tenant("lincoln")
-            conn = scoped.conn
+def test_a_write_of_any_kind_to_any_watched_table_drops_the_mark(settled):
+    _box, store, _ = settled
+    scoped = store.tenant("lincoln")
+    conn = scoped.conn
 
-            def dropped_by(sql: str, params: tuple[Any, ...] = ()) -> bool:
-                with scoped._write():
-                    scoped.watch("r1")
-                assert scoped.settle("r1", "f", {}) and len(_marks(store)) == 1
-                conn.execute(sql, params)
-                _commit(conn)
-                return _marks(store) == []
+    def dropped_by(sql: str, params: tuple[Any, ...] = ()) -> bool:
+        with scoped._write():
+            scoped.watch("r1")
+        assert scoped.settle("r1", "f", {}) and len(_marks(store)) == 1
+        conn.execute(sql, params)
+        _commit(conn)
+        return _marks(store) == []
 
-            for table in WATCHED:
-                if table in EMPTY_INPUTS:
-                    columns, row = EMPTY_INPUTS[table]
-                    marks = ", ".join("?" * len(row))
-                    assert dropped_by(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row), (table, "insert")
-                assert dropped_by(f"UPDATE {table} SET tenant = tenant WHERE tenant = 'lincoln'"), (table, "update")
-                assert dropped_by(f"DELETE FROM {table} WHERE tenant = 'lincoln'"), (table, "delete")
-        finally:
-            store.close()
+    for table in WATCHED:
+        if table in EMPTY_INPUTS:
+            columns, row = EMPTY_INPUTS[table]
+            marks = ", ".join("?" * len(row))
+            assert dropped_by(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row), (table, "insert")
+        assert dropped_by(f"UPDATE {table} SET tenant = tenant WHERE tenant = 'lincoln'"), (table, "update")
+        assert dropped_by(f"DELETE FROM {table} WHERE tenant = 'lincoln'"), (table, "delete")
 
 
 class Stop(Exception):
@@ -199,47 +182,36 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("stop_in", ["classify", "build", "acknowledge"])
-def test_a_run_that_stops_after_reading_a_change_leaves_it_for_the_next(tmp_path, roster, diffs, make_store,
-                                                                        monkeypatch, stop_in):
+def test_a_run_that_stops_after_reading_a_change_leaves_it_for_the_next(settled, roster, monkeypatch, stop_in):
     """Killed after staging and mapping a change, before its diff, before its plan, or with its first
     acknowledgements: the next run reads nothing new from the source, yet pushes the change."""
     from syncd import plan
     from syncd.store.acks import Acknowledgements
 
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            roster.mutate(seed=6, fraction=0.05)
-            target = {"classify": (Diff, "classify"), "build": (plan, "build"),
-                      "acknowledge": (Acknowledgements, "acknowledge")}[stop_in]
-            with monkeypatch.context() as patch:
-                patch.setattr(*target, lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
-                with pytest.raises(Stop):
-                    engine.run(tenant, store)
-            result = engine.run(tenant, store)
-            assert result["calls"] > 0 and _target_ok(box, roster), result
-        finally:
-            store.close()
+    box, store, tenant = settled
+    roster.mutate(seed=6, fraction=0.05)
+    target = {"classify": (Diff, "classify"), "build": (plan, "build"),
+              "acknowledge": (Acknowledgements, "acknowledge")}[stop_in]
+    with monkeypatch.context() as patch:
+        patch.setattr(*target, lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
+        with pytest.raises(Stop):
+            engine.run(tenant, store)
+    result = engine.run(tenant, store)
+    assert result["calls"] > 0 and _target_ok(box, roster), result
 
 
-def test_a_write_between_the_diff_and_the_mark_leaves_no_mark(tmp_path, roster, diffs, make_store):
+def test_a_write_between_the_diff_and_the_mark_leaves_no_mark(settled):
     """`syncd approve` (or any other process) writing while a run takes its diff: the run cannot
     vouch for what it did not read."""
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            _settled(box, tmp_path, store, diffs)
-            scoped = store.tenant("lincoln")
-            with scoped._write():
-                scoped.watch("r2")
-            scoped.conn.execute("INSERT INTO approvals (run_id, tenant, approved_at) VALUES (?, ?, ?)",
-                                ("r0", "lincoln", "2026-01-01T00:00:00Z"))
-            _commit(scoped.conn)
-            assert not scoped.settle("r2", "f", {})
-            assert _marks(store) == []
-        finally:
-            store.close()
+    _box, store, _ = settled
+    scoped = store.tenant("lincoln")
+    with scoped._write():
+        scoped.watch("r2")
+    scoped.conn.execute("INSERT INTO approvals (run_id, tenant, approved_at) VALUES (?, ?, ?)",
+                        ("r0", "lincoln", "2026-01-01T00:00:00Z"))
+    _commit(scoped.conn)
+    assert not scoped.settle("r2", "f", {})
+    assert _marks(store) == []
 
 
 def test_the_syncd_command_says_when_it_took_no_diff(tmp_path, roster):
@@ -296,21 +268,16 @@ def test_runs_with_settled_marks_do_what_runs_without_them_do(tmp_path, roster, 
                 store.close()
 
 
-def test_a_dangling_enrollment_read_after_a_settled_run_is_reported(tmp_path, roster, diffs, make_store):
+def test_a_dangling_enrollment_read_after_a_settled_run_is_reported(settled, roster):
     from syncd.sandbox.roster import modified_now
 
-    with Sandbox(roster) as box:
-        store = make_store(tmp_path / "state")
-        try:
-            tenant = _settled(box, tmp_path, store, diffs)
-            model = next(e for e in roster.enrollments.values() if e["status"] == "active")
-            roster.enrollments["enr-dangling"] = {**model, "sourcedId": "enr-dangling",
-                                                  "dateLastModified": modified_now(),
-                                                  "class": {**model["class"], "sourcedId": "cls-missing"}}
-            result = engine.run(tenant, store)
-            assert result["status"] == "completed_with_errors", result
-            errors = store.tenant("lincoln").conn.execute(
-                "SELECT source_id, message FROM errors WHERE run_id = ?", (result["run_id"],)).fetchall()
-            assert [(source_id, "class" in message) for source_id, message in errors] == [("enr-dangling", True)]
-        finally:
-            store.close()
+    _box, store, tenant = settled
+    model = next(e for e in roster.enrollments.values() if e["status"] == "active")
+    roster.enrollments["enr-dangling"] = {**model, "sourcedId": "enr-dangling",
+                                          "dateLastModified": modified_now(),
+                                          "class": {**model["class"], "sourcedId": "cls-missing"}}
+    result = engine.run(tenant, store)
+    assert result["status"] == "completed_with_errors", result
+    errors = store.tenant("lincoln").conn.execute(
+        "SELECT source_id, message FROM errors WHERE run_id = ?", (result["run_id"],)).fetchall()
+    assert [(source_id, "class" in message) for source_id, message in errors] == [("enr-dangling", True)]

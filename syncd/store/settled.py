@@ -1,7 +1,7 @@
 """Settled marks (issue 15): a run whose inputs are exactly those of a run that found nothing to do
 finds nothing to do either, so it may skip the diff.
 
-A complete full run that planned no call, removed, held and escrowed nothing and met no error leaves a
+A complete run (full or delta) that planned no call, removed, held and escrowed nothing and met no error leaves a
 ``settled_marks`` row: the fingerprint of the tenant's settings and the code (from the engine) and the
 unchanged count of each entity. Who may delete it, in the transaction of their write:
 
