@@ -12,7 +12,7 @@ import queue
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -545,9 +545,14 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
     FIRST_COMPLETED: the first call to return, and those that return within ``ACK_BATCH_S`` of
     it (at most ``concurrency``): a transaction's fixed cost (BEGIN, COMMIT, a statement per
     table) is most of an acknowledgement's, and the workers do not wait on it (calls are queued).
-    Each call is still acknowledged, committed, within milliseconds of its return."""
+    Each call is still acknowledged, committed, within milliseconds of its return.
+
+    ALL_COMPLETED waits on the calls themselves, not on their reports: a Ctrl-C that lands after a
+    report was taken off the queue and before its call was acknowledged must not leave the last
+    settle waiting for that report forever."""
     if how == ALL_COMPLETED:
-        done = [returned.get() for _ in range(len(in_flight))]
+        wait(list(in_flight), return_when=ALL_COMPLETED)
+        done = list(in_flight)
     else:
         done = [returned.get()]
         until = time.monotonic() + ACK_BATCH_S

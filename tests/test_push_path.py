@@ -222,3 +222,35 @@ def test_sync_planned_is_logged_once_as_the_push_begins(config, sandbox):
     assert planned[0]["planned_calls"] == summary(result)["planned_calls"] == sandbox.provision.calls > 0
     assert names.index("sync.extracted") < names.index("sync.planned") < names.index("sync.finished")
     assert summary(result)["status"] == "completed" and sandbox.provision.duplicates() == 0
+
+
+def test_the_last_settle_waits_on_the_calls_not_on_reports_already_taken():
+    """A Ctrl-C can land in a settle after it took a call's report off the queue and before it
+    acknowledged the call: the settle that follows (the push's `finally`) must still acknowledge
+    every call sent, and not wait for that report again."""
+    import queue
+    import threading
+    from concurrent.futures import ALL_COMPLETED, Future
+    from types import SimpleNamespace
+
+    from syncd import engine
+    from syncd.entities import Call, Part
+    from syncd.target import Outcome
+
+    calls = [Call(seq, {"course": Part((f"c{seq}",), {"title": "T"})}) for seq in (1, 2)]
+    futures: list[Future[Outcome]] = [Future(), Future()]
+    for future in futures:
+        future.set_result(Outcome(sids={"course": "sid"}))
+    in_flight = dict(zip(futures, calls, strict=True))
+    returned: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+    returned.put(futures[1])  # the first call's report was taken by the interrupted settle
+    acknowledged: list[int] = []
+    store = SimpleNamespace(acknowledge=lambda acks, answers: acknowledged.extend(c.seq for c, _ in acks))
+    state = SimpleNamespace(run_id="r", options=engine.Options(),
+                            tenant=SimpleNamespace(target=SimpleNamespace(concurrency=2)))
+    settling = threading.Thread(target=engine._settle, args=(state, store, in_flight, returned, ALL_COMPLETED),
+                                daemon=True)
+    settling.start()
+    settling.join(timeout=10)
+    assert not settling.is_alive(), "the last settle waits for a report that was already taken"
+    assert acknowledged == [1, 2] and in_flight == {}
