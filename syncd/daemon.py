@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -55,7 +54,7 @@ CATCH_UP_SPREAD_S = 5.0
 class Daemon:
     def __init__(self, config: configuration.Config):
         self.config = config
-        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wakeup = -1  # the read end of the signal pipe (run)
         self.running: dict[str, str] = {}  # tenant -> run_id ("" until the run has an id)
         self._started: dict[str, float] = {}  # tenant -> monotonic start of its run
         self._running_changed = threading.Condition()
@@ -76,8 +75,17 @@ class Daemon:
     # --- life cycle ------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Signals travel through a pipe that the interpreter's C handler writes at once, whichever
+        # thread the kernel gave the signal to. A Python handler runs only when the main thread next
+        # runs bytecode, and it sleeps in the scheduler until the next job (a tenant's interval, or
+        # 30 s): a SIGTERM during a run waited that long. Signals sent before the control thread
+        # starts wait in the pipe.
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self._wakeup = read_end
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(signum, self._on_signal)
+            signal.signal(signum, _through_the_pipe)
         self._schedule_tenants(catch_up=True)
         if not self._listen():
             return 1
@@ -159,12 +167,9 @@ class Daemon:
             return ["the scheduler is not running"]
         return []
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.signals.put(signum)  # SimpleQueue.put is reentrant: safe in a signal handler
-
     def _control(self) -> None:
         while True:
-            signum = self.signals.get()
+            signum = os.read(self._wakeup, 1)[0]
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._stop(signal.Signals(signum).name)
                 return
@@ -445,3 +450,8 @@ def main(config_path: Path) -> int:
     logs.register_secrets(config.secrets)
     warn_if_exposed(config)
     return Daemon(config).run()
+
+
+def _through_the_pipe(_signum: int, _frame: Any) -> None:
+    """The Python-level handler has nothing to do: the signal's number is already in the wakeup
+    pipe (Daemon.run), read by the control thread. It must be set, or the default action runs."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -104,6 +105,25 @@ def test_a_sigterm_at_any_moment_of_start_up_stops_the_daemon(sandbox, tmp_path)
         log = daemon.log_path.read_text()
         assert "Traceback" not in log, log[-2000:]
         assert code in (0, -signal.SIGTERM), (delay, code, log[-2000:])  # before its handlers: the default
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
+                    reason="tgkill (syscall 234 on x86-64): a signal sent to one thread of another process")
+def test_a_sigterm_the_kernel_gives_to_another_thread_stops_the_daemon_at_once(sandbox, tmp_path):
+    """The kernel may hand a process's SIGTERM to any of its threads. The main thread sleeps in the
+    scheduler until its next job (30 s here, a tenant's interval in general), and a Python handler runs
+    only in the main thread: the stop waited that long (test_alerts' digest test hung on it)."""
+    import ctypes
+
+    config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
+    daemon = Daemon(config, tmp_path)
+    daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first run")
+    pid = daemon.process.pid
+    other = next(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(234, pid, other, signal.SIGTERM) == 0  # 234: tgkill on x86-64
+    assert daemon.process.wait(timeout=10) == 0
+    assert daemon.has("daemon.stopped")
 
 
 @pytest.mark.sqlite_only("on PostgreSQL a tenant runs once per minute slot (daemon.py slot_done): no 2 s schedule")
