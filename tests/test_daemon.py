@@ -117,13 +117,18 @@ def test_a_sigterm_the_kernel_gives_to_another_thread_stops_the_daemon_at_once(s
 
     config = sandbox.write_config(tmp_path / "syncd.toml", tmp_path / "state")
     daemon = Daemon(config, tmp_path)
-    daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first run")
-    pid = daemon.process.pid
-    other = next(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(234, pid, other, signal.SIGTERM) == 0  # 234: tgkill on x86-64
-    assert daemon.process.wait(timeout=10) == 0
-    assert daemon.has("daemon.stopped")
+    try:
+        daemon.wait_for(lambda: daemon.has("daemon.run_done"), what="the first run")
+        pid = daemon.process.pid
+        other = next(int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid)
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(234, pid, other, signal.SIGTERM) == 0  # 234: tgkill on x86-64
+        assert daemon.process.wait(timeout=10) == 0
+        assert daemon.has("daemon.stopped")
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
 
 
 @pytest.mark.sqlite_only("on PostgreSQL a tenant runs once per minute slot (daemon.py slot_done): no 2 s schedule")
