@@ -62,6 +62,13 @@ def _tenant(box: Sandbox, tmp: Path, **fields: Any) -> configuration.TenantConfi
     return dataclasses.replace(configuration.load(config).tenants["lincoln"], **fields)
 
 
+def _delta_tenant(box: Sandbox, tmp: Path, make_store: Any) -> tuple[configuration.TenantConfig, Store]:
+    """A tenant of the sandbox with delta runs on, and its empty store."""
+    config = box.write_config(tmp / "syncd.toml", tmp / "state", extra=SAFE,
+                              source_extra='page_size = 20\ndelta = "auto"')
+    return configuration.load(config).tenants["lincoln"], make_store(tmp / "state")
+
+
 def _snapshot(store: Store) -> dict[str, list[tuple]]:
     conn = store.tenant("lincoln").conn
     return {t: sorted(conn.execute(f"SELECT {cols} FROM {t}").fetchall(), key=repr) for t, cols in STAGED.items()}
@@ -301,9 +308,7 @@ def test_a_delta_maps_again_only_what_changed_and_gets_what_a_rebuild_gets(tmp_p
 
     monkeypatch.setattr(TenantStore, "build_desired", spy)
     with Sandbox(roster) as box:
-        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra=SAFE,
-                                  source_extra='page_size = 20\ndelta = "auto"')
-        tenant, store = configuration.load(config).tenants["lincoln"], make_store(tmp_path / "state")
+        tenant, store = _delta_tenant(box, tmp_path, make_store)
         try:
             engine.run(tenant, store)
             assert engine.run(tenant, store)["calls"] == 0  # a delta that reads nothing new
@@ -356,9 +361,7 @@ def test_a_class_that_goes_takes_its_only_students_with_it_in_a_delta(tmp_path, 
                 if e["user"]["sourcedId"] == lonely and e["class"]["sourcedId"] != klass]:
         del roster.enrollments[key]
     with Sandbox(roster) as box:
-        config = box.write_config(tmp_path / "syncd.toml", tmp_path / "state", extra=SAFE,
-                                  source_extra='page_size = 20\ndelta = "auto"')
-        tenant, store = configuration.load(config).tenants["lincoln"], make_store(tmp_path / "state")
+        tenant, store = _delta_tenant(box, tmp_path, make_store)
         try:
             engine.run(tenant, store)
             assert engine.run(tenant, store)["calls"] == 0
