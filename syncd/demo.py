@@ -6,13 +6,14 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from syncd import cli, engine, logs, render
 from syncd import config as configuration
+from syncd.exams import parse_utc, utc
 from syncd.sandbox import (
     CanvasRoster,
     CanvasSandbox,
@@ -61,15 +62,26 @@ url_template = "https://lms.example.edu/classes/{class_id}/items/{id}"
 
 def _exam_changes(sandbox: Sandbox) -> tuple[str, str]:
     """Rename an exam that has not opened; move the close of one that has (the guard holds it)."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    synced = exam_snapshot(sandbox.provision)
-    items = [i for i in sandbox.oneroster.line_items.values() if f"lineitem:{i['sourcedId']}" in synced
-             and i["assignDate"] and i["dueDate"] and len(i["dueDate"]) > 10]
-    later = next(i for i in items if i["assignDate"] > now)
+    now = datetime.now(UTC)
+    later, opened = exam_picks(sandbox.oneroster.line_items, exam_snapshot(sandbox.provision), now)
     later["title"] += " (retitled)"
-    opened = next(i for i in items if i["assignDate"] < now)
-    opened["dueDate"] = (datetime.now(UTC) + timedelta(days=45)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    opened["dueDate"] = (now + timedelta(days=45)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"lineitem:{later['sourcedId']}", f"lineitem:{opened['sourcedId']}"
+
+
+def exam_picks(items: dict[str, dict[str, Any]], synced: Collection[str],
+               now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the synced exam that opens last, the one that opened first): one still to open and one
+    already open at any hour, as the sandbox dates its items from 4 days ago to 3 weeks ahead.
+
+    Dates are compared as instants: the sandbox writes them with ``Z``, fractions and offsets."""
+    dated = sorted(((parse_utc(utc(i["assignDate"]) or ""), i["sourcedId"]), i) for i in items.values()
+                   if f"lineitem:{i['sourcedId']}" in synced and i["assignDate"] and i["dueDate"])
+    (first, _), opened = dated[0]
+    (last, _), later = dated[-1]
+    if not first < now < last:
+        raise RuntimeError(f"the sandbox's exams open between {first} and {last}, not around {now}")
+    return later, opened
 
 
 def _student_to_refuse(mapping: dict[str, Any]) -> str:

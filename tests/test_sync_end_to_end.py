@@ -9,12 +9,16 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 import state
 from conftest import SYNCD, log_events, summary, syncd
 
+from syncd.demo import exam_picks
 from syncd.sandbox import Fault, Roster, Sandbox, expected_mapping
+from syncd.sandbox import oneroster_lineitems as lineitems
 
 ROLES = {"student": "learner", "teacher": "instructor"}
 
@@ -284,3 +288,21 @@ def test_demo_runs_on_a_fresh_directory(tmp_path):
     assert "every in-scope record as the source says it" in result.stdout
     assert (tmp_path / "demo" / "state" / "syncd.db").exists()
     assert Path(tmp_path / "demo" / "syncd.toml").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("hour", range(24))
+def test_the_demo_finds_an_exam_to_retitle_and_one_already_open_at_any_hour(hour):
+    # The sandbox dates its lineItems from today at 08:00 UTC; the demo once found no open exam
+    # between midnight and 08:00 and stopped with a StopIteration. Any one exam may have failed to
+    # sync (the demo's refused student shares a call with one), so each is left out in turn.
+    roster = Roster.generate(seed=7, users=120, classes=12, enrollments=500)
+    items = lineitems.generate(roster, per_class=2, today=date(2026, 12, 2))
+    expected, _ = lineitems.expected_exams(items, roster, url_template="u/{id}", duration=60, password="p",
+                                           proctor_types={}, title_pattern="^Unit Exam")
+    now = datetime(2026, 12, 2, hour, 30, tzinfo=UTC)
+    for failed in expected:
+        synced = expected.keys() - {failed}
+        later, opened = exam_picks(items, synced, now)
+        opens = [datetime.fromisoformat(i["assignDate"].replace("Z", "+00:00")) for i in (later, opened)]
+        assert opens[0] > now > opens[1]
+        assert {f"lineitem:{later['sourcedId']}", f"lineitem:{opened['sourcedId']}"} <= synced
