@@ -115,6 +115,9 @@ class Part:
     sid: str | None = None
     hash: str | None = None
     source_id: str | None = None  # the source's own id, where it is not the key (an enrollment's)
+    # The body's canonical JSON text (canonical_json(body)) as the store holds it, when read from
+    # the store: acknowledging stores it as is rather than encoding the body again.
+    text: str | None = None
 
 
 @dataclass(frozen=True)

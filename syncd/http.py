@@ -25,6 +25,7 @@ import contextlib
 import email.utils
 import functools
 import heapq
+import http.client
 import itertools
 import json
 import random
@@ -36,14 +37,15 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from types import SimpleNamespace
+from typing import IO, Any, NoReturn
 
 import requests
 import requests.adapters
 import urllib3
 import urllib3.connection
 
-from syncd import __version__, errors, logs
+from syncd import __version__, errors, logs, wire
 
 USER_AGENT = f"syncd/{__version__} (+roster sync for SmarterProctoring)"
 SENSITIVE_PARAMS = re.compile(
@@ -438,7 +440,7 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
     with _deadline(deadline_s) as watch:
         try:
             for _hop in range(MAX_REDIRECTS + 1):
-                response = _request(session, method, url, timeout, kwargs)
+                response = _request(session, method, url, timeout, kwargs, max_bytes)
                 if not response.is_redirect:
                     _read_body(response, max_bytes)
                     return response
@@ -454,6 +456,8 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
             raise _Failed(f"more than {MAX_REDIRECTS} redirects", final=True)
         except _Failed:
             raise
+        except wire.TooLarge:
+            raise _too_large(max_bytes) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if watch.fired:
                 raise _Failed(f"no complete answer within the {deadline_s:g} s deadline") from None
@@ -463,15 +467,16 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
 
 
 def _request(session: requests.Session, method: str, url: str, timeout: float,
-             kwargs: dict[str, Any]) -> requests.Response:
+             kwargs: dict[str, Any], max_bytes: int) -> requests.Response:
     """``session.request``, unstreamed redirects off. A request with only a JSON body and headers
     (a provision call) on a session without cookies or hooks takes :func:`_lean` instead: the
     same bytes through the same urllib3 pool, without what requests does again on every call
     (merge the session's settings, cookies and hooks, parse the URL, look up the proxy and the CA
     bundle, extract cookies, build a cookie jar per answer): half of a push call's CPU."""
-    if (isinstance(session, _Session) and kwargs.keys() <= {"json", "headers"} and not session.cookies
-            and not any(session.hooks.values())):
-        return _lean(session, session.route(method, url, kwargs.get("headers") or {}), timeout, kwargs.get("json"))
+    if (isinstance(session, _Session) and "json" in kwargs and kwargs.keys() <= {"json", "headers"}
+            and not session.cookies and not any(session.hooks.values())):
+        route = session.route(method, url, kwargs.get("headers") or {})
+        return _lean(session, route, timeout, kwargs["json"], max_bytes)
     return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
 
 
@@ -490,6 +495,9 @@ class _Route:
         self.target = adapter.request_url(prepared, settings["proxies"])
         self.headers = dict(prepared.headers)
         self.pool = self._pool()
+        # Written and read by syncd.wire, unless through a proxy (its tunnel or absolute target
+        # is urllib3's business).
+        self.wire = self.pool.proxy is None and self.target.startswith("/")
 
     @classmethod
     def of(cls, session: _Session, method: str, url: str, headers: dict[str, str]) -> _Route:
@@ -520,16 +528,19 @@ class _Route:
         return self.pool
 
 
-def _lean(session: _Session, route: _Route, timeout: float, body: Any) -> requests.Response:
+def _lean(session: _Session, route: _Route, timeout: float, body: Any, max_bytes: int) -> requests.Response:
     """Send a JSON body as ``session.send`` would through ``route``'s adapter (same request line,
-    headers, body bytes, pool, timeouts, no urllib3 retry, no redirect, body left unread) and
-    answer a ``requests.Response`` as the adapter builds it, minus the per-answer cookie jar: a
-    ``Set-Cookie`` still reaches the session's jar (and later calls then take ``session.request``)."""
+    headers, body bytes, pool, timeouts, no urllib3 retry, no redirect) and answer a
+    ``requests.Response`` as the adapter builds it, minus the per-answer cookie jar: a
+    ``Set-Cookie`` still reaches the session's jar (and later calls then take ``session.request``).
+    Without a proxy the bytes go through :mod:`syncd.wire`, the body read and capped there."""
     try:
         data = requests.compat.json.dumps(body, allow_nan=False).encode("utf-8")
     except ValueError as exc:
         raise requests.exceptions.InvalidJSONError(exc) from None
     headers = {**route.headers, "Content-Length": str(len(data))}
+    if route.wire:
+        return _wired(session, route, headers, data, timeout, max_bytes)
     try:
         raw = route.connection_pool().urlopen(
             method=route.prepared.method, url=route.target, body=data, headers=headers, redirect=False,
@@ -538,23 +549,54 @@ def _lean(session: _Session, route: _Route, timeout: float, body: Any) -> reques
     except urllib3.exceptions.ReadTimeoutError as exc:
         raise requests.ReadTimeout(exc) from None
     except urllib3.exceptions.MaxRetryError as exc:
-        # requests' own reading: a connect timeout is a timeout, a refused connection is not.
-        reason = exc.reason
-        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
-                reason, urllib3.exceptions.NewConnectionError):
-            raise requests.ConnectTimeout(exc) from None
-        raise requests.ConnectionError(exc) from None
-    response = requests.Response()
-    response.status_code = raw.status
-    response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
-    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+        _connect_failed(exc.reason, exc)
+    response = _response(route, raw.status, raw.reason, requests.structures.CaseInsensitiveDict(raw.headers))
     response.raw = raw
-    response.reason = raw.reason
+    if "set-cookie" in raw.headers:
+        requests.cookies.extract_cookies_to_jar(session.cookies, route.prepared, raw)
+    return response
+
+
+def _wired(session: _Session, route: _Route, headers: dict[str, str], data: bytes, timeout: float,
+           max_bytes: int) -> requests.Response:
+    try:
+        answer = wire.exchange(route.connection_pool(), _attach, route.prepared.method or "POST", route.target,
+                               headers, data, timeout, max_bytes)
+    except TimeoutError as exc:  # a read (socket.timeout); a connect timeout comes as urllib3's
+        raise requests.ReadTimeout(exc) from None
+    except (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.NewConnectionError) as exc:
+        _connect_failed(exc, exc)
+    fields = requests.structures.CaseInsensitiveDict()
+    for name, value in answer.headers:
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    response = _response(route, answer.status, answer.reason, fields)
+    response._content, response._content_consumed = answer.body, True
+    if "set-cookie" in fields:
+        message = http.client.HTTPMessage()
+        for name, value in answer.headers:
+            message[name] = value
+        requests.cookies.extract_cookies_to_jar(session.cookies, route.prepared,
+                                                SimpleNamespace(_original_response=SimpleNamespace(msg=message)))
+    return response
+
+
+def _connect_failed(reason: Any, exc: Exception) -> NoReturn:
+    """requests' own reading: a connect timeout is a timeout, a refused connection is not."""
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+            reason, urllib3.exceptions.NewConnectionError):
+        raise requests.ConnectTimeout(exc) from None
+    raise requests.ConnectionError(exc) from None
+
+
+def _response(route: _Route, status: int, reason: str, headers: Any) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.headers = headers
+    response.encoding = requests.utils.get_encoding_from_headers(headers)
+    response.reason = reason
     response.url = route.prepared.url or ""
     response.request = route.prepared
     response.connection = route.adapter
-    if "set-cookie" in raw.headers:
-        requests.cookies.extract_cookies_to_jar(session.cookies, route.prepared, raw)
     return response
 
 
@@ -564,17 +606,24 @@ class _TooLarge(Exception):
 
 def _read_body(response: requests.Response, max_bytes: int) -> None:
     """Read the body now, counting decoded bytes, so a bomb or an endless body stops at the cap."""
+    if response._content_consumed and isinstance(response._content, bytes):  # read (and capped) by wire
+        _charset(response)
+        return
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=_CHUNK):
         size += len(chunk)
         if size > max_bytes:
             response.close()
-            raise _Failed(f"the answer is larger than {max_bytes >> 20} MiB once decoded; not read", final=True)
+            raise _too_large(max_bytes)
         chunks.append(chunk)
     response._content = b"".join(chunks)
     response._content_consumed = True
     _charset(response)
+
+
+def _too_large(max_bytes: int) -> _Failed:
+    return _Failed(f"the answer is larger than {max_bytes >> 20} MiB once decoded; not read", final=True)
 
 
 def _charset(response: requests.Response) -> None:

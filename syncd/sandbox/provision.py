@@ -55,7 +55,12 @@ class ProvisionApp:
         with self._lock:
             self.calls += 1
         if self.latency_s:  # counted from the request's arrival, and before anything is applied
+            # The body is read while the latency runs, as a real server's 20 ms include its own
+            # parsing: only what comes after (apply, answer) is on top of latency_s.
+            parsed = _parsed(request)
             request.wait_latency(self.latency_s)
+        else:
+            parsed = None
         if request.method == "PUT" and request.path.startswith(f"/v1/installs/{self.install_sid}/users/"):
             return self._set_enabled(request)
         if request.method == "PUT" and "/exams/" in request.path:  # v1 exam update / soft delete
@@ -70,11 +75,7 @@ class ProvisionApp:
         if scripted is not None and scripted.status != "drop_after_apply":
             headers = {"Retry-After": scripted.retry_after} if scripted.retry_after else {}
             return Response(int(scripted.status), {"message": "scripted failure"}, headers)
-        try:
-            body = request.json()
-        except ValueError:
-            return Response(400, {"message": "body is not JSON"})
-        problem = validate(body)
+        body, problem = parsed or _parsed(request)
         if problem:
             return Response(400, {"message": problem})
         exam_problem = self.exam_book.problem(body)
@@ -247,3 +248,14 @@ def _optional(obj: dict[str, Any], key: str, kind: str) -> str | None:
     if key in obj and (not isinstance(obj[key], str) or not obj[key]):
         return f"{kind}.{key} must be a non-empty string when present"
     return None
+
+
+def _parsed(request: Request) -> tuple[Any, str | None]:
+    """(the provision body, what makes it invalid or None); reads nothing of the app's state."""
+    if request.method != "POST":
+        return None, None
+    try:
+        body = request.json()
+    except ValueError:
+        return None, "body is not JSON"
+    return body, validate(body)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity
+from syncd.entities import ENTITIES, KEYS, PLURAL, Call, Entity, Part
 from syncd.model import canonical_json
 from syncd.store.base import Scoped, join, key_json, utcnow
 
@@ -36,12 +36,14 @@ def _ack_sql(entity: Entity) -> str:
             "body = excluded.body, acked_at = excluded.acked_at, removed_at = NULL")
 
 
-def _ack_row(key: tuple[str, ...], sid: str, digest: str | None, body: dict[str, Any], now: str) -> tuple[Any, ...]:
+def _ack_row(key: tuple[str, ...], sid: str, part: Part, now: str) -> tuple[Any, ...]:
     """The acknowledged row: the body as sent, without the sid the target keeps in ids."""
-    stored = dict(body)
-    if isinstance(stored.get("ids"), dict):
-        stored["ids"] = {k: v for k, v in stored["ids"].items() if k != "sid"}
-    return (*key, sid, digest, canonical_json(stored), now)
+    body = part.body
+    ids = body.get("ids")
+    if isinstance(ids, dict) and "sid" in ids:
+        return (*key, sid, part.hash, canonical_json({**body, "ids": {k: v for k, v in ids.items() if k != "sid"}}),
+                now)
+    return (*key, sid, part.hash, part.text if part.text is not None else canonical_json(body), now)
 
 
 class Acknowledgements(Scoped):
@@ -63,7 +65,7 @@ class Acknowledgements(Scoped):
                     exams.append((call, part.key[0], sids["exam"], sids.get("configuration"), part.hash, part.body))
                 elif entity in sids:
                     rows.setdefault(entity, []).append(
-                        _ack_row((self.name, *part.key), sids[entity], part.hash, part.body, now))
+                        _ack_row((self.name, *part.key), sids[entity], part, now))
                     released.append((self.name, entity, key_json(part.key)))
         with self._write():
             self._log_calls(call_log, now)

@@ -143,7 +143,8 @@ WHERE p.tenant = ? AND p.seq > ? ORDER BY p.seq LIMIT ?
 
 def _call(row: tuple[Any, ...], with_sids: bool) -> Call:
     """A row of CALLS: the seq and ids, then (source id, body, sid, hash) per entity in payload
-    order; a part whose body is NULL is not carried by this call."""
+    order; a part whose body is NULL is not carried by this call. The text of a desired body is
+    its canonical JSON on either store (tests/test_plan.py), kept with the part."""
     seq, course_id, user_id, exam_id = row[0], row[1], row[2], row[3]
     keys: dict[Entity, tuple[str, ...] | None] = {
         "course": (course_id,), "user": (user_id,) if user_id else None,
@@ -154,5 +155,5 @@ def _call(row: tuple[Any, ...], with_sids: bool) -> Call:
         if key is None or body is None:
             continue
         parts[entity] = Part(key, json.loads(body), sid if with_sids else None, digest,
-                             source_id if entity == "enrollment" else None)
+                             source_id if entity == "enrollment" else None, body)
     return Call(seq, parts)
