@@ -3,6 +3,7 @@ returned calls, before anything is sent again on their behalf; tombstones restor
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class CallLog:
     outcomes: dict[Entity, str] = field(default_factory=dict)  # per object, where it differs from outcome
 
 
+@functools.cache
 def _ack_sql(entity: Entity) -> str:
     plural, columns = PLURAL[entity], ("tenant", *KEYS[entity])
     return (f"INSERT INTO acked_{plural} ({', '.join(columns)}, sid, hash, body, acked_at, removed_at) "
@@ -57,7 +59,7 @@ class Acknowledgements(Scoped):
         ``call_log`` is each returned call's answer, kept for `syncd explain`."""
         now = utcnow()
         rows: dict[Entity, list[tuple[Any, ...]]] = {}
-        released: list[tuple[str, str, str]] = []
+        acked: list[tuple[Entity, tuple[str, ...]]] = []
         exams: list[tuple[Call, str, str, str | None, str | None, dict[str, Any]]] = []
         for call, sids in acks:
             for entity, part in call.parts.items():
@@ -66,15 +68,17 @@ class Acknowledgements(Scoped):
                 elif entity in sids:
                     rows.setdefault(entity, []).append(
                         _ack_row((self.name, *part.key), sids[entity], part, now))
-                    released.append((self.name, entity, key_json(part.key)))
+                    acked.append((entity, part.key))
         with self._write():
             self._log_calls(call_log, now)
             for entity, batch in rows.items():
                 self.conn.executemany(_ack_sql(entity), batch)
-            # Most pushes have nothing in escrow: one look saves a DELETE per acknowledged part.
-            if released and self.conn.execute("SELECT 1 FROM escrow WHERE tenant = ? LIMIT 1",
-                                              (self.name,)).fetchone() is not None:
-                self.conn.executemany("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?", released)
+            # Most pushes have nothing in escrow: one look saves a DELETE (and its key's text) per
+            # acknowledged part.
+            if acked and self.conn.execute("SELECT 1 FROM escrow WHERE tenant = ? LIMIT 1",
+                                           (self.name,)).fetchone() is not None:
+                self.conn.executemany("DELETE FROM escrow WHERE tenant = ? AND entity = ? AND key = ?",
+                                      [(self.name, entity, key_json(key)) for entity, key in acked])
             for call, source_id, sid, configuration_sid, digest, body in exams:
                 self._ack_exam(call, source_id, sid, configuration_sid, digest, body, now)
 
