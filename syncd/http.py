@@ -609,6 +609,17 @@ def _read_body(response: requests.Response, max_bytes: int) -> None:
     if response._content_consumed and isinstance(response._content, bytes):  # read (and capped) by wire
         _charset(response)
         return
+    length = _plain_length(response)
+    if length is not None:  # the common case, read in one call rather than 16 KiB at a time
+        if length > max_bytes:
+            response.close()
+            raise _too_large(max_bytes)
+        data = response.raw.read(length, decode_content=False) if length else b""
+        if len(data) != length:
+            raise urllib3.exceptions.ProtocolError(f"the body ended after {len(data)} of {length} bytes")
+        response._content, response._content_consumed = data, True
+        _charset(response)
+        return
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=_CHUNK):
@@ -620,6 +631,18 @@ def _read_body(response: requests.Response, max_bytes: int) -> None:
     response._content = b"".join(chunks)
     response._content_consumed = True
     _charset(response)
+
+
+def _plain_length(response: requests.Response) -> int | None:
+    """The body's length when it is sent as is (no content or transfer coding) with one length."""
+    headers = response.headers
+    length = headers.get("Content-Length", "")
+    if response.status_code in (204, 304) or (response.request is not None and response.request.method == "HEAD"):
+        return None  # no body, whatever Content-Length says
+    if not length.isdigit() or headers.get("Transfer-Encoding") or \
+            headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    return int(length)
 
 
 def _too_large(max_bytes: int) -> _Failed:
