@@ -64,8 +64,8 @@ class Scripted:
                     if not line:
                         return
                     head += line
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), b"0"))
                 self.requests.append(head + reader.read(length))
                 answer = self.answers.pop(0)
                 sock.sendall(answer)
@@ -193,6 +193,30 @@ def test_bytes_after_an_answer_keep_its_connection_out_of_the_pool(session):
         assert post(session, server.url).json() == json.loads(OK)
         assert post(session, server.url).json() == json.loads(OK)
     assert server.connections == 2
+
+
+def get(session: requests.Session, url: str, **kwargs: object) -> requests.Response:
+    """Through session.request (not lean: no JSON body), whose plain bodies http reads in one call."""
+    return http.send(session, "GET", url, timeout=5, policy=ONCE, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("send", [post, get], ids=["wire", "session.request"])
+def test_a_body_shorter_than_its_length_fails_and_is_never_taken_for_the_answer(session, send):
+    with Scripted([Closing(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n" + OK)]) as server, \
+            pytest.raises(http.TransientError, match="connection failed"):
+        send(session, server.url)
+
+
+@pytest.mark.parametrize("send", [post, get], ids=["wire", "session.request"])
+def test_a_length_over_the_cap_is_refused(session, send):
+    with Scripted([framed(b" " * (2 << 20))]) as server, pytest.raises(http.RejectedError, match="larger than 1 MiB"):
+        send(session, server.url, max_bytes=1 << 20)
+
+
+def test_a_plain_body_through_session_request_is_read_whole(session):
+    body = json.dumps({"users": [{"sourcedId": f"u{i}"} for i in range(20_000)]}).encode()
+    with Scripted([framed(body), chunked(body)]) as server:
+        assert get(session, server.url).content == get(session, server.url).content == body
 
 
 # --- TLS: the connection is urllib3's, with the environment's CA bundle -----------------------
