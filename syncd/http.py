@@ -362,10 +362,14 @@ def _send(
     transient_status: Callable[[requests.Response], bool] | None = None,
     throttle_policy: RetryPolicy | None = None,
     max_bytes: int = MAX_BODY_BYTES,
+    gate: contextlib.AbstractContextManager[Any] | None = None,
     **kwargs: Any,
 ) -> requests.Response:
     """Send one request under the policy and return the 2xx response (its body read), or raise a
     typed error.
+
+    ``gate`` is entered around each attempt's exchange (after the request is prepared and signed,
+    before its deadline starts): a source's request slot, held only while bytes are in flight.
 
     ``reauthorize`` is called once on a 401 (refresh a token) before the request is tried again.
     ``transient_status`` lets a client classify vendor-specific throttling (Canvas 403) as retryable;
@@ -379,14 +383,17 @@ def _send(
     reauthorized = False
     attempt = 0
     shown = redact_url(url)
-    while True:
-        attempt += 1
+
+    def sending() -> None:  # an attempt's request is about to leave (not one its gate refused)
         if on_attempt:
             on_attempt()
         if isinstance(session, _Session):
             session.count()
+
+    while True:
+        attempt += 1
         try:
-            response = _attempt(session, method, url, timeout, max_bytes, kwargs)
+            response = _attempt(session, method, url, timeout, max_bytes, kwargs, gate, sending)
         except _Failed as exc:
             if exc.final or attempt >= policy.attempts or stop.is_set():
                 kind = RejectedError if exc.final else TransientError
@@ -434,50 +441,76 @@ class _Failed(Exception):
 
 
 def _attempt(session: requests.Session, method: str, url: str, timeout: float, max_bytes: int,
-             kwargs: dict[str, Any]) -> requests.Response:
+             kwargs: dict[str, Any], gate: contextlib.AbstractContextManager[Any] | None = None,
+             sending: Callable[[], None] | None = None) -> requests.Response:
     """One attempt, redirects to the same origin followed by hand, the body read and capped."""
     deadline_s = ATTEMPT_DEADLINE_FACTOR * timeout
-    with _deadline(deadline_s) as watch:
-        try:
-            for _hop in range(MAX_REDIRECTS + 1):
-                response = _request(session, method, url, timeout, kwargs, max_bytes)
-                if not response.is_redirect:
-                    _read_body(response, max_bytes)
-                    return response
-                response.close()
-                target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
-                if origin(target) != origin(url):
-                    raise _Failed(f"HTTP {response.status_code} redirect to another origin "
-                                  f"({redact_url(target)}); not followed, so no credential leaves "
-                                  f"{origin(url)}", final=True)
-                if response.status_code in (301, 302, 303) and method != "GET":
-                    method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json", "files")}
-                url = target
-            raise _Failed(f"more than {MAX_REDIRECTS} redirects", final=True)
-        except _Failed:
-            raise
-        except wire.TooLarge:
-            raise _too_large(max_bytes) from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if watch.fired:
-                raise _Failed(f"no complete answer within the {deadline_s:g} s deadline") from None
-            if isinstance(exc, requests.Timeout):
-                raise _Failed("timed out") from None
-            raise _Failed("connection failed") from None
+    lean = _is_lean(session, kwargs)
+    with _classified(deadline_s, max_bytes):
+        prepared = None if lean else _prepare(session, method, url, kwargs)
+    with gate or contextlib.nullcontext(), _deadline(deadline_s) as watch, _classified(deadline_s, max_bytes, watch):
+        if sending:
+            sending()
+        for _hop in range(MAX_REDIRECTS + 1):
+            if lean:
+                response = _lean(session, session.route(method, url, kwargs.get("headers") or {}), timeout,  # type: ignore[attr-defined]
+                                 kwargs["json"], max_bytes)
+            else:
+                response = _sent(session, prepared or _prepare(session, method, url, kwargs), timeout)
+                prepared = None
+            if not response.is_redirect:
+                _read_body(response, max_bytes)
+                return response
+            response.close()
+            target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+            if origin(target) != origin(url):
+                raise _Failed(f"HTTP {response.status_code} redirect to another origin "
+                              f"({redact_url(target)}); not followed, so no credential leaves "
+                              f"{origin(url)}", final=True)
+            if response.status_code in (301, 302, 303) and method != "GET":
+                method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in ("data", "json", "files")}
+                lean = False
+            url = target
+        raise _Failed(f"more than {MAX_REDIRECTS} redirects", final=True)
 
 
-def _request(session: requests.Session, method: str, url: str, timeout: float,
-             kwargs: dict[str, Any], max_bytes: int) -> requests.Response:
-    """``session.request``, unstreamed redirects off. A request with only a JSON body and headers
-    (a provision call) on a session without cookies or hooks takes :func:`_lean` instead: the
-    same bytes through the same urllib3 pool, without what requests does again on every call
-    (merge the session's settings, cookies and hooks, parse the URL, look up the proxy and the CA
-    bundle, extract cookies, build a cookie jar per answer): half of a push call's CPU."""
-    if (isinstance(session, _Session) and "json" in kwargs and kwargs.keys() <= {"json", "headers"}
-            and not session.cookies and not any(session.hooks.values())):
-        route = session.route(method, url, kwargs.get("headers") or {})
-        return _lean(session, route, timeout, kwargs["json"], max_bytes)
-    return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
+@contextlib.contextmanager
+def _classified(deadline_s: float, max_bytes: int, watch: _Watch | None = None) -> Iterator[None]:
+    """What went wrong in an attempt, as a :class:`_Failed` (retried unless final)."""
+    try:
+        yield
+    except _Failed:
+        raise
+    except wire.TooLarge:
+        raise _too_large(max_bytes) from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if watch is not None and watch.fired:
+            raise _Failed(f"no complete answer within the {deadline_s:g} s deadline") from None
+        if isinstance(exc, requests.Timeout):
+            raise _Failed("timed out") from None
+        raise _Failed("connection failed") from None
+
+
+def _is_lean(session: requests.Session, kwargs: dict[str, Any]) -> bool:
+    """A request with only a JSON body and headers (a provision call) on a session without cookies
+    or hooks takes :func:`_lean`: the same bytes through the same urllib3 pool, without what
+    requests does again on every call (merge the session's settings, cookies and hooks, parse the
+    URL, look up the proxy and the CA bundle, extract cookies, build a cookie jar per answer):
+    half of a push call's CPU."""
+    return (isinstance(session, _Session) and "json" in kwargs and kwargs.keys() <= {"json", "headers"}
+            and not session.cookies and not any(session.hooks.values()))
+
+
+def _prepare(session: requests.Session, method: str, url: str, kwargs: dict[str, Any]) -> requests.PreparedRequest:
+    """``session.request``'s first half: the request with the session's headers, cookies and auth
+    (an OAuth 1.0a signature is made here, so each attempt signs anew)."""
+    return session.prepare_request(requests.Request(method=method.upper(), url=url, **kwargs))
+
+
+def _sent(session: requests.Session, prepared: requests.PreparedRequest, timeout: float) -> requests.Response:
+    """``session.request``'s second half, unstreamed redirects off."""
+    settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+    return session.send(prepared, timeout=timeout, allow_redirects=False, **settings)
 
 
 class _Route:

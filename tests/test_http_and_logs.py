@@ -115,3 +115,49 @@ def test_a_debug_run_through_faults_prints_no_secret(tmp_path):
     for value in (secret, token):
         assert value not in result.stdout + result.stderr + errors.stdout + status.stdout
         assert value.encode() not in state
+
+
+# --- a gate (a source's request slot) is held only while an attempt's bytes travel -------------
+
+
+class Gate:
+    """Records when it is entered and left; refuses entry while ``closed``."""
+
+    def __init__(self, events: list[str], closed: bool = False):
+        self.events, self.closed = events, closed
+
+    def __enter__(self) -> None:
+        if self.closed:
+            raise LookupError("not wanted any more")
+        self.events.append("gate entered")
+
+    def __exit__(self, *exc: object) -> None:
+        self.events.append("gate left")
+
+
+def test_a_request_is_signed_before_its_gate_and_counted_inside_it(target):
+    app, url = target
+    events: list[str] = []
+
+    def sign(request: requests.PreparedRequest) -> requests.PreparedRequest:
+        events.append("signed")
+        request.headers["token"] = app.token
+        return request
+
+    app.script.append(Scripted(503))
+    session = http.new_session()
+    http.send(session, "POST", url, timeout=5, policy=FAST, data=json.dumps(BODY), auth=sign,
+              headers={"Content-Type": "application/json"}, gate=Gate(events),
+              on_attempt=lambda: events.append("sent"))
+    # Each attempt signs anew (a nonce is never reused), outside the gate; the retry's pause too.
+    assert events == ["signed", "gate entered", "sent", "gate left"] * 2
+    assert session.requests == app.calls == 2  # type: ignore[attr-defined]
+
+
+def test_a_gate_that_refuses_sends_nothing_and_counts_nothing(target):
+    app, url = target
+    session = http.new_session()
+    with pytest.raises(LookupError):
+        http.send(session, "POST", url, timeout=5, policy=FAST, json=BODY, headers={"token": app.token},
+                  gate=Gate([], closed=True))
+    assert session.requests == app.calls == 0  # type: ignore[attr-defined]

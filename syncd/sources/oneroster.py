@@ -192,13 +192,19 @@ class OneRosterSource:
             return _Page(offset, generation, sort, error=exc)
 
     def _request(self, crawl: _Crawl, offset: int, generation: int, sort: bool) -> requests.Response | None:
-        """The page's request, in one of the ``concurrency`` slots; None, unsent, when the page is no
-        longer wanted by the time a slot is free (the extract closed, the collection ended, its
-        grid restarted: each is final, so the answer would be dropped)."""
-        with self._slots:
-            if crawl.abandoned or crawl.done or crawl.generation != generation:
-                return None
-            return self._get(crawl.name, self._params(offset, sort))
+        """The page's request, sent in one of the ``concurrency`` slots; None, unsent, when the page
+        is no longer wanted by the time a slot is free (the extract closed, the collection ended,
+        its grid restarted: each is final, so the answer would be dropped). The request is
+        prepared and signed before its slot is taken, so a slot is held only while bytes travel."""
+        def wanted() -> bool:
+            return not (crawl.abandoned or crawl.done or crawl.generation != generation)
+
+        if not wanted():
+            return None
+        try:
+            return self._get(crawl.name, self._params(offset, sort), gate=_Slot(self._slots, wanted))
+        except _Unwanted:
+            return None
 
     def _digest(self, response: requests.Response) -> str:
         """The page's raw bytes, with all else that decides what they map to: the date (an
@@ -223,7 +229,7 @@ class OneRosterSource:
             log.warning("oneroster.short_collection", collection=collection, read=read, total_count=total,
                         consequence="the extract is not complete: nothing is inferred removed")
 
-    def _get(self, collection: str, params: dict[str, Any]) -> requests.Response:
+    def _get(self, collection: str, params: dict[str, Any], gate: _Slot | None = None) -> requests.Response:
         url = f"{self.config.base_url}/{collection}?{urllib.parse.urlencode(params)}"
         headers = {"Accept": "application/json"}
         auth: Any = self._oauth1
@@ -232,7 +238,7 @@ class OneRosterSource:
             auth = self._auth
             reauthorize = self._auth.refresh
         return http.send(self.session, "GET", url, timeout=self.config.timeout_s, auth=auth,
-                         headers=headers, reauthorize=reauthorize, on_attempt=self._count)
+                         headers=headers, reauthorize=reauthorize, on_attempt=self._count, gate=gate)
 
     # --- mapping (SPEC §4) -------------------------------------------------------------
 
@@ -302,6 +308,27 @@ class _Page:
     fingerprint: str = ""
     total: int | None = None
     error: Exception | None = None
+
+
+class _Unwanted(Exception):
+    """A page no longer wanted by the time its slot was free: it is not sent."""
+
+
+class _Slot:
+    """One of the source's request slots for one attempt, refused (:class:`_Unwanted`) if the page
+    stopped being wanted while it waited."""
+
+    def __init__(self, slots: threading.BoundedSemaphore, wanted: Callable[[], bool]):
+        self.slots, self.wanted = slots, wanted
+
+    def __enter__(self) -> None:
+        self.slots.acquire()
+        if not self.wanted():
+            self.slots.release()
+            raise _Unwanted()
+
+    def __exit__(self, *exc: object) -> None:
+        self.slots.release()
 
 
 @dataclass
