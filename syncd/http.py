@@ -446,8 +446,10 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
     """One attempt, redirects to the same origin followed by hand, the body read and capped."""
     deadline_s = ATTEMPT_DEADLINE_FACTOR * timeout
     lean = _is_lean(session, kwargs)
-    with _classified(deadline_s, max_bytes):
-        prepared = None if lean else _prepare(session, method, url, kwargs)
+    prepared = None
+    if not lean and isinstance(session, requests.Session):
+        with _classified(deadline_s, max_bytes):
+            prepared = _prepare(session, method, url, kwargs)
     with gate or contextlib.nullcontext(), _deadline(deadline_s) as watch, _classified(deadline_s, max_bytes, watch):
         if sending:
             sending()
@@ -456,7 +458,7 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
                 response = _lean(session, session.route(method, url, kwargs.get("headers") or {}), timeout,  # type: ignore[attr-defined]
                                  kwargs["json"], max_bytes)
             else:
-                response = _sent(session, prepared or _prepare(session, method, url, kwargs), timeout)
+                response = _sent(session, method, url, kwargs, timeout, prepared)
                 prepared = None
             if not response.is_redirect:
                 _read_body(response, max_bytes)
@@ -507,8 +509,13 @@ def _prepare(session: requests.Session, method: str, url: str, kwargs: dict[str,
     return session.prepare_request(requests.Request(method=method.upper(), url=url, **kwargs))
 
 
-def _sent(session: requests.Session, prepared: requests.PreparedRequest, timeout: float) -> requests.Response:
-    """``session.request``'s second half, unstreamed redirects off."""
+def _sent(session: requests.Session, method: str, url: str, kwargs: dict[str, Any], timeout: float,
+          prepared: requests.PreparedRequest | None) -> requests.Response:
+    """``session.request``'s second half (the first too, if not done yet), unstreamed redirects off.
+    A wrapper that only has ``request`` (gg4l's ``_AuthSession``) is called as such."""
+    if not isinstance(session, requests.Session):
+        return session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **kwargs)
+    prepared = prepared or _prepare(session, method, url, kwargs)
     settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
     return session.send(prepared, timeout=timeout, allow_redirects=False, **settings)
 

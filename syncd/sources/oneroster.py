@@ -194,15 +194,20 @@ class OneRosterSource:
     def _request(self, crawl: _Crawl, offset: int, generation: int, sort: bool) -> requests.Response | None:
         """The page's request, sent in one of the ``concurrency`` slots; None, unsent, when the page
         is no longer wanted by the time a slot is free (the extract closed, the collection ended,
-        its grid restarted: each is final, so the answer would be dropped). The request is
-        prepared and signed before its slot is taken, so a slot is held only while bytes travel."""
+        its grid restarted: each is final, so the answer would be dropped). An OAuth 1.0a request
+        is prepared and signed before its slot is taken, so the slot is held only while its
+        bytes travel."""
         def wanted() -> bool:
             return not (crawl.abandoned or crawl.done or crawl.generation != generation)
 
         if not wanted():
             return None
+        slot = _Slot(self._slots, wanted)
         try:
-            return self._get(crawl.name, self._params(offset, sort), gate=_Slot(self._slots, wanted))
+            if self._auth:  # a bearer token is attached in the slot: one refreshed meanwhile is used
+                with slot:
+                    return self._get(crawl.name, self._params(offset, sort))
+            return self._get(crawl.name, self._params(offset, sort), gate=slot)
         except _Unwanted:
             return None
 
