@@ -1,7 +1,8 @@
 """Client CPU per provision call (issue 15): ``ProvisionClient.provision`` one at a time and at
 concurrency 8 against the sandbox provision server in another process, so only the client's CPU is
-counted; beside it, the floor: the same request and body through a bare urllib3 pool and
-``json.loads``, without any of syncd's guarantees (deadline, body cap, retries, redirects).
+counted; beside it, two floors without any of syncd's guarantees (deadline, body cap, retries,
+redirects, TLS): the same request and body through a bare urllib3 pool and ``json.loads``, and
+the same bytes written and read on a plain socket with no HTTP library at all.
 
     .venv/bin/python bench/push_cpu.py [calls] [--rounds N]    # default 3000 calls, 3 rounds
     .venv/bin/python bench/push_cpu.py --latency-ms 20          # throughput at 8 threads instead
@@ -17,8 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import socket
 import statistics
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,6 +65,34 @@ def bare(url: str, token: str) -> Callable[[Call], Any]:
     return send
 
 
+def raw(url: str, token: str) -> Callable[[Call], Any]:
+    """The lowest floor: one kept-alive socket per thread, the request's bytes written by hand and
+    the answer read up to its Content-Length (the sandbox always sends one)."""
+    parts = urllib.parse.urlsplit(url)
+    local = threading.local()
+
+    def send(one: Call) -> Any:
+        if getattr(local, "sock", None) is None:
+            local.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            local.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local.buffer = b""
+        body = json.dumps(payload(one)).encode()
+        local.sock.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\ntoken: {token}\r\n"
+                           f"Accept: application/json\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        buffer = local.buffer
+        while b"\r\n\r\n" not in buffer:
+            buffer += local.sock.recv(65536)
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            rest += local.sock.recv(65536)
+        local.buffer = rest[length:]
+        return json.loads(rest[:length])
+    return send
+
+
 def cpu_per_call(send: Callable[[Call], Any], calls: int, threads: int) -> tuple[float, float]:
     """(client CPU ms per call, calls/s)."""
     cpu, wall = time.process_time(), time.perf_counter()
@@ -86,13 +118,15 @@ def main() -> None:
     server.start()
     url, install_sid, token = queue.get(timeout=30)
     client = ProvisionClient(TargetConfig(base_url=url, install_sid=install_sid, token=token, concurrency=8))
-    floor = bare(client.url, token)
+    floor, lowest = bare(client.url, token), raw(client.url, token)
     measures = {"ProvisionClient.provision, 1 thread": (client.provision, 1),
                 "ProvisionClient.provision, 8 threads": (client.provision, 8),
-                "bare urllib3 + json (the floor), 1 thread": (floor, 1)}
+                "bare urllib3 + json (the floor), 1 thread": (floor, 1),
+                "raw socket + json (no HTTP library), 1 thread": (lowest, 1)}
     if latency_s:
         measures = {"ProvisionClient.provision, 8 threads": (client.provision, 8),
-                    "bare urllib3 + json (the floor), 8 threads": (floor, 8)}
+                    "bare urllib3 + json (the floor), 8 threads": (floor, 8),
+                    "raw socket + json (no HTTP library), 8 threads": (lowest, 8)}
     for send, _ in measures.values():  # warm the connections
         for i in range(50):
             send(call(i))
