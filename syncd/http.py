@@ -455,8 +455,7 @@ def _attempt(session: requests.Session, method: str, url: str, timeout: float, m
             sending()
         for _hop in range(MAX_REDIRECTS + 1):
             if lean:
-                response = _lean(session, session.route(method, url, kwargs.get("headers") or {}), timeout,  # type: ignore[attr-defined]
-                                 kwargs["json"], max_bytes)
+                response = _lean(session, method, url, kwargs, timeout, max_bytes)  # type: ignore[arg-type]
             else:
                 response = _sent(session, method, url, kwargs, timeout, prepared)
                 prepared = None
@@ -568,14 +567,16 @@ class _Route:
         return self.pool
 
 
-def _lean(session: _Session, route: _Route, timeout: float, body: Any, max_bytes: int) -> requests.Response:
-    """Send a JSON body as ``session.send`` would through ``route``'s adapter (same request line,
-    headers, body bytes, pool, timeouts, no urllib3 retry, no redirect) and answer a
+def _lean(session: _Session, method: str, url: str, kwargs: dict[str, Any], timeout: float,
+          max_bytes: int) -> requests.Response:
+    """Send the JSON body as ``session.send`` would through the adapter of the URL's route (same
+    request line, headers, body bytes, pool, timeouts, no urllib3 retry, no redirect) and answer a
     ``requests.Response`` as the adapter builds it, minus the per-answer cookie jar: a
     ``Set-Cookie`` still reaches the session's jar (and later calls then take ``session.request``).
     Without a proxy the bytes go through :mod:`syncd.wire`, the body read and capped there."""
+    route = session.route(method, url, kwargs.get("headers") or {})
     try:
-        data = requests.compat.json.dumps(body, allow_nan=False).encode("utf-8")
+        data = requests.compat.json.dumps(kwargs["json"], allow_nan=False).encode("utf-8")
     except ValueError as exc:
         raise requests.exceptions.InvalidJSONError(exc) from None
     headers = {**route.headers, "Content-Length": str(len(data))}
