@@ -11,14 +11,20 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import state as state_store
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.date import DateTrigger
 from conftest import SYNCD, summary, syncd
 
+from syncd.daemon import run_until_stopped
 from syncd.sandbox import Roster, Sandbox, state_toml
 from syncd.store import StateError
 
@@ -349,3 +355,42 @@ def test_a_manual_sync_on_a_terminal_shows_a_progress_bar_per_phase(sandbox, tmp
     for phase in ("extract", "plan", "push"):
         assert f"lincoln {phase}" in text
     assert "records" in text and "#" * 30 in text
+
+
+# --- a stop that lands while the scheduler removes a one-off job it just started -----------------
+
+
+def _racing_scheduler(started: list[str]):
+    """A real BlockingScheduler whose executor, handed a job, shuts the scheduler down from another
+    thread (a SIGTERM at that moment) and returns once the scheduler is marked stopped."""
+
+    class StopsOnSubmit(ThreadPoolExecutor):
+        def submit_job(self, job, run_times):
+            super().submit_job(job, run_times)
+            threading.Thread(target=self._scheduler.shutdown, kwargs={"wait": False}).start()
+            while self._scheduler.state != STATE_STOPPED:
+                time.sleep(0.001)
+
+    scheduler = BlockingScheduler(executors={"default": StopsOnSubmit(1)})
+    scheduler.add_job(lambda: started.append("retry:t02"), DateTrigger(), id="retry:t02")
+    return scheduler
+
+
+def test_apscheduler_raises_when_a_stop_lands_as_it_removes_a_one_off_job():
+    # The race itself, so that the next test cannot pass for want of it.
+    with pytest.raises(Exception, match="retry:t02"):
+        _racing_scheduler([]).start()
+
+
+def test_a_stop_that_races_a_one_off_job_ends_the_daemon_cleanly():
+    started: list[str] = []
+    stopping = threading.Event()
+    stopping.set()  # Daemon._stop sets it before it shuts the scheduler down
+    run_until_stopped(_racing_scheduler(started), stopping)
+    time.sleep(0.2)
+    assert started == ["retry:t02"]  # the job it was starting still ran
+
+
+def test_the_same_error_without_a_stop_is_not_hidden():
+    with pytest.raises(Exception, match="retry:t02"):
+        run_until_stopped(_racing_scheduler([]), threading.Event())
