@@ -377,3 +377,48 @@ def test_a_class_that_goes_takes_its_only_students_with_it_in_a_delta(tmp_path, 
             assert reparsed["calls"] == 0 and _snapshot(store) == kept
         finally:
             store.close()
+
+
+def test_a_delta_maps_again_only_the_rows_a_change_feeds(tmp_path, roster, make_store, monkeypatch):
+    """A renamed user maps again that user alone, a retitled class its course alone (their
+    enrollments depend only on their being active), and a dropped enrollment its pair and its user;
+    a class that goes maps again its enrollments and their users. The result is a rebuild's."""
+    seen: list[Any] = []
+    build = TenantStore.build_desired
+
+    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
+        result = build(self, *args, **kwargs)
+        seen.append(self.remapped)
+        return result
+
+    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    renamed, retitled, gone = sorted(roster.users)[3], sorted(roster.classes)[1], sorted(roster.classes)[4]
+    dropped = next(k for k, e in sorted(roster.enrollments.items())
+                   if e["class"]["sourcedId"] not in (retitled, gone) and e["user"]["sourcedId"] != renamed)
+    pair = (roster.enrollments[dropped]["class"]["sourcedId"], roster.enrollments[dropped]["user"]["sourcedId"])
+    with Sandbox(roster) as box:
+        tenant, store = _delta_tenant(box, tmp_path, make_store)
+        try:
+            engine.run(tenant, store)
+            assert engine.run(tenant, store)["calls"] == 0
+            now = modified_now()
+            roster.users[renamed] |= {"givenName": "Renamed", "dateLastModified": now}
+            roster.classes[retitled] |= {"title": "Retitled", "dateLastModified": now}
+            roster.enrollments[dropped] |= {"status": "tobedeleted", "dateLastModified": now}
+            result = engine.run(tenant, store)
+            assert result["counts"]["users"]["updated"] == 1 and result["counts"]["courses"]["updated"] == 1, result
+            assert result["counts"]["enrollments"]["removed"] == 1, result
+            remapped = seen[-1]
+            assert (remapped.courses, remapped.classes, remapped.users) == ({retitled}, set(), set())
+            assert remapped.pairs == {pair} and remapped.people == {renamed, pair[1]}
+
+            roster.classes[gone] |= {"status": "tobedeleted", "dateLastModified": modified_now()}
+            engine.run(tenant, store)
+            students = {e["user"]["sourcedId"] for e in roster.enrollments.values()
+                        if e["class"]["sourcedId"] == gone and e["status"] == "active"}
+            assert seen[-1].classes == {gone} and students <= seen[-1].people
+            kept = _snapshot(store)
+            reparsed = _parse_all(monkeypatch, tenant, store)
+            assert reparsed["calls"] == 0 and _snapshot(store) == kept
+        finally:
+            store.close()

@@ -73,6 +73,11 @@ class Dialect:
         """A one-column (``value``) table of the text elements of a JSON array parameter."""
         raise NotImplementedError
 
+    def each_pair(self, param: str) -> str:
+        """A two-column table of the ``[[a, b], …]`` text pairs of a JSON array parameter (for a
+        row value's ``IN``)."""
+        raise NotImplementedError
+
     def roles(self, param: str) -> str:
         """The ``[[source, target], …]`` parameter as rows (source_role, target_role, priority)."""
         raise NotImplementedError
@@ -120,6 +125,9 @@ class SQLite(Dialect):
     def each_text(self, param: str) -> str:
         return f"SELECT value FROM json_each({param})"
 
+    def each_pair(self, param: str) -> str:
+        return f"SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each({param})"
+
     def roles(self, param: str) -> str:
         return ("SELECT json_extract(value, '$[0]') AS source_role, json_extract(value, '$[1]') AS target_role, "
                 f"CAST(key AS INTEGER) AS priority FROM json_each({param})")
@@ -159,6 +167,9 @@ class Postgres(Dialect):
 
     def each_text(self, param: str) -> str:
         return f"SELECT value FROM json_array_elements_text(CAST({param} AS json)) AS t(value)"
+
+    def each_pair(self, param: str) -> str:
+        return f"SELECT p->>0, p->>1 FROM json_array_elements(CAST({param} AS json)) AS t(p)"
 
     def roles(self, param: str) -> str:
         return ("SELECT r->>0 AS source_role, r->>1 AS target_role, n AS priority "

@@ -38,7 +38,7 @@ class Holds(Scoped):
                 plural = PLURAL[entity]
                 failed = ("AND NOT EXISTS (SELECT 1 FROM errors e WHERE e.run_id = ? AND e.entity = 'exam' "
                           "AND e.source_id = a.source_id)" if entity == "exam" else "AND CAST(? AS TEXT) IS NULL")
-                narrow, params = _among(entity, among, self.dialect.each_text("?"))
+                narrow, params = _among(entity, among, self.dialect.each_text("?"), self.dialect.each_pair("?"))
                 counts[entity] = self.conn.execute(
                     "INSERT INTO pending_removals (tenant, entity, key) "
                     f"SELECT a.tenant, ?, {key_sql('a', entity, self.dialect)} "
@@ -231,14 +231,14 @@ class Approvals(Connected):
         raise NotImplementedError
 
 
-def _among(entity: Entity, among: Remapped | None, each: str) -> tuple[str, tuple[str, ...]]:
+def _among(entity: Entity, among: Remapped | None, each: str, pair: str) -> tuple[str, tuple[str, ...]]:
     """The condition (on alias ``a``) and its parameters that keep the acknowledged rows whose
     desired rows were mapped again (Remapped); no condition without ``among``."""
     if among is None:
         return "", ()
     if entity == "enrollment":
-        return (f"AND (a.course_id IN ({each}) OR a.user_id IN ({each})) ",
-                (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users))))
+        return (f"AND (a.course_id IN ({each}) OR a.user_id IN ({each}) OR (a.course_id, a.user_id) IN ({pair})) ",
+                (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users)), among.pairs_json()))
     if entity not in ("course", "user"):
         return "", ()  # exams: a tenant with exams never begins settled
     ids = among.courses if entity == "course" else among.people

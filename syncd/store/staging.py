@@ -44,16 +44,32 @@ STAGE_COLUMNS = {
 }
 
 
+ACTIVE = 7  # the ``active`` column of a stage_courses or stage_users row (STAGE_COLUMNS)
+
+
 @dataclass
 class Dirty:
     """The staged rows that changed since the desired state was built, as what must be mapped
-    again: a class (its course and its enrollments, and so their users), a course code (the
-    classes under it), a user (the user and the user's enrollments). A changed enrollment makes
-    its user dirty, before and after the change, which recomputes the enrollment's pair."""
+    again. What a row feeds decides how far a change reaches:
+
+    - a class that came, went or changed ``active`` (``classes``): its course, its enrollments, and
+      so their users; a class whose other fields changed (``courses``): its course alone;
+    - a course code (``codes``): the courses under it;
+    - a user who came, went or changed ``active`` (``users``): the user and the user's
+      enrollments; a user whose other fields changed (``people``): the user alone;
+    - an enrollment (``pairs``): its (class, user) pair, before and after the change, and the
+      user, whose being in scope depends on having an enrollment.
+
+    An enrollment's body depends on its class and user only through their being active, and a
+    course's or user's body on nothing but its own row (and a course's code): a renamed user or a
+    retitled class maps again one row, not every row of its enrollments."""
 
     classes: set[str] = field(default_factory=set)
+    courses: set[str] = field(default_factory=set)
     codes: set[str] = field(default_factory=set)
     users: set[str] = field(default_factory=set)
+    people: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
 
     def note(self, table: str, old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> None:
         """One staged row replaced (``old`` and ``new`` without their page tag; None: absent)."""
@@ -61,17 +77,21 @@ class Dirty:
             return
         row = old if old is not None else new
         assert row is not None
+        same_scope = old is not None and new is not None and old[ACTIVE] == new[ACTIVE]
         if table == "stage_courses":
-            self.classes.add(row[1])
+            (self.courses if same_scope else self.classes).add(row[1])
         elif table == "stage_course_codes":
             self.codes.add(row[1])
         elif table == "stage_users":
-            self.users.add(row[1])
+            (self.people if same_scope else self.users).add(row[1])
         else:
-            self.users.update(r[3] for r in (old, new) if r is not None)
+            for r in (old, new):
+                if r is not None:
+                    self.pairs.add((r[2], r[3]))
+                    self.people.add(r[3])
 
     def __bool__(self) -> bool:
-        return bool(self.classes or self.codes or self.users)
+        return bool(self.classes or self.courses or self.codes or self.users or self.people or self.pairs)
 
 
 @dataclass(frozen=True)
@@ -81,8 +101,12 @@ class Remapped:
 
     courses: frozenset[str] = frozenset()  # desired_courses source ids
     classes: frozenset[str] = frozenset()  # desired_enrollments of these classes…
-    users: frozenset[str] = frozenset()  # …and of these users
+    users: frozenset[str] = frozenset()  # …of these users…
+    pairs: frozenset[tuple[str, str]] = frozenset()  # …and of these (class, user) pairs
     people: frozenset[str] = frozenset()  # desired_users source ids
+
+    def pairs_json(self) -> str:
+        return json.dumps(sorted(self.pairs))
 
 
 class Staging(Scoped):
@@ -210,33 +234,35 @@ class Staging(Scoped):
         return True
 
     def _update_desired(self, dirty: Dirty, role_rows: str, time_zone: str | None) -> None:
-        """Delete and map again the desired rows that depend on a changed staged row: the courses
-        of a changed class or under a changed code, the enrollments of a changed class or user, the
-        users of those. The classes under a code and the users of a class are read first, once, so
+        """Delete and map again the desired rows that depend on a changed staged row (``Dirty``
+        says which). The classes under a code and the users of a class are read first, once, so
         that each statement below finds its rows by key (staged enrollments have no index by class
         or user: one scan, not one per statement)."""
-        each = self.dialect.each_text("?")
+        each, pair = self.dialect.each_text("?"), self.dialect.each_pair("?")
         tenant = self.name
         classes, codes, users = (json.dumps(sorted(ids)) for ids in (dirty.classes, dirty.codes, dirty.users))
-        courses = dirty.classes | {row[0] for row in self.conn.execute(
+        courses = dirty.classes | dirty.courses | {row[0] for row in self.conn.execute(
             f"SELECT source_id FROM stage_courses WHERE tenant = ? AND parent_id IN ({each})", (tenant, codes))}
-        people = dirty.users | {row[0] for row in self.conn.execute(
+        people = dirty.users | dirty.people | {row[0] for row in self.conn.execute(
             f"SELECT DISTINCT user_id FROM stage_enrollments WHERE tenant = ? AND course_id IN ({each})",
             (tenant, classes))}
         courses_json, people_json = json.dumps(sorted(courses)), json.dumps(sorted(people))
         self.remapped = Remapped(frozenset(courses), frozenset(dirty.classes), frozenset(dirty.users),
-                                 frozenset(people))
+                                 frozenset(dirty.pairs), frozenset(people))
+        pairs = self.remapped.pairs_json()
         self.conn.execute(f"DELETE FROM desired_courses WHERE tenant = ? AND source_id IN ({each})",
                           (tenant, courses_json))
         self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND course_id IN ({each})",
                           (tenant, classes))
         self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND user_id IN ({each})",
                           (tenant, users))
+        self.conn.execute(f"DELETE FROM desired_enrollments WHERE tenant = ? AND (course_id, user_id) IN ({pair})",
+                          (tenant, pairs))
         self.conn.execute(f"DELETE FROM desired_users WHERE tenant = ? AND source_id IN ({each})",
                           (tenant, people_json))
         insert_courses, insert_enrollments, insert_users = desired_sql(self.dialect, True)
         self.conn.execute(insert_courses, (tenant, courses_json))
-        self.conn.execute(insert_enrollments, (role_rows, tenant, classes, users))
+        self.conn.execute(insert_enrollments, (role_rows, tenant, classes, users, pairs))
         self.conn.execute(insert_users, (time_zone, tenant, people_json))
 
     def _write_marks(self, fingerprint: str) -> None:
@@ -268,8 +294,9 @@ class Staging(Scoped):
         only those of the classes and users whose staged rows changed (a run that began settled had
         none dangling before)."""
         each = self.dialect.each_text("?")
-        narrow, params = ((f"AND (e.course_id IN ({each}) OR e.user_id IN ({each})) ",
-                           (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users))))
+        narrow, params = ((f"AND (e.course_id IN ({each}) OR e.user_id IN ({each}) "
+                           f"OR (e.course_id, e.user_id) IN ({self.dialect.each_pair('?')})) ",
+                           (json.dumps(sorted(among.classes)), json.dumps(sorted(among.users)), among.pairs_json()))
                           if among is not None else ("", ()))
         yield from self.conn.execute(
             "SELECT e.source_id, e.course_id, e.user_id, "
@@ -327,7 +354,8 @@ SELECT tenant, source_id, body, NULL FROM (
 
 # One enrollment per (course, user): the role listed first in `roles` wins.
 def _desired_enrollments(d: Dialect, only: bool) -> str:
-    changed = f"AND (e.course_id IN ({d.each_text('?')}) OR e.user_id IN ({d.each_text('?')}))" if only else ""
+    changed = (f"AND (e.course_id IN ({d.each_text('?')}) OR e.user_id IN ({d.each_text('?')}) "
+               f"OR (e.course_id, e.user_id) IN ({d.each_pair('?')}))") if only else ""
     return f"""
 INSERT INTO desired_enrollments (tenant, course_id, user_id, source_id, body, hash)
 SELECT tenant, course_id, user_id, source_id, body, NULL FROM (
