@@ -542,10 +542,12 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
             returned: queue.SimpleQueue[Future[Outcome]], how: str) -> None:
     """Collect the calls that returned and acknowledge them together (one transaction).
 
-    FIRST_COMPLETED: the first call to return, and those that return within ``ACK_BATCH_S`` of
-    it (at most ``concurrency``): a transaction's fixed cost (BEGIN, COMMIT, a statement per
-    table) is most of an acknowledgement's, and the workers do not wait on it (calls are queued).
-    Each call is still acknowledged, committed, within milliseconds of its return.
+    FIRST_COMPLETED: the first call to return, those that return within ``ACK_BATCH_S`` of it
+    (until ``concurrency`` have), and any others already back: a transaction's fixed cost (BEGIN,
+    COMMIT, a statement per table) is most of an acknowledgement's, and the workers do not wait on
+    it (calls are queued). When acknowledging is the slower side (a fast target, many workers),
+    the calls that returned meanwhile share the next transaction, so batches grow instead of a
+    backlog. Each call is still acknowledged, committed, within milliseconds of its return.
 
     ALL_COMPLETED waits on the calls themselves, not on their reports: a Ctrl-C that lands after a
     report was taken off the queue and before its call was acknowledged must not leave the last
@@ -560,6 +562,11 @@ def _settle(state: Run, store: TenantStore, in_flight: dict[Future[Outcome], Cal
             remaining = until - time.monotonic()
             try:
                 done.append(returned.get(timeout=remaining) if remaining > 0 else returned.get_nowait())
+            except queue.Empty:
+                break
+        while True:  # and every call that returned meanwhile: batches grow when acknowledging lags
+            try:
+                done.append(returned.get_nowait())
             except queue.Empty:
                 break
     done.sort(key=lambda future: in_flight[future].seq)  # in call order: a later acknowledgement wins

@@ -254,3 +254,29 @@ def test_the_last_settle_waits_on_the_calls_not_on_reports_already_taken():
     settling.join(timeout=10)
     assert not settling.is_alive(), "the last settle waits for a report that was already taken"
     assert acknowledged == [1, 2] and in_flight == {}
+
+
+def test_calls_that_returned_while_the_last_batch_was_acknowledged_share_the_next_transaction():
+    """Against a fast target the workers outrun the acknowledgements: what came back meanwhile
+    is acknowledged in one transaction, not in batches of ``concurrency`` that fall behind."""
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, Future
+    from types import SimpleNamespace
+
+    from syncd import engine
+    from syncd.entities import Call, Part
+    from syncd.target import Outcome
+
+    calls = [Call(seq, {"course": Part((f"c{seq}",), {"title": "T"})}) for seq in range(1, 13)]
+    futures: list[Future[Outcome]] = [Future() for _ in calls]
+    returned: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+    for future in reversed(futures):
+        future.set_result(Outcome(sids={"course": "sid"}))
+        returned.put(future)
+    in_flight = dict(zip(futures, calls, strict=True))
+    transactions: list[list[int]] = []
+    store = SimpleNamespace(acknowledge=lambda acks, answers: transactions.append([c.seq for c, _ in acks]))
+    state = SimpleNamespace(run_id="r", options=engine.Options(),
+                            tenant=SimpleNamespace(target=SimpleNamespace(concurrency=4)))
+    engine._settle(state, store, in_flight, returned, FIRST_COMPLETED)
+    assert transactions == [list(range(1, 13))] and in_flight == {}
