@@ -422,3 +422,34 @@ def test_a_delta_maps_again_only_the_rows_a_change_feeds(tmp_path, roster, make_
             assert reparsed["calls"] == 0 and _snapshot(store) == kept
         finally:
             store.close()
+
+
+def test_a_change_too_large_to_follow_key_by_key_maps_everything_again(tmp_path, roster, make_store, monkeypatch):
+    """Past ``DIRTY_LIMIT`` noted keys (memory must not grow with the roster) the desired state is
+    mapped again whole, and the result is still a rebuild's."""
+    from syncd.store import staging
+
+    whole: list[bool] = []
+    build = TenantStore.build_desired
+
+    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
+        result = build(self, *args, **kwargs)
+        whole.append(self.mapped_whole)
+        return result
+
+    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    with Sandbox(roster) as box:
+        tenant, store = _delta_tenant(box, tmp_path, make_store)
+        try:
+            engine.run(tenant, store)
+            engine.run(tenant, store)
+            roster.mutate(seed=3, fraction=0.05)
+            monkeypatch.setattr(staging, "DIRTY_LIMIT", 8)
+            result = engine.run(tenant, store)
+            assert box.oneroster.filtered_requests > 0 and result["calls"] > 0, result
+            assert whole == [True, False, True]
+            kept = _snapshot(store)
+            reparsed = _parse_all(monkeypatch, tenant, store)
+            assert reparsed["calls"] == 0 and _snapshot(store) == kept
+        finally:
+            store.close()

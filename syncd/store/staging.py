@@ -45,6 +45,9 @@ STAGE_COLUMNS = {
 
 
 ACTIVE = 7  # the ``active`` column of a stage_courses or stage_users row (STAGE_COLUMNS)
+# Keys a Dirty holds at most (about 4 MB): beyond, the change is too large to be worth following
+# key by key, and the desired state is mapped again whole; so memory does not grow with the roster.
+DIRTY_LIMIT = 20_000
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Dirty:
 
     An enrollment's body depends on its class and user only through their being active, and a
     course's or user's body on nothing but its own row (and a course's code): a renamed user or a
-    retitled class maps again one row, not every row of its enrollments."""
+    retitled class maps again one row, not every row of its enrollments. Past ``DIRTY_LIMIT``
+    keys it stops noting and says ``overflow``: map everything again."""
 
     classes: set[str] = field(default_factory=set)
     courses: set[str] = field(default_factory=set)
@@ -70,10 +74,18 @@ class Dirty:
     users: set[str] = field(default_factory=set)
     people: set[str] = field(default_factory=set)
     pairs: set[tuple[str, str]] = field(default_factory=set)
+    overflow: bool = False
+    _noted: int = 0
 
     def note(self, table: str, old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> None:
         """One staged row replaced (``old`` and ``new`` without their page tag; None: absent)."""
-        if old == new:
+        if old == new or self.overflow:
+            return
+        self._noted += 1
+        if self._noted > DIRTY_LIMIT // 4:  # a row notes at most four keys (two pairs, two users)
+            self.overflow = True
+            for keys in (self.classes, self.courses, self.codes, self.users, self.people, self.pairs):
+                keys.clear()
             return
         row = old if old is not None else new
         assert row is not None
@@ -91,7 +103,8 @@ class Dirty:
                     self.people.add(r[3])
 
     def __bool__(self) -> bool:
-        return bool(self.classes or self.courses or self.codes or self.users or self.people or self.pairs)
+        return self.overflow or bool(self.classes or self.courses or self.codes or self.users or self.people
+                                     or self.pairs)
 
 
 @dataclass(frozen=True)
@@ -125,9 +138,11 @@ class Staging(Scoped):
 
     def track_changes(self) -> None:
         """Staging is about to change rows one by one (a delta, changed pages): note what changes."""
-        self._dirty = Dirty()
         self._start_marks = self.conn.execute("SELECT fingerprint, counts FROM desired_marks WHERE tenant = ?",
                                               (self.name,)).fetchone()
+        # No desired state to update (a first run, or one after a rebuild was cut short): it is
+        # mapped whole, so there is nothing worth noting.
+        self._dirty = Dirty() if self._start_marks is not None else None
 
     def reset_stage(self) -> None:
         """Forget the last run's staged rows, desired state and plan."""
@@ -208,7 +223,7 @@ class Staging(Scoped):
         self._dirty = None
         role_rows = json.dumps([[source, target] for source, target in roles.items()])
         self.mapped_whole, self.remapped = False, Remapped()
-        if fingerprint is not None and dirty is not None and self._desired_stands(fingerprint):
+        if fingerprint is not None and dirty is not None and not dirty.overflow and self._desired_stands(fingerprint):
             if not dirty:
                 return False
             with self._write():
