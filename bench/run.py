@@ -186,7 +186,7 @@ def push_table(factor: int, rounds: int = 1) -> list[str]:
         rate = calls / push_s
         bound = concurrency / PUSH_LATENCY_S
         lines.append(f"| {concurrency} | {calls:,} | {push_s:.1f} s | **{rate:.0f}** | {bound:.0f} | "
-                     f"{rate / bound:.0%} |")
+                     f"{rate / bound:.1%} |")
     return [*lines, ""]
 
 
