@@ -120,9 +120,37 @@ def test_delta_off_and_full_every_make_full_runs(tmp_path: Path):
             store.close()
 
 
+def _nth(table: dict[str, dict], index: int) -> dict:
+    return table[sorted(table)[index % len(table)]]
+
+
+def _drop_class(roster: Roster, index: int) -> None:
+    _nth(roster.classes, index).update(status="tobedeleted", dateLastModified=modified_now())
+
+
+def _restore_user(roster: Roster, index: int) -> None:
+    _nth(roster.users, index).update(status="active", dateLastModified=modified_now())
+
+
+def _recode_course(roster: Roster, index: int) -> None:
+    course = _nth(roster.courses, index)
+    course.update(courseCode=f"{course['courseCode']}-R", dateLastModified=modified_now())
+
+
+def _swap_role(roster: Roster, index: int) -> None:
+    enrollment = _nth(roster.enrollments, index)
+    role = "teacher" if enrollment["role"] == "student" else "student"
+    enrollment.update(role=role, dateLastModified=modified_now())
+
+
+# Each kind of change reaches different desired rows (staging.Dirty): names and titles their own
+# row, a class or user that goes or comes back its enrollments and their users, a course code the
+# classes under it, an enrollment its pair and its user.
+CHANGES = {"drop_user": _drop_user, "drop_class": _drop_class, "restore_user": _restore_user,
+           "recode_course": _recode_course, "swap_role": _swap_role}
 OPS = st.lists(st.one_of(st.tuples(st.just("mutate"), st.integers(0, 50)),
-                         st.tuples(st.just("drop_user"), st.integers(0, 59)),
-                         st.tuples(st.just("sync"), st.just(0))), min_size=1, max_size=5)
+                         st.tuples(st.sampled_from(sorted(CHANGES)), st.integers(0, 239)),
+                         st.tuples(st.just("sync"), st.just(0))), min_size=1, max_size=6)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True,
@@ -138,8 +166,8 @@ def test_any_mix_of_delta_runs_ends_in_the_state_of_a_full_run(tmp_path_factory,
             for op, arg in ops:
                 if op == "mutate":
                     roster.mutate(seed=arg, fraction=0.05)
-                elif op == "drop_user":
-                    _drop_user(roster, arg)
+                elif op in CHANGES:
+                    CHANGES[op](roster, arg)
                 else:
                     assert engine.run(tenant, store)["status"] == "completed"
             assert engine.run(tenant, store)["status"] == "completed"

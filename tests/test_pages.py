@@ -417,6 +417,12 @@ def test_a_delta_maps_again_only_the_rows_a_change_feeds(tmp_path, roster, make_
             students = {e["user"]["sourcedId"] for e in roster.enrollments.values()
                         if e["class"]["sourcedId"] == gone and e["status"] == "active"}
             assert seen[-1].classes == {gone} and students <= seen[-1].people
+
+            course = sorted(roster.courses)[0]  # a course code reaches the classes under it, alone
+            roster.courses[course] |= {"courseCode": "RECODED-1", "dateLastModified": modified_now()}
+            assert engine.run(tenant, store)["status"] == "completed"
+            under = {c for c, v in roster.classes.items() if v["course"]["sourcedId"] == course}
+            assert under and seen[-1].courses == under and not (seen[-1].classes or seen[-1].pairs)
             kept = _snapshot(store)
             reparsed = _parse_all(monkeypatch, tenant, store)
             assert reparsed["calls"] == 0 and _snapshot(store) == kept

@@ -89,13 +89,14 @@ class Dirty:
             return
         row = old if old is not None else new
         assert row is not None
-        same_scope = old is not None and new is not None and old[ACTIVE] == new[ACTIVE]
-        if table == "stage_courses":
-            (self.courses if same_scope else self.classes).add(row[1])
-        elif table == "stage_course_codes":
+        if table == "stage_course_codes":
             self.codes.add(row[1])
-        elif table == "stage_users":
-            (self.people if same_scope else self.users).add(row[1])
+        elif table in ("stage_courses", "stage_users"):
+            same_scope = old is not None and new is not None and old[ACTIVE] == new[ACTIVE]
+            if table == "stage_courses":
+                (self.courses if same_scope else self.classes).add(row[1])
+            else:
+                (self.people if same_scope else self.users).add(row[1])
         else:
             for r in (old, new):
                 if r is not None:
