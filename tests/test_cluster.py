@@ -147,6 +147,24 @@ def _in_push(url: str, boxes: dict[str, Sandbox], nodes: list[Node], timeout: fl
     raise AssertionError("no push in progress to interrupt")
 
 
+def _freeze_mid_run(url: str, boxes: dict[str, Sandbox], nodes: list[Node],
+                    timeout: float) -> tuple[Node, datetime, set[str]]:
+    """SIGSTOP a live node while it is inside a run: (the node, when, the tenants it held). A node
+    caught just after its run ended (its push seen in progress a moment before) is continued and
+    another is looked for, so that the freeze always cuts a run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node, _ = _in_push(url, boxes, nodes, timeout=max(1.0, deadline - time.monotonic()))
+        os.kill(node.pid, signal.SIGSTOP)
+        frozen_at = datetime.now(UTC)
+        held = {name for name, pid in _holders(url).items() if pid == node.pid}
+        if any(r[0] in held and r[5] == node.pid and r[3] is None for r in _runs(url)):
+            return node, frozen_at, held
+        os.kill(node.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "no node could be frozen inside a run"
+        time.sleep(0.05)
+
+
 def _next_run_elsewhere(runs: list[tuple], tenant: str, pid: int, after: datetime) -> datetime | None:
     starts = [_utc(r[2]) for r in runs if r[0] == tenant and r[5] != pid and _utc(r[2]) > after]
     return min(starts) if starts else None
@@ -180,11 +198,7 @@ def _cluster(tmp_path: Path, server, url: str, tenants: int, *, freeze_s: float,
             victim.process.wait()
             killed_at = datetime.now(UTC)
             # 2. SIGSTOP another while it runs a tenant; continue it after freeze_s.
-            frozen, _ = _in_push(url, boxes, nodes, timeout=120)
-            os.kill(frozen.pid, signal.SIGSTOP)
-            frozen_at = datetime.now(UTC)
-            held = {name for name, pid in _holders(url).items() if pid == frozen.pid}
-            assert held, "the frozen node held no lease"
+            frozen, frozen_at, held = _freeze_mid_run(url, boxes, nodes, timeout=120)
             time.sleep(freeze_s)
             # Its tenants were taken over while it was stopped (the server ended its sessions).
             assert set(_holders(url).values()) <= {n.pid for n in nodes if n is not victim}
