@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,20 @@ def _parse_all(monkeypatch: pytest.MonkeyPatch, tenant: configuration.TenantConf
     with monkeypatch.context() as patch:
         patch.setattr(delta, "_pages_allowed", lambda state, source: False)
         return engine.run(tenant, store)
+
+
+def _spy_builds(monkeypatch: pytest.MonkeyPatch, keep: Callable[[TenantStore, bool], Any]) -> list[Any]:
+    """What ``keep`` takes of each ``build_desired`` (the store after it, and what it returned)."""
+    kept: list[Any] = []
+    build = TenantStore.build_desired
+
+    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
+        result = build(self, *args, **kwargs)
+        kept.append(keep(self, result))
+        return result
+
+    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    return kept
 
 
 @pytest.fixture
@@ -252,14 +267,7 @@ def test_an_incomplete_extract_infers_no_removal_and_hides_no_change(tmp_path, r
 def test_a_mapping_change_rebuilds_the_desired_state_and_a_new_day_reparses(tmp_path, roster, monkeypatch,
                                                                            make_store):
     parsed = Parsed(monkeypatch)
-    rebuilt: list[bool] = []
-    build = TenantStore.build_desired
-
-    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
-        rebuilt.append(build(self, *args, **kwargs))
-        return rebuilt[-1]
-
-    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    rebuilt = _spy_builds(monkeypatch, lambda _, result: result)
     with Sandbox(roster) as box:
         tenant, store = _tenant(box, tmp_path), make_store(tmp_path / "state")
         try:
@@ -299,14 +307,7 @@ def test_a_purged_mirror_is_noticed_and_every_page_parsed(tmp_path, roster, monk
 
 def test_a_delta_maps_again_only_what_changed_and_gets_what_a_rebuild_gets(tmp_path, roster, monkeypatch,
                                                                           make_store):
-    rebuilt: list[bool] = []
-    build = TenantStore.build_desired
-
-    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
-        rebuilt.append(build(self, *args, **kwargs))
-        return rebuilt[-1]
-
-    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    rebuilt = _spy_builds(monkeypatch, lambda _, result: result)
     with Sandbox(roster) as box:
         tenant, store = _delta_tenant(box, tmp_path, make_store)
         try:
@@ -383,15 +384,7 @@ def test_a_delta_maps_again_only_the_rows_a_change_feeds(tmp_path, roster, make_
     """A renamed user maps again that user alone, a retitled class its course alone (their
     enrollments depend only on their being active), and a dropped enrollment its pair and its user;
     a class that goes maps again its enrollments and their users. The result is a rebuild's."""
-    seen: list[Any] = []
-    build = TenantStore.build_desired
-
-    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
-        result = build(self, *args, **kwargs)
-        seen.append(self.remapped)
-        return result
-
-    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    seen = _spy_builds(monkeypatch, lambda store, _: store.remapped)
     renamed, retitled, gone = sorted(roster.users)[3], sorted(roster.classes)[1], sorted(roster.classes)[4]
     dropped = next(k for k, e in sorted(roster.enrollments.items())
                    if e["class"]["sourcedId"] not in (retitled, gone) and e["user"]["sourcedId"] != renamed)
@@ -435,15 +428,7 @@ def test_a_change_too_large_to_follow_key_by_key_maps_everything_again(tmp_path,
     mapped again whole, and the result is still a rebuild's."""
     from syncd.store import staging
 
-    whole: list[bool] = []
-    build = TenantStore.build_desired
-
-    def spy(self: TenantStore, *args: Any, **kwargs: Any) -> bool:
-        result = build(self, *args, **kwargs)
-        whole.append(self.mapped_whole)
-        return result
-
-    monkeypatch.setattr(TenantStore, "build_desired", spy)
+    whole = _spy_builds(monkeypatch, lambda store, _: store.mapped_whole)
     with Sandbox(roster) as box:
         tenant, store = _delta_tenant(box, tmp_path, make_store)
         try:
