@@ -389,3 +389,26 @@ def test_syncd_sync_leaves_the_same_store_at_concurrency_1_and_4(tmp_path):
     assert stores[4] == stores[1]
     assert any("duplicate id" in e[2] for e in stores[1]["errors"])
 
+
+
+@pytest.mark.parametrize(("version", "auth", "first_round"), [("1.1", "oauth1", 1), ("1.2", "oauth2", 4)])
+def test_the_first_request_goes_alone_until_the_credentials_are_proven(version, auth, first_round):
+    """Refused credentials are refused once, not once per collection: the first page request goes
+    alone. Under OAuth 2 the token the engine's check obtained has proven them, and the first
+    round is ``concurrency`` requests (one page's latency less per run)."""
+    roster = Roster.generate(seed=4, users=200, classes=8, enrollments=400)
+    with Sandbox(roster, version=version, auth=auth, latency_s=0.2) as box:
+        source = source_for(box, page_size=50, concurrency=4, auth=auth)
+        source.check()
+        app, in_flight = box.oneroster, []
+        original = app._page
+
+        def first_answer(request: Any, collection: str, limit: int, offset: int) -> Any:
+            if not in_flight:  # the first page to be answered, at the end of its latency
+                in_flight.append(app.in_flight)
+            return original(request, collection, limit, offset)
+
+        app._page = first_answer  # type: ignore[method-assign]
+        records = pages_by_kind(source)
+    assert in_flight == [first_round]
+    assert len(records["User"]) == len(roster.users) and source.complete

@@ -137,8 +137,9 @@ class OneRosterSource:
                 inflight: dict[Future[_Page], _Crawl]) -> None:
         """Ask for pages until ``2 * concurrency`` are asked for or fetched and waiting to be staged."""
         # The very first request goes alone: with refused credentials, one request is refused,
-        # not one per collection (some servers lock a client out after a few).
-        proven = any(c.pages or c.done for c in crawls)
+        # not one per collection (some servers lock a client out after a few). Under OAuth 2 a
+        # token granted this run (the engine's check) has proven them already.
+        proven = (self._auth is not None and self._auth.granted) or any(c.pages or c.done for c in crawls)
         while len(inflight) < (2 * self.concurrency if proven else 1):
             waiting = sum(len(c.buffer) for c in crawls)
             if len(inflight) + waiting >= 2 * self.concurrency:

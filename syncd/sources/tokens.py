@@ -121,6 +121,9 @@ class BearerToken(requests.auth.AuthBase):
         self.name = name  # the source, in log events: "oneroster.token_obtained"
         self._token: str | None = None
         self._deadline = 0.0  # time.monotonic() after which a new token is asked for
+        # The grant accepted this client's credentials in this process (a cached token does not
+        # say so): requests that carry its token cannot be refused for bad credentials.
+        self.granted = False
         self._lock = threading.Lock()
         self._sent = threading.local()  # the token this thread's last request carried
         cached = load(cache, for_, legacy_cache) if cache else None
@@ -155,6 +158,7 @@ class BearerToken(requests.auth.AuthBase):
         logs.register_secrets([token])  # obtained at run time: an echo of it must be masked too
         usable = usable_for(seconds)
         self._token, self._deadline = token, time.monotonic() + usable
+        self.granted = True
         if self.cache:
             try:
                 save(self.cache, token, usable, self.for_)
