@@ -34,6 +34,7 @@ import urllib3
 
 from syncd.config import TargetConfig
 from syncd.entities import Call, Part
+from syncd.sandbox.server import Timing
 from syncd.target import ProvisionClient, payload
 
 
@@ -55,6 +56,7 @@ def serve_raw(queue: Any, latency_s: float) -> None:
     reply = head.encode() + answer
     listener = socket.create_server(("127.0.0.1", 0))
     queue.put(listener.getsockname()[1])
+    timing = Timing()  # as the sandbox's: the answers leave at their due time on average
 
     def handle(conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -72,9 +74,11 @@ def serve_raw(queue: Any, latency_s: float) -> None:
             while len(rest) < length:
                 rest += conn.recv(65536)
             buffer = rest[length:]
-            if (wait := arrived + latency_s - time.monotonic()) > 0:
+            due = arrived + latency_s
+            if (wait := due - timing.lead - time.monotonic()) > 0:
                 time.sleep(wait)
             conn.sendall(reply)
+            timing.left(arrived, due, time.monotonic())
 
     while True:
         conn, _ = listener.accept()

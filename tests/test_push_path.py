@@ -17,7 +17,7 @@ from syncd import http
 from syncd.sandbox import Scripted
 from syncd.sandbox.hostile import Hostile, drip, endless_body, gzip_bomb, redirect, respond
 from syncd.sandbox.provision import ProvisionApp
-from syncd.sandbox.server import Request, Response, Serving
+from syncd.sandbox.server import Request, Response, Serving, Timing
 
 BODY = {"course": {"ids": {"external": "c1"}, "title": "Art"}}
 ONCE = http.RetryPolicy(attempts=1)
@@ -75,6 +75,34 @@ def test_wait_latency_sleeps_only_what_remains():
     started = time.monotonic()
     request.wait_latency(0.3)  # already past: no sleep at all
     assert time.monotonic() - started < 0.1
+
+
+def test_answers_leave_latency_s_after_arrival_on_average_though_sleeps_end_late_and_applying_takes_time():
+    app = ProvisionApp(latency_s=0.005)
+    server = Serving(app)
+    session = http.new_session()
+    try:
+        for _ in range(200):
+            post(session, f"{server.url}/v2/installs/{app.install_sid}/provision", app.token)
+    finally:
+        server.stop()
+    timing = server.timing
+    # A plain sleep ends ~0.1-0.3 ms late, and the apply and the write come after it: ~0.5 ms per
+    # answer, 10 % of this latency. The server learnt to end its waits earlier by that much.
+    assert timing.lead > 0
+    assert timing.answers == 200
+    assert timing.mean_latency_s == pytest.approx(0.005, abs=0.0003)
+
+
+def test_the_lead_follows_the_mean_lateness_and_stays_bounded():
+    timing = Timing()
+    for _ in range(400):  # every answer 0.5 ms late: the lead grows to take it back
+        timing.left(received=0.0, due=0.020, now=0.0205 - timing.lead)
+    assert timing.lead == pytest.approx(0.0005, abs=0.00002)
+    for _ in range(400):  # a server stalled for 50 ms each time: the lead stops at its bound
+        timing.left(received=0.0, due=0.020, now=0.070)
+    assert timing.lead == Timing.MAX_LEAD_S
+    assert timing.answers == 800
 
 
 def test_a_call_through_the_client_takes_at_least_the_latency(target):

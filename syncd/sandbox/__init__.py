@@ -16,7 +16,7 @@ from syncd.sandbox.canvas_roster import CanvasRoster
 from syncd.sandbox.oneroster import Fault, OneRosterApp
 from syncd.sandbox.provision import ProvisionApp, Scripted
 from syncd.sandbox.roster import Roster, expected_mapping
-from syncd.sandbox.server import App, Request, Response, Serving
+from syncd.sandbox.server import App, Request, Response, Serving, Timing
 
 __all__ = ["CanvasApp", "CanvasFault", "CanvasRoster", "CanvasSandbox", "Fault", "OneRosterApp", "ProvisionApp",
            "Roster", "Sandbox", "Scripted", "Serving", "canvas_roster", "expected_mapping", "route_installs",
@@ -50,8 +50,10 @@ class _Sandbox:
             self.provision = ProvisionApp()
             self._servers.append(Serving(self.provision))
             self.target_url = self._servers[1].url
+            self.target_timing: Timing | None = self._servers[1].timing  # the latency its answers had
         else:
             self.provision, self.target_url = target
+            self.target_timing = None
         self.source_root = self._servers[0].url
 
     def __enter__(self) -> _Sandbox:
