@@ -13,7 +13,8 @@ after each request arrived, and the client and the floor are timed at 8 threads 
 (8 / latency): what the floor reaches is what this machine allows any Python client, now; and,
 below all three, the raw client against a raw server in its own process (no Python work per
 request beyond reading it and waiting out the latency): what the machine allows with this sandbox
-server out of the way.
+server out of the way. Both servers end their waits early by what their answers were late
+(``syncd.sandbox.server.Timing``), so they answer at the latency on average.
 """
 
 from __future__ import annotations

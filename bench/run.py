@@ -120,9 +120,9 @@ def side_by_side(config: Path, state: Path, rounds: int) -> dict[str, dict[str, 
 def peer_rows(label: str, figures: dict[str, dict[str, float]], target: str) -> list[str]:
     s, n = figures["syncd"], figures["naive"]
     return [f"| {label}: wall time | {s['wall_s']:.2f} s | {n['wall_s']:.2f} s | "
-            f"**{s['wall_s'] / n['wall_s']:.2f}** | {target} |",
+            f"**{s['wall_s'] / n['wall_s']:.3f}** | {target} |",
             f"| {label}: CPU time | {s['cpu_s']:.2f} s | {n['cpu_s']:.2f} s | "
-            f"**{s['cpu_s'] / n['cpu_s']:.2f}** | ≤ 0.8 |",
+            f"**{s['cpu_s'] / n['cpu_s']:.3f}** | ≤ 0.8 |",
             f"| {label}: peak RSS | {s['rss_mb']:.0f} MB | {n['rss_mb']:.0f} MB | "
             f"{s['rss_mb'] / n['rss_mb']:.2f} | ≤ 100 MB |"]
 
