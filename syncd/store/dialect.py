@@ -92,6 +92,10 @@ class Dialect:
         """SQL for one text member of a JSON object's text (``a.b``: member b of member a)."""
         raise NotImplementedError
 
+    def element(self, text: str, index: int) -> str:
+        """SQL for one text element of a JSON array's text (a stored key's column)."""
+        raise NotImplementedError
+
     def analyze(self, *tables: str) -> list[str]:
         """Statements that refresh the planner's statistics of freshly filled tables."""
         return []
@@ -138,6 +142,9 @@ class SQLite(Dialect):
     def member(self, text: str, key: str) -> str:
         return f"json_extract({text}, '$.{key}')"
 
+    def element(self, text: str, index: int) -> str:
+        return f"json_extract({text}, '$[{index}]')"
+
     def differs(self, left: str, right: str) -> str:
         return f"{left} IS NOT {right}"
 
@@ -182,6 +189,9 @@ class Postgres(Dialect):
         if "." in key:  # a nested member, "ids.external", as SQLite's '$.ids.external' path
             return f"(CAST({text} AS json)#>>'{{{key.replace('.', ',')}}}')"
         return f"(CAST({text} AS json)->>'{key}')"
+
+    def element(self, text: str, index: int) -> str:
+        return f"(CAST({text} AS json)->>{index})"
 
     def analyze(self, *tables: str) -> list[str]:
         return [f"ANALYZE {', '.join(tables)}"]

